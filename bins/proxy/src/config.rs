@@ -1,0 +1,324 @@
+//! The proxy's one typed configuration: a TOML file, every key overridable from the
+//! environment (`MESH_OUTBOUND__LISTEN=127.0.0.1:4140`), defaults that suit a sidecar.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_core::client::ClientConfig;
+use mesh_core::config::{self as core_config, ConfigError, Source};
+use mesh_core::endpoint::Authority;
+use mesh_core::server::ServerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Default admin listener (`/ready`, `/live`, `/config`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
+/// Default outbound listener: the app's calls to other services.
+pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
+/// Default inbound listener: other services' calls to the app.
+pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:4143";
+/// How long protocol detection waits for a client's first bytes.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything mesh-proxy reads at start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Log filter, in `tracing` env-filter syntax (`info`, `mesh_proxy=debug`).
+    pub log: String,
+    /// `plain` or `json`.
+    pub log_format: LogFormat,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// The outbound listener and the services it knows.
+    pub outbound: OutboundConfig,
+    /// The inbound listener, when the proxy fronts an app.
+    pub inbound: Option<InboundConfig>,
+    /// Threads and shutdown.
+    pub runtime: RuntimeConfig,
+    /// HTTP server settings of every listener.
+    pub server: ServerConfig,
+    /// HTTP client settings toward every endpoint.
+    pub client: ClientConfig,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/ready`, `/live` and `/config` are served.
+    pub listen: SocketAddr,
+}
+
+/// The outbound side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Where the app's HTTP calls arrive.
+    pub listen: SocketAddr,
+    /// How long to wait for a client's first bytes before giving up on HTTP.
+    #[serde(with = "mesh_core::config::duration")]
+    pub detect_timeout: Duration,
+    /// The services, by authority.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One logical service and its endpoints.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` as clients name it (`:authority` / `Host`).
+    pub authority: String,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Forward bytes instead of HTTP, on a listener of its own.
+    #[serde(default)]
+    pub opaque: bool,
+    /// The listener of an opaque service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The inbound side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where other services' calls arrive.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    /// The local app.
+    pub app: SocketAddr,
+    /// How long to wait for a client's first bytes before treating the connection as opaque.
+    #[serde(default = "default_detect_timeout", with = "mesh_core::config::duration")]
+    pub detect_timeout: Duration,
+}
+
+/// Threads and shutdown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per core the process may run on.
+    pub threads: usize,
+    /// After SIGTERM, how long in-flight requests may take.
+    #[serde(with = "mesh_core::config::duration")]
+    pub shutdown_grace: Duration,
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn default_inbound_listen() -> SocketAddr {
+    addr(DEFAULT_INBOUND_LISTEN)
+}
+
+fn default_detect_timeout() -> Duration {
+    DEFAULT_DETECT_TIMEOUT
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log: "info".to_owned(),
+            log_format: LogFormat::Plain,
+            admin: AdminConfig::default(),
+            outbound: OutboundConfig::default(),
+            inbound: None,
+            runtime: RuntimeConfig::default(),
+            server: ServerConfig::default(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_ADMIN_LISTEN),
+        }
+    }
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_OUTBOUND_LISTEN),
+            detect_timeout: DEFAULT_DETECT_TIMEOUT,
+            services: Vec::new(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (or only defaults), applies `MESH_*` variables, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let source = path.map_or(Source::None, Source::File);
+        let config: Self = core_config::load(source)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads TOML text, applies `MESH_*` variables, and validates.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        let config: Self = core_config::load(Source::Toml(toml))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads TOML text with these environment variables instead of the process's.
+    pub fn from_toml_str_with_env(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = core_config::load_with_env(Source::Toml(toml), env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: authorities, endpoint lists, listeners.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, value: String, message: &str| ConfigError::Invalid {
+            key,
+            value: format!(" = {value}"),
+            message: message.to_owned(),
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid("log".into(), format!("{:?}", self.log), &e.to_string()));
+        }
+        if self.runtime.threads > 1024 {
+            return Err(invalid(
+                "runtime.threads".into(),
+                self.runtime.threads.to_string(),
+                "expected at most 1024 (0 means one per core)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, svc) in self.outbound.services.iter().enumerate() {
+            let key = |field: &str| format!("outbound.services[{i}].{field}");
+            let authority = Authority::parse(&svc.authority, 80)
+                .map_err(|e| invalid(key("authority"), format!("{:?}", svc.authority), &e.to_string()))?;
+            if !seen.insert(authority.clone()) {
+                return Err(invalid(
+                    key("authority"),
+                    format!("{:?}", svc.authority),
+                    "this service is already configured",
+                ));
+            }
+            if svc.endpoints.is_empty() {
+                return Err(invalid(key("endpoints"), "[]".into(), "a service needs at least one endpoint"));
+            }
+            match (svc.opaque, svc.listen) {
+                (true, None) => {
+                    return Err(invalid(
+                        key("listen"),
+                        "(missing)".into(),
+                        "an opaque service needs a listen address of its own",
+                    ));
+                }
+                (false, Some(listen)) => {
+                    return Err(invalid(
+                        key("listen"),
+                        listen.to_string(),
+                        "only opaque services have a listener of their own (set opaque = true)",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[admin]
+listen = "127.0.0.1:4191"
+[outbound]
+listen = "127.0.0.1:4140"
+[[outbound.services]]
+authority = "greeter.demo.svc.cluster.local:50051"
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+[inbound]
+listen = "127.0.0.1:4143"
+app = "127.0.0.1:8080"
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_documented_shape_loads() {
+        let c = Config::from_toml_str_with_env(EXAMPLE, no_env()).unwrap();
+        assert_eq!(c.outbound.services.len(), 1);
+        assert_eq!(c.outbound.services[0].endpoints.len(), 3);
+        assert_eq!(c.inbound.as_ref().map(|i| i.app), Some(addr("127.0.0.1:8080")));
+        assert_eq!(c.outbound.detect_timeout, DEFAULT_DETECT_TIMEOUT);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            ("MESH_OUTBOUND__LISTEN".to_owned(), "127.0.0.1:5140".to_owned()),
+            ("MESH_RUNTIME__THREADS".to_owned(), "1".to_owned()),
+            ("MESH_OUTBOUND__DETECT_TIMEOUT".to_owned(), "2s".to_owned()),
+        ];
+        let c = Config::from_toml_str_with_env(EXAMPLE, env).unwrap();
+        assert_eq!(c.outbound.listen, addr("127.0.0.1:5140"));
+        assert_eq!(c.runtime.threads, 1);
+        assert_eq!(c.outbound.detect_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = EXAMPLE.replace("127.0.0.1:9002", "not-an-address");
+        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        assert!(e.contains("outbound.services") && e.contains("endpoints"), "{e}");
+
+        let bad = EXAMPLE.replace("[admin]", "[admin]\nlisten_port = 1");
+        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        assert!(e.contains("listen_port"), "{e}");
+
+        let bad = EXAMPLE.replace("greeter.demo.svc.cluster.local:50051", "bad host:1");
+        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        assert!(e.contains("outbound.services[0].authority"), "{e}");
+
+        let env = vec![("MESH_RUNTIME__THREADS".to_owned(), "many".to_owned())];
+        let e = Config::from_toml_str_with_env(EXAMPLE, env).unwrap_err().to_string();
+        assert!(e.contains("runtime.threads") && e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn opaque_services_need_a_listener() {
+        let bad = format!("{EXAMPLE}\n[[outbound.services]]\nauthority = \"db:5432\"\nendpoints = [\"127.0.0.1:5432\"]\nopaque = true\n");
+        let bad = bad.replace("[inbound]\nlisten = \"127.0.0.1:4143\"\napp = \"127.0.0.1:8080\"\n", "");
+        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        assert!(e.contains("outbound.services[1].listen"), "{e}");
+    }
+}

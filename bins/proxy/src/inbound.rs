@@ -1,0 +1,66 @@
+//! The inbound stack: other services' calls, forwarded to the local app.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_core::client::{EndpointClient, HttpClient};
+use mesh_core::detect::{self, PrefixedIo, Protocol};
+use mesh_core::drain::Drain;
+use mesh_core::server::{HttpServer, Respond};
+use mesh_core::tcp;
+use tokio::net::TcpStream;
+
+use crate::Config;
+use crate::config::InboundConfig;
+
+/// The inbound stack, shared by every inbound connection.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    stack: Respond<EndpointClient>,
+    server: HttpServer,
+    app: SocketAddr,
+    detect_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Inbound {
+    /// Builds the stack in front of `inbound.app`.
+    pub fn new(inbound: &InboundConfig, config: &Config) -> Self {
+        let client = HttpClient::new(&config.client);
+        Self {
+            stack: Respond::new(client.endpoint(inbound.app)),
+            server: HttpServer::new(&config.server),
+            app: inbound.app,
+            detect_timeout: inbound.detect_timeout,
+            connect_timeout: config.client.connect_timeout,
+        }
+    }
+
+    /// Serves one accepted connection: HTTP through the stack, anything else as bytes.
+    pub async fn serve(self, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "inbound connection closed during detection");
+                return;
+            }
+        };
+        let mut io = PrefixedIo::new(prefix, stream);
+        if protocol == Protocol::Opaque {
+            let mut app = match tcp::connect(self.app, self.connect_timeout).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "inbound opaque connection: app unreachable");
+                    return;
+                }
+            };
+            if let Err(e) = tcp::forward(&mut io, &mut app).await {
+                tracing::debug!(%peer, error = %e, "inbound opaque connection ended with an error");
+            }
+            return;
+        }
+        if let Err(e) = self.server.serve(io, protocol, self.stack, &drain).await {
+            tracing::debug!(%peer, error = %e, "inbound connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! mesh-proxy, the sidecar: an outbound listener that balances the app's HTTP and gRPC calls
+//! per request, an inbound listener in front of the app, opaque TCP services, and an admin
+//! listener.
+//!
+//! The binary (`main.rs`) is thin wiring over this library, so that tests, the demo and other
+//! binaries (the ingress) run the same proxy in-process.
+//!
+//! # Stacks
+//!
+//! ```text
+//! outbound: accept -> detect (HTTP/1 | HTTP/2 | opaque: closed with a logged reason)
+//!           -> hyper server -> Respond (errors -> 502/503/504 or grpc-status)
+//!           -> AuthorityRouter (:authority / Host) -> RoundRobin -> EndpointClient
+//! inbound:  accept -> detect -> HTTP: hyper server -> Respond -> EndpointClient(app)
+//!                            -> opaque: TCP forward to the app
+//! opaque:   accept -> round robin per connection -> TCP forward, half-close preserved
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = mesh_proxy::Config::from_toml_str(r#"
+//!     [outbound]
+//!     listen = "127.0.0.1:0"
+//!     [[outbound.services]]
+//!     authority = "web:80"
+//!     endpoints = ["127.0.0.1:8080"]
+//! "#)?;
+//! let proxy = mesh_proxy::Proxy::bind(config).await?;
+//! println!("outbound on {}", proxy.outbound_addr());
+//! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod inbound;
+pub mod opaque;
+pub mod outbound;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_core::drain::Drain;
+use tokio::net::{TcpListener, TcpStream};
+
+pub use config::Config;
+
+/// A proxy whose listeners are bound, ready to [`run`](Proxy::run).
+#[derive(Debug)]
+pub struct Proxy {
+    config: Config,
+    admin: TcpListener,
+    outbound: TcpListener,
+    inbound: Option<TcpListener>,
+    opaque: Vec<(TcpListener, config::ServiceConfig)>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+impl Proxy {
+    /// Validates the configuration and binds every listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let admin = bind(config.admin.listen, "admin.listen").await?;
+        let outbound = bind(config.outbound.listen, "outbound.listen").await?;
+        let inbound = match &config.inbound {
+            Some(inbound) => Some(bind(inbound.listen, "inbound.listen").await?),
+            None => None,
+        };
+        let mut opaque = Vec::new();
+        for svc in config.outbound.services.iter().filter(|s| s.opaque) {
+            if let Some(listen) = svc.listen {
+                opaque.push((bind(listen, &svc.authority).await?, svc.clone()));
+            }
+        }
+        Ok(Self {
+            config,
+            admin,
+            outbound,
+            inbound,
+            opaque,
+        })
+    }
+
+    /// The outbound listener's address.
+    pub fn outbound_addr(&self) -> SocketAddr {
+        local_addr(&self.outbound)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+
+    /// The inbound listener's address, when there is one.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound.as_ref().map(local_addr)
+    }
+
+    /// The listeners of opaque services, by authority.
+    pub fn opaque_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.opaque
+            .iter()
+            .map(|(l, svc)| (svc.authority.clone(), local_addr(l)))
+            .collect()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves until `shutdown` resolves, then drains: listeners close at once (new
+    /// connections are refused), requests in flight get up to `runtime.shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let drain = Drain::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let config = Arc::new(self.config);
+
+        let outbound = outbound::Outbound::new(&config)?;
+        spawn_accept(self.outbound, drain.clone(), "outbound", move |stream, peer, drain| {
+            outbound.clone().serve(stream, peer, drain)
+        });
+        if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
+            let inbound = inbound::Inbound::new(inbound_config, &config);
+            spawn_accept(listener, drain.clone(), "inbound", move |stream, peer, drain| {
+                inbound.clone().serve(stream, peer, drain)
+            });
+        }
+        for (listener, svc) in self.opaque {
+            let forward = opaque::OpaqueService::new(&svc, config.client.connect_timeout)?;
+            spawn_accept(listener, drain.clone(), "opaque", move |stream, peer, _| {
+                forward.clone().serve(stream, peer)
+            });
+        }
+        let admin = admin::Admin::new(ready.clone(), config.clone());
+        spawn_accept(self.admin, drain.clone(), "admin", move |stream, _, drain| {
+            admin.clone().serve(stream, drain)
+        });
+
+        ready.store(true, Ordering::Release);
+        tracing::info!("proxy ready");
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+        let grace = config.runtime.shutdown_grace;
+        tracing::info!(?grace, "shutting down: listeners closed, draining connections");
+        if drain.drain(grace).await {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(?grace, "grace period over: closing the connections left");
+        }
+        Ok(())
+    }
+}
+
+/// Accepts until draining starts, then drops the listener so new connections are refused.
+fn spawn_accept<F, Fut>(listener: TcpListener, drain: Drain, name: &'static str, mut handle: F)
+where
+    F: FnMut(TcpStream, SocketAddr, Drain) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = drain.signaled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    drain.spawn(handle(stream, peer, drain.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!(listener = name, "listener closed");
+    });
+}

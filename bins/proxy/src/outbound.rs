@@ -1,0 +1,72 @@
+//! The outbound stack: the app's HTTP calls, balanced per request over the endpoints of the
+//! service their authority names.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use mesh_balance::RoundRobin;
+use mesh_core::client::{EndpointClient, HttpClient};
+use mesh_core::detect::{self, PrefixedIo, Protocol};
+use mesh_core::drain::Drain;
+use mesh_core::endpoint::Authority;
+use mesh_core::router::AuthorityRouter;
+use mesh_core::server::{HttpServer, Respond};
+use tokio::net::TcpStream;
+
+use crate::Config;
+
+/// The outbound HTTP stack, shared by every outbound connection.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    stack: Respond<AuthorityRouter<RoundRobin<EndpointClient>>>,
+    server: HttpServer,
+    detect_timeout: std::time::Duration,
+}
+
+impl Outbound {
+    /// Builds the stack for the configured HTTP services.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let client = HttpClient::new(&config.client);
+        let mut routes = Vec::new();
+        for svc in config.outbound.services.iter().filter(|s| !s.opaque) {
+            let authority = Authority::parse(&svc.authority, 80)
+                .with_context(|| format!("service {:?}", svc.authority))?;
+            let endpoints = svc.endpoints.iter().map(|addr| client.endpoint(*addr));
+            let balancer = RoundRobin::new(endpoints).with_context(|| format!("service {authority}"))?;
+            routes.push((authority, balancer));
+        }
+        Ok(Self {
+            stack: Respond::new(AuthorityRouter::new(routes, 80)),
+            server: HttpServer::new(&config.server),
+            detect_timeout: config.outbound.detect_timeout,
+        })
+    }
+
+    /// The stack, for composing it elsewhere (the ingress).
+    pub fn stack(&self) -> &Respond<AuthorityRouter<RoundRobin<EndpointClient>>> {
+        &self.stack
+    }
+
+    /// Serves one accepted connection.
+    pub async fn serve(self, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "outbound connection closed during detection");
+                return;
+            }
+        };
+        if protocol == Protocol::Opaque {
+            tracing::info!(
+                %peer,
+                read = prefix.len(),
+                "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
+            );
+            return;
+        }
+        let io = PrefixedIo::new(prefix, stream);
+        if let Err(e) = self.server.serve(io, protocol, self.stack, &drain).await {
+            tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Configuration loading: a TOML file (or an embedded default), then `MESH_` environment
+//! variables on top, into one typed struct; durations written as `"10s"`, `"250ms"`.
+//!
+//! Nested keys use a double underscore in the environment: `MESH_OUTBOUND__LISTEN` sets
+//! `outbound.listen`. A bad value fails with the key, the value and what was expected.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "MESH";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not valid TOML.
+    #[error("cannot load configuration from {path}: {message}")]
+    Source {
+        /// The file or source.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A key holds a value of the wrong shape.
+    #[error("invalid configuration: key `{key}`{value}: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// ` = <value>` when known.
+        value: String,
+        /// What was expected.
+        message: String,
+    },
+    /// The values are well-formed but do not fit together.
+    #[error("invalid configuration: {0}")]
+    Semantic(String),
+}
+
+/// Where the configuration text comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// A TOML file.
+    File(&'a Path),
+    /// TOML text, such as an embedded default.
+    Toml(&'a str),
+    /// Only defaults and the environment.
+    None,
+}
+
+/// Loads `T` from `source`, then the `MESH_*` environment variables.
+pub fn load<T: DeserializeOwned>(source: Source<'_>) -> Result<T, ConfigError> {
+    load_with_env(source, std::env::vars())
+}
+
+/// Loads `T` from `source`, then from `env` (pairs of name and value; names that do not start
+/// with `MESH_` are ignored).
+pub fn load_with_env<T: DeserializeOwned>(
+    source: Source<'_>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let mut builder = config::Config::builder();
+    match source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Source {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            builder = builder.add_source(toml_source(&text, &path.display().to_string())?);
+        }
+        Source::Toml(text) => builder = builder.add_source(toml_source(text, "embedded configuration")?),
+        Source::None => {}
+    }
+    let prefix = format!("{ENV_PREFIX}_");
+    let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env)),
+    );
+    let merged = builder.build().map_err(|e| from_config_error(e, None))?;
+    let lookup = merged.clone();
+    merged.try_deserialize().map_err(|e| from_config_error(e, Some(&lookup)))
+}
+
+fn toml_source(text: &str, name: &str) -> Result<config::File<config::FileSourceString, config::FileFormat>, ConfigError> {
+    // Parse once here so that a syntax error names the file and the line.
+    if let Err(e) = text.parse::<toml_check::Table>() {
+        return Err(ConfigError::Source {
+            path: name.to_owned(),
+            message: e.to_string(),
+        });
+    }
+    Ok(config::File::from_str(text, config::FileFormat::Toml))
+}
+
+mod toml_check {
+    pub(super) type Table = toml::Table;
+}
+
+fn from_config_error(e: config::ConfigError, merged: Option<&config::Config>) -> ConfigError {
+    match e {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::Invalid {
+            value: format!(" = {unexpected}"),
+            key,
+            message: format!("expected {expected}"),
+        },
+        config::ConfigError::At { error, key: Some(key), .. } => {
+            let value = merged
+                .and_then(|m| m.get_string(&key).ok())
+                .map(|v| format!(" = {v:?}"))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                key,
+                value,
+                message: error.to_string(),
+            }
+        }
+        other => ConfigError::Source {
+            path: "configuration".to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"1.5s"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (expected e.g. \"10s\" or \"250ms\")"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?} has no unit (expected ms, s, m or h, e.g. \"10s\")")),
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `#[serde(with = "mesh_core::config::duration")]` for `Duration` fields.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Reads `"10s"`-style text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Writes `"10s"`-style text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::net::SocketAddr;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        listen: SocketAddr,
+        #[serde(default)]
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Inner {
+        port: u16,
+        #[serde(with = "duration")]
+        timeout: Duration,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c: Outer = load_with_env(
+            Source::Toml("listen = \"127.0.0.1:1\"\n[inner]\nport = 2\ntimeout = \"1s\"\n"),
+            env(&[("MESH_INNER__PORT", "3"), ("MESH_LISTEN", "127.0.0.1:4"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:4".parse().unwrap());
+        assert_eq!(c.inner.port, 3);
+        assert_eq!(c.inner.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_bad_value_names_key_and_value() {
+        let e = load_with_env::<Outer>(Source::Toml("listen = \"nowhere\"\n"), env(&[])).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("listen"), "{text}");
+        assert!(text.contains("nowhere"), "{text}");
+
+        let e = load_with_env::<Outer>(
+            Source::Toml("listen = \"127.0.0.1:1\"\n[inner]\ntimeout = \"ten\"\n"),
+            env(&[]),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("inner.timeout"), "{text}");
+        assert!(text.contains("ten"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_named() {
+        let e = load_with_env::<Outer>(Source::Toml("listen = \"127.0.0.1:1\"\nlisten_typo = 1\n"), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("listen_typo"), "{e}");
+        let e = load_with_env::<Outer>(Source::Toml("listen = \n"), env(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Source { .. }), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,260 @@
+//! The HTTP server side: serving a detected connection with hyper, draining it gracefully,
+//! and [`Respond`], the layer at the top of every stack that turns errors into responses.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::BoxError;
+use crate::body::Body;
+use crate::detect::Protocol;
+use crate::drain::Drain;
+use crate::error::{error_chain, error_response, is_grpc};
+
+/// Settings of the HTTP server side of a listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP/1: how long a client may take to send a request's headers.
+    #[serde(with = "crate::config::duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request header block accepted, in bytes (HTTP/1 buffer and HTTP/2 header list).
+    pub max_header_bytes: u32,
+    /// HTTP/2: concurrent streams a client may open on one connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2: the per-stream receive window, in bytes. Bounds what one slow stream can buffer.
+    pub initial_stream_window: u32,
+    /// HTTP/2: the per-connection receive window, in bytes.
+    pub initial_connection_window: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 1000,
+            initial_stream_window: 1024 * 1024,
+            initial_connection_window: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Serves HTTP/1 and HTTP/2 connections with one set of settings.
+#[derive(Clone, Debug)]
+pub struct HttpServer {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl HttpServer {
+    /// A server with these settings.
+    pub fn new(config: &ServerConfig) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size((config.max_header_bytes as usize).max(8192));
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .initial_stream_window_size(config.initial_stream_window)
+            .initial_connection_window_size(config.initial_connection_window);
+        Self { h1, h2 }
+    }
+
+    /// Serves one connection until the client is done or draining finishes it.
+    ///
+    /// On drain, HTTP/1 closes after the response in flight and HTTP/2 sends GOAWAY and lets
+    /// open streams finish.
+    pub async fn serve<I, S>(&self, io: I, protocol: Protocol, service: S, drain: &Drain) -> Result<(), hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http2 => until_drained(self.h2.serve_connection(io, service), drain).await,
+            Protocol::Http1 | Protocol::Opaque => {
+                until_drained(self.h1.serve_connection(io, service), drain).await
+            }
+        }
+    }
+}
+
+async fn until_drained<C>(conn: C, drain: &Drain) -> Result<(), hyper::Error>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        _ = drain.signaled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Turns every error of the stack below into a response (see [`crate::error`]), so that the
+/// server never sees an error and the client always learns why.
+///
+/// The stack below has [`BoxError`] as its error type (a generic `Into<BoxError>` bound trips
+/// a compiler limit on higher-ranked lifetimes once the connection future must be `Send`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RespondLayer;
+
+impl RespondLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+impl<S> Layer<S> for RespondLayer {
+    type Service = Respond<S>;
+
+    fn layer(&self, inner: S) -> Respond<S> {
+        Respond::new(inner)
+    }
+}
+
+/// See [`RespondLayer`]. Also a `hyper` service, so a stack can be served as it is.
+///
+/// Each request drives its own clone of the inner service through readiness (`oneshot`), so
+/// a shared stack below (cheap to clone) is never called without being ready.
+#[derive(Clone, Debug)]
+pub struct Respond<S> {
+    inner: S,
+}
+
+impl<S> Respond<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Request<Body>> for Respond<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RespondFuture<S>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> RespondFuture<S> {
+        RespondFuture::new(self.inner.clone(), req)
+    }
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Respond<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RespondFuture<S>;
+
+    fn call(&self, req: Request<Incoming>) -> RespondFuture<S> {
+        RespondFuture::new(self.inner.clone(), req.map(Body::Incoming))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Respond`].
+    pub struct RespondFuture<S: Service<Request<Body>>> {
+        #[pin]
+        inner: Oneshot<S, Request<Body>>,
+        grpc: bool,
+    }
+}
+
+impl<S: Service<Request<Body>>> RespondFuture<S> {
+    fn new(svc: S, req: Request<Body>) -> Self {
+        let grpc = is_grpc(&req);
+        Self {
+            inner: svc.oneshot(req),
+            grpc,
+        }
+    }
+}
+
+impl<S: Service<Request<Body>>> std::fmt::Debug for RespondFuture<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespondFuture").field("grpc", &self.grpc).finish_non_exhaustive()
+    }
+}
+
+impl<S> Future for RespondFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.inner.poll(cx)) {
+            Ok(rsp) => Poll::Ready(Ok(rsp)),
+            Err(e) => {
+                tracing::info!(error = %error_chain(&*e), "request failed");
+                Poll::Ready(Ok(error_response(&*e, *this.grpc)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ProxyError;
+    use http::StatusCode;
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_become_responses() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut svc = RespondLayer::new().layer(mock);
+        let rsp = tokio::spawn(svc.call(Request::new(Body::Empty)));
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_error(ProxyError::unavailable("fail-fast", "no endpoint ready"));
+        let rsp = rsp.await.unwrap().unwrap();
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn responses_pass_through() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut svc = RespondLayer::new().layer(mock);
+        let rsp = tokio::spawn(svc.call(Request::new(Body::Empty)));
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::builder().status(418).body(Body::Empty).unwrap());
+        assert_eq!(rsp.await.unwrap().unwrap().status(), StatusCode::IM_A_TEAPOT);
+    }
+}
