@@ -51,5 +51,38 @@ pub use body::Body;
 /// The error type between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The erasure point of an HTTP stage: any stack below, as one cloneable type.
-pub type HttpService = tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+/// The erasure point of an HTTP stage: any stack below, as one cloneable type. Make one
+/// with [`erase`].
+pub type HttpService = tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, StackError>;
+
+/// Erases a stack into an [`HttpService`]: readable type names and fast release builds, for one
+/// allocation per request (the boxed future).
+pub fn erase<S>(stack: S) -> HttpService
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt;
+    HttpService::new(stack.map_err(|e: S::Error| StackError(e.into())))
+}
+
+/// The error of an erased stack: a boxed error behind a concrete type.
+///
+/// A concrete type because a boxed `'static` error inside a boxed future cannot be proven to
+/// convert into a boxed error of *any* lifetime, which hyper's `Send` bounds ask for
+/// (rust-lang/rust#102211). Its `source` is the boxed error, so classification sees through it.
+#[derive(Debug)]
+pub struct StackError(pub BoxError);
+
+impl std::fmt::Display for StackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StackError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}

@@ -76,7 +76,8 @@ impl<S> AuthorityRouter<S> {
 
 impl<S> Service<Request<Body>> for AuthorityRouter<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -124,13 +125,14 @@ impl<S: Service<Request<Body>>> std::fmt::Debug for RouteFuture<S> {
 
 impl<S> Future for RouteFuture<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
 {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            RouteFutureProj::Routed { inner } => inner.poll(cx),
+            RouteFutureProj::Routed { inner } => inner.poll(cx).map_err(Into::into),
             RouteFutureProj::Failed { error } => Poll::Ready(Err(match error.take() {
                 Some(e) => e.into(),
                 None => "route future polled after completion".into(),

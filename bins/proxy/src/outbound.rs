@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use mesh_balance::RoundRobin;
-use mesh_core::client::{EndpointClient, HttpClient};
+use mesh_core::HttpService;
+use mesh_core::client::HttpClient;
 use mesh_core::detect::{self, PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Authority;
@@ -18,7 +19,7 @@ use crate::Config;
 /// The outbound HTTP stack, shared by every outbound connection.
 #[derive(Clone, Debug)]
 pub struct Outbound {
-    stack: Respond<AuthorityRouter<RoundRobin<EndpointClient>>>,
+    stack: Respond<AuthorityRouter<HttpService>>,
     server: HttpServer,
     detect_timeout: std::time::Duration,
 }
@@ -33,7 +34,7 @@ impl Outbound {
                 .with_context(|| format!("service {:?}", svc.authority))?;
             let endpoints = svc.endpoints.iter().map(|addr| client.endpoint(*addr));
             let balancer = RoundRobin::new(endpoints).with_context(|| format!("service {authority}"))?;
-            routes.push((authority, balancer));
+            routes.push((authority, mesh_core::erase(balancer)));
         }
         Ok(Self {
             stack: Respond::new(AuthorityRouter::new(routes, 80)),
@@ -43,7 +44,7 @@ impl Outbound {
     }
 
     /// The stack, for composing it elsewhere (the ingress).
-    pub fn stack(&self) -> &Respond<AuthorityRouter<RoundRobin<EndpointClient>>> {
+    pub fn stack(&self) -> &Respond<AuthorityRouter<HttpService>> {
         &self.stack
     }
 

@@ -1,0 +1,215 @@
+//! The mesh-proxy binary as users and orchestrators run it: configuration errors, SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with_contents(text)
+}
+
+/// A tiny temp-file helper, to avoid a dependency for one test file.
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub(super) struct TempPath(pub(super) PathBuf);
+
+    impl TempPath {
+        pub(super) fn with_contents(text: &str) -> Self {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let path = std::env::temp_dir().join(format!("mesh-proxy-test-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn run_check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let file = write_config(config);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&file.0).arg("--check");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn malformed_config_exits_2_and_names_the_key() {
+    let (code, err) = run_check("[outbound]\nlisten = \"127.0.0.1:notaport\"\n", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("outbound.listen") && err.contains("notaport"), "{err}");
+
+    let (code, err) = run_check("[outbound\nlisten = 1\n", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("TOML") || err.contains("line"), "{err}");
+
+    let (code, err) = run_check("[outbound]\nlisten = \"127.0.0.1:4140\"\nlisen = 1\n", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("lisen"), "{err}");
+
+    let (code, err) = run_check("", &[("MESH_RUNTIME__SHUTDOWN_GRACE", "forever")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("runtime.shutdown_grace") && err.contains("forever"), "{err}");
+
+    let missing = Command::new(BIN).args(["--config", "/nonexistent/mesh.toml"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/mesh.toml"));
+}
+
+#[test]
+fn check_prints_the_effective_config_with_env_overrides() {
+    let file = write_config("[outbound]\nlisten = \"127.0.0.1:4140\"\n");
+    let out = Command::new(BIN)
+        .args(["--check", "--config"])
+        .arg(&file.0)
+        .env("MESH_OUTBOUND__LISTEN", "127.0.0.1:5140")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:5140\""), "{text}");
+}
+
+/// Reserves a free port on 127.0.0.1 (the kernel may in principle hand it out again).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect(admin).await {
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("proxy never became ready on {admin}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0() {
+    // A backend that holds each request until the test releases it.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (got_request_tx, mut got_request) = tokio::sync::mpsc::channel::<()>(4);
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let release_backend = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            let tx = got_request_tx.clone();
+            let release = release_backend.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let _ = tx.send(()).await;
+                release.notified().await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished").await;
+            });
+        }
+    });
+
+    let outbound = free_port();
+    let admin = free_port();
+    let file = write_config(&format!(
+        "[admin]\nlisten = \"{admin}\"\n[outbound]\nlisten = \"{outbound}\"\n[[outbound.services]]\n\
+         authority = \"slow.test:80\"\nendpoints = [\"{backend_addr}\"]\n[runtime]\nthreads = 1\nshutdown_grace = \"20s\"\n"
+    ));
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut proxy = Proxy(child);
+    wait_ready(admin).await;
+
+    let mut client = TcpStream::connect(outbound).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: slow.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), got_request.recv())
+        .await
+        .expect("the backend never saw the request");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // New connections are refused once the listener is closed.
+    let mut refused = false;
+    for _ in 0..400 {
+        match TcpStream::connect(outbound).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    assert!(refused, "the outbound listener still accepts after SIGTERM");
+    assert!(proxy.0.try_wait().unwrap().is_none(), "the proxy exited with a request in flight");
+
+    // The request in flight still gets its answer.
+    release.notify_waiters();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("no answer to the in-flight request")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("finished"), "{answer}");
+
+    let mut status = None;
+    for _ in 0..400 {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = status.expect("the proxy did not exit after draining");
+    assert_eq!(status.code(), Some(0));
+    let _ = std::io::stderr().flush();
+}
