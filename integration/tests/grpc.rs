@@ -1,6 +1,12 @@
 //! gRPC through mesh-proxy, end to end: the demo's tonic Greeter replicas behind the real
 //! proxy, called by clients we did not write (Python grpcio) and by tonic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +28,10 @@ async fn mesh_with_three_greeters() -> Mesh {
         let greeter = Greeter::new(GreeterConfig::new(format!("greeter-{i}")));
         replicas.push(Replica::spawn_greeter(greeter).await.unwrap());
     }
-    let endpoints: Vec<String> = replicas.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+    let endpoints: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
     let toml = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n\
          [[outbound.services]]\nauthority = \"{AUTHORITY}\"\nendpoints = [{}]\n",
@@ -69,7 +78,10 @@ async fn python_grpcio_through_the_proxy() {
         !stderr.contains("No module named 'grpc"),
         "Python grpcio is required: pip install grpcio grpcio-tools (.ci/run does)\n{stderr}"
     );
-    assert!(output.status.success(), "interop client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "interop client failed:\n{stdout}\n{stderr}"
+    );
 
     for check in [
         "unary",
@@ -80,7 +92,10 @@ async fn python_grpcio_through_the_proxy() {
         "4MiB-messages",
         "3000-unary-one-connection",
     ] {
-        assert!(stdout.contains(&format!("\"{check}\"")), "check {check} missing: {stdout}");
+        assert!(
+            stdout.contains(&format!("\"{check}\"")),
+            "check {check} missing: {stdout}"
+        );
     }
     for replica in &mesh.replicas {
         let count = per_replica_count(&stdout, replica.name());
@@ -98,7 +113,11 @@ fn per_replica_count(report: &str, name: &str) -> u64 {
     report
         .find(&key)
         .map(|i| &report[i + key.len()..])
-        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
         .and_then(|digits| digits.parse().ok())
         .unwrap_or(0)
 }
@@ -120,16 +139,28 @@ async fn tonic_client_per_request_balancing_and_unknown_service() {
         *counts.entry(reply.into_inner().replica).or_default() += 1;
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
-    assert!(counts.values().all(|c| (90..=110).contains(c)), "{counts:?}");
+    assert!(
+        counts.values().all(|c| (90..=110).contains(c)),
+        "{counts:?}"
+    );
 
-    let mut unknown = demo::greeter_client(demo::mesh_channel(mesh.outbound, "nobody.demo:50051").unwrap());
+    let mut unknown =
+        demo::greeter_client(demo::mesh_channel(mesh.outbound, "nobody.demo:50051").unwrap());
     let status = unknown
         .say_hello(HelloRequest::default())
         .await
         .expect_err("an unknown service must fail");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().contains("unknown-authority"), "{}", status.message());
-    assert!(status.message().contains("nobody.demo:50051"), "{}", status.message());
+    assert!(
+        status.message().contains("unknown-authority"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("nobody.demo:50051"),
+        "{}",
+        status.message()
+    );
     assert!(status.metadata().contains_key("mesh-proxy-error"));
 }
 
@@ -143,11 +174,20 @@ async fn a_dead_replica_fails_its_calls_cleanly() {
     dead.shutdown().await.unwrap();
     let (mut ok, mut unavailable) = (0, 0);
     for _ in 0..30 {
-        match client.say_hello(HelloRequest { name: "x".into(), ..Default::default() }).await {
+        match client
+            .say_hello(HelloRequest {
+                name: "x".into(),
+                ..Default::default()
+            })
+            .await
+        {
             Ok(_) => ok += 1,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                assert!(status.metadata().contains_key("mesh-proxy-error"), "{status:?}");
+                assert!(
+                    status.metadata().contains_key("mesh-proxy-error"),
+                    "{status:?}"
+                );
                 unavailable += 1;
             }
         }

@@ -176,6 +176,9 @@ mod tests {
 
     #[test]
     fn refuses_an_empty_set() {
-        assert_eq!(RoundRobin::<mock::Mock<u32, u32>>::new([]).err(), Some(BalanceError::NoEndpoints));
+        assert_eq!(
+            RoundRobin::<mock::Mock<u32, u32>>::new([]).err(),
+            Some(BalanceError::NoEndpoints)
+        );
     }
 }

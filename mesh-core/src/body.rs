@@ -87,7 +87,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Body::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(|e| BodyError(e.into())),
+            Body::Incoming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(e.into())),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Empty => Poll::Ready(None),
             Body::Boxed(body) => Pin::new(body).poll_frame(cx).map_err(BodyError),

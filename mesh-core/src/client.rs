@@ -155,7 +155,10 @@ impl tower::Service<Request<Body>> for EndpointClient {
 impl Inner {
     fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
         let guard = self.h2.load();
-        guard.as_ref().filter(|tx| !tx.is_closed()).map(|tx| (**tx).clone())
+        guard
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+            .map(|tx| (**tx).clone())
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ProxyError> {
@@ -219,11 +222,11 @@ impl Inner {
 
 /// Removes the headers that describe one hop, not the message (RFC 9110, section 7.6.1).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(named) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(named) = named.to_str() {
-            for name in named.split(',') {
-                headers.remove(name.trim());
-            }
+    if let Some(named) = headers.get(header::CONNECTION).cloned()
+        && let Ok(named) = named.to_str()
+    {
+        for name in named.split(',') {
+            headers.remove(name.trim());
         }
     }
     for name in [

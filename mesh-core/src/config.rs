@@ -69,11 +69,16 @@ pub fn load_with_env<T: DeserializeOwned>(
             })?;
             builder = builder.add_source(toml_source(&text, &path.display().to_string())?);
         }
-        Source::Toml(text) => builder = builder.add_source(toml_source(text, "embedded configuration")?),
+        Source::Toml(text) => {
+            builder = builder.add_source(toml_source(text, "embedded configuration")?)
+        }
         Source::None => {}
     }
     let prefix = format!("{ENV_PREFIX}_");
-    let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .collect();
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
@@ -83,10 +88,15 @@ pub fn load_with_env<T: DeserializeOwned>(
     );
     let merged = builder.build().map_err(|e| from_config_error(e, None))?;
     let lookup = merged.clone();
-    merged.try_deserialize().map_err(|e| from_config_error(e, Some(&lookup)))
+    merged
+        .try_deserialize()
+        .map_err(|e| from_config_error(e, Some(&lookup)))
 }
 
-fn toml_source(text: &str, name: &str) -> Result<config::File<config::FileSourceString, config::FileFormat>, ConfigError> {
+fn toml_source(
+    text: &str,
+    name: &str,
+) -> Result<config::File<config::FileSourceString, config::FileFormat>, ConfigError> {
     // Parse once here so that a syntax error names the file and the line.
     if let Err(e) = text.parse::<toml_check::Table>() {
         return Err(ConfigError::Source {
@@ -113,7 +123,11 @@ fn from_config_error(e: config::ConfigError, merged: Option<&config::Config>) ->
             key,
             message: format!("expected {expected}"),
         },
-        config::ConfigError::At { error, key: Some(key), .. } => {
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => {
             let value = merged
                 .and_then(|m| m.get_string(&key).ok())
                 .map(|v| format!(" = {v:?}"))
@@ -134,7 +148,9 @@ fn from_config_error(e: config::ConfigError, merged: Option<&config::Config>) ->
 /// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"1.5s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
@@ -144,7 +160,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{text:?} has no unit (expected ms, s, m or h, e.g. \"10s\")")),
+        _ => {
+            return Err(format!(
+                "{text:?} has no unit (expected ms, s, m or h, e.g. \"10s\")"
+            ));
+        }
     };
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
 }
@@ -199,14 +219,21 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn environment_overrides_the_file() {
         let c: Outer = load_with_env(
             Source::Toml("listen = \"127.0.0.1:1\"\n[inner]\nport = 2\ntimeout = \"1s\"\n"),
-            env(&[("MESH_INNER__PORT", "3"), ("MESH_LISTEN", "127.0.0.1:4"), ("OTHER", "x")]),
+            env(&[
+                ("MESH_INNER__PORT", "3"),
+                ("MESH_LISTEN", "127.0.0.1:4"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:4".parse().unwrap());
@@ -216,7 +243,8 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_key_and_value() {
-        let e = load_with_env::<Outer>(Source::Toml("listen = \"nowhere\"\n"), env(&[])).unwrap_err();
+        let e =
+            load_with_env::<Outer>(Source::Toml("listen = \"nowhere\"\n"), env(&[])).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("listen"), "{text}");
         assert!(text.contains("nowhere"), "{text}");
@@ -233,7 +261,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_syntax_errors_are_named() {
-        let e = load_with_env::<Outer>(Source::Toml("listen = \"127.0.0.1:1\"\nlisten_typo = 1\n"), env(&[])).unwrap_err();
+        let e = load_with_env::<Outer>(
+            Source::Toml("listen = \"127.0.0.1:1\"\nlisten_typo = 1\n"),
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("listen_typo"), "{e}");
         let e = load_with_env::<Outer>(Source::Toml("listen = \n"), env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Source { .. }), "{e}");

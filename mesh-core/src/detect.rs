@@ -51,7 +51,11 @@ fn verdict(buf: &[u8]) -> Option<Protocol> {
         Some(end) => {
             let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
             let is_http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
-            Some(if is_http1 { Protocol::Http1 } else { Protocol::Opaque })
+            Some(if is_http1 {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            })
         }
         // A very long request target: a method and a space is enough of a sign.
         None if buf.len() >= MAX_DETECT_BYTES => Some(Protocol::Http1),
@@ -92,7 +96,10 @@ where
     let protocol = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) if buf.is_empty() => {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed before sending anything"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed before sending anything",
+            ));
         }
         // The peer half-closed or went quiet mid-way: whatever it sent is not HTTP we can serve.
         Ok(Ok(None)) | Err(_) => Protocol::Opaque,
@@ -121,7 +128,11 @@ impl<I> PrefixedIo<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
@@ -133,7 +144,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -167,7 +182,10 @@ mod tests {
     fn verdicts() {
         assert_eq!(verdict(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(verdict(&H2_PREFACE[..10]), None);
-        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Protocol::Http1)
+        );
         assert_eq!(verdict(b"POST /a HTTP/1.0\n"), Some(Protocol::Http1));
         assert_eq!(verdict(b"GET /partial"), None);
         assert_eq!(verdict(b"GET"), None);
@@ -186,7 +204,9 @@ mod tests {
             client.write_all(b"rest").await.ok();
             client
         });
-        let (p, prefix) = detect(&mut server, Duration::from_secs(10)).await.unwrap_or((Protocol::Opaque, Bytes::new()));
+        let (p, prefix) = detect(&mut server, Duration::from_secs(10))
+            .await
+            .unwrap_or((Protocol::Opaque, Bytes::new()));
         assert_eq!(p, Protocol::Http2);
         let _client = sender.await;
         let mut io = PrefixedIo::new(prefix, server);

@@ -104,7 +104,10 @@ impl Authority {
     ///
     /// Returns `None` when the input is already in normal form (the common case: no
     /// allocation), or the normal form otherwise.
-    pub fn normalize_request(input: &str, default_port: u16) -> Option<Result<Self, AuthorityError>> {
+    pub fn normalize_request(
+        input: &str,
+        default_port: u16,
+    ) -> Option<Result<Self, AuthorityError>> {
         let normal = match input.rsplit_once(':') {
             Some((host, port)) => {
                 !host.is_empty()
@@ -143,7 +146,10 @@ mod tests {
     #[test]
     fn parse_normalizes_case_port_and_trailing_dot() {
         let a = Authority::parse("Greeter.Demo.svc.cluster.local.:50051", 80);
-        assert_eq!(a.map(|a| a.to_string()), Ok("greeter.demo.svc.cluster.local:50051".into()));
+        assert_eq!(
+            a.map(|a| a.to_string()),
+            Ok("greeter.demo.svc.cluster.local:50051".into())
+        );
         let b = Authority::parse("web", 80);
         assert_eq!(b.map(|a| a.to_string()), Ok("web:80".into()));
     }
@@ -151,8 +157,14 @@ mod tests {
     #[test]
     fn parse_rejects_garbage() {
         assert_eq!(Authority::parse("", 80), Err(AuthorityError::Empty));
-        assert!(matches!(Authority::parse("a b", 80), Err(AuthorityError::Invalid(_))));
-        assert!(matches!(Authority::parse("u@h:1", 80), Err(AuthorityError::UserInfo(_))));
+        assert!(matches!(
+            Authority::parse("a b", 80),
+            Err(AuthorityError::Invalid(_))
+        ));
+        assert!(matches!(
+            Authority::parse("u@h:1", 80),
+            Err(AuthorityError::UserInfo(_))
+        ));
     }
 
     #[test]
@@ -160,15 +172,21 @@ mod tests {
         assert!(Authority::normalize_request("greeter:50051", 80).is_none());
         assert!(Authority::normalize_request("[::1]:80", 80).is_none());
         assert_eq!(
-            Authority::normalize_request("Greeter:50051", 80).and_then(Result::ok).map(|a| a.to_string()),
+            Authority::normalize_request("Greeter:50051", 80)
+                .and_then(Result::ok)
+                .map(|a| a.to_string()),
             Some("greeter:50051".into())
         );
         assert_eq!(
-            Authority::normalize_request("greeter", 80).and_then(Result::ok).map(|a| a.to_string()),
+            Authority::normalize_request("greeter", 80)
+                .and_then(Result::ok)
+                .map(|a| a.to_string()),
             Some("greeter:80".into())
         );
         assert_eq!(
-            Authority::normalize_request("[::1]", 80).and_then(Result::ok).map(|a| a.to_string()),
+            Authority::normalize_request("[::1]", 80)
+                .and_then(Result::ok)
+                .map(|a| a.to_string()),
             Some("[::1]:80".into())
         );
     }

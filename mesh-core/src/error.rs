@@ -118,10 +118,10 @@ pub fn classify(err: &(dyn StdError + 'static)) -> (ErrorKind, &'static str) {
         if let Some(p) = e.downcast_ref::<ProxyError>() {
             return (p.kind, p.reason);
         }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_timeout() {
-                return (ErrorKind::GatewayTimeout, "upstream-timeout");
-            }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            return (ErrorKind::GatewayTimeout, "upstream-timeout");
         }
         if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
             return (ErrorKind::GatewayTimeout, "timeout");
@@ -146,14 +146,19 @@ pub fn error_response(err: &(dyn StdError + 'static), grpc: bool) -> Response<Bo
     if grpc {
         let message = grpc_message(&format!("{reason}: {}", detail.to_str().unwrap_or(reason)));
         let headers = rsp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from(kind.grpc_status()));
         headers.insert("grpc-message", message);
     } else {
         *rsp.status_mut() = kind.http_status();
         *rsp.body_mut() = Body::full(format!("{}\n", detail.to_str().unwrap_or(reason)));
-        rsp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     rsp.headers_mut().insert(PROXY_ERROR_HEADER, detail);
     rsp
@@ -179,7 +184,13 @@ const MAX_HEADER_DETAIL: usize = 512;
 fn header_safe(text: &str) -> HeaderValue {
     let cleaned: String = text
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(MAX_HEADER_DETAIL)
         .collect();
     HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("proxy-error"))
@@ -201,11 +212,20 @@ mod tests {
         let e = ProxyError::unavailable("unknown-authority", "no service named x:80");
         let rsp = error_response(&e, false);
         assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let header = rsp.headers().get(PROXY_ERROR_HEADER).map(|v| v.to_str().ok());
-        assert_eq!(header, Some(Some("unknown-authority: no service named x:80")));
+        let header = rsp
+            .headers()
+            .get(PROXY_ERROR_HEADER)
+            .map(|v| v.to_str().ok());
+        assert_eq!(
+            header,
+            Some(Some("unknown-authority: no service named x:80"))
+        );
 
         let e = ProxyError::timeout("deadline", "1s elapsed");
-        assert_eq!(error_response(&e, false).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            error_response(&e, false).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
         let e: BoxError = "connection refused".into();
         assert_eq!(error_response(&*e, false).status(), StatusCode::BAD_GATEWAY);
     }
@@ -215,12 +235,18 @@ mod tests {
         let e = ProxyError::bad_gateway("connect", "connection refused");
         let rsp = error_response(&e, true);
         assert_eq!(rsp.status(), StatusCode::OK);
-        assert_eq!(rsp.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"14"[..]));
+        assert_eq!(
+            rsp.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"14"[..])
+        );
         assert!(rsp.headers().contains_key("grpc-message"));
         assert!(rsp.headers().contains_key(PROXY_ERROR_HEADER));
         let e = ProxyError::timeout("deadline", "1s elapsed");
         let rsp = error_response(&e, true);
-        assert_eq!(rsp.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]));
+        assert_eq!(
+            rsp.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"4"[..])
+        );
     }
 
     #[test]

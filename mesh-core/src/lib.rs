@@ -53,13 +53,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The erasure point of an HTTP stage: any stack below, as one cloneable type. Make one
 /// with [`erase`].
-pub type HttpService = tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, StackError>;
+pub type HttpService =
+    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, StackError>;
 
 /// Erases a stack into an [`HttpService`]: readable type names and fast release builds, for one
 /// allocation per request (the boxed future).
 pub fn erase<S>(stack: S) -> HttpService
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {

@@ -10,18 +10,19 @@ use http::{Request, Response, header};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use crate::BoxError;
 use crate::body::Body;
 use crate::endpoint::Authority;
 use crate::error::ProxyError;
-use crate::BoxError;
 
 /// The authority a request names: the URI's (HTTP/2, absolute-form HTTP/1) or the `Host`
 /// header's.
 pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// No service is known by the request's authority.
@@ -90,9 +91,11 @@ where
     fn call(&mut self, req: Request<Body>) -> RouteFuture<S> {
         let error = match request_authority(&req) {
             Some(authority) => match self.lookup(authority) {
-                Some(svc) => return RouteFuture::Routed {
+                Some(svc) => {
+                    return RouteFuture::Routed {
                         inner: svc.clone().oneshot(req),
-                    },
+                    };
+                }
                 None => RouteError::UnknownAuthority(authority.to_owned()),
             },
             None => RouteError::NoAuthority,
@@ -118,7 +121,9 @@ impl<S: Service<Request<Body>>> std::fmt::Debug for RouteFuture<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RouteFuture::Routed { .. } => f.write_str("RouteFuture::Routed"),
-            RouteFuture::Failed { error } => f.debug_tuple("RouteFuture::Failed").field(error).finish(),
+            RouteFuture::Failed { error } => {
+                f.debug_tuple("RouteFuture::Failed").field(error).finish()
+            }
         }
     }
 }
@@ -146,7 +151,10 @@ mod tests {
     use super::*;
     use crate::error::{ErrorKind, classify};
 
-    fn router() -> (AuthorityRouter<tower_test::mock::Mock<Request<Body>, Response<Body>>>, tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    type Mock = tower_test::mock::Mock<Request<Body>, Response<Body>>;
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn router() -> (AuthorityRouter<Mock>, Handle) {
         let (mock, handle) = tower_test::mock::pair();
         let auth = Authority::parse("greeter.demo:50051", 80).unwrap();
         (AuthorityRouter::new([(auth, mock)], 80), handle)
@@ -155,7 +163,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn routes_by_authority_in_any_case() {
         let (mut router, mut handle) = router();
-        let req = Request::builder().uri("http://Greeter.Demo:50051/x").body(Body::Empty).unwrap();
+        let req = Request::builder()
+            .uri("http://Greeter.Demo:50051/x")
+            .body(Body::Empty)
+            .unwrap();
         let fut = tokio::spawn(router.call(req));
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.uri().path(), "/x");
@@ -166,7 +177,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn routes_by_host_header() {
         let (mut router, mut handle) = router();
-        let req = Request::builder().uri("/y").header("host", "greeter.demo:50051").body(Body::Empty).unwrap();
+        let req = Request::builder()
+            .uri("/y")
+            .header("host", "greeter.demo:50051")
+            .body(Body::Empty)
+            .unwrap();
         let fut = tokio::spawn(router.call(req));
         let (_req, send) = handle.next_request().await.unwrap();
         send.send_response(Response::new(Body::Empty));
@@ -176,12 +191,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unknown_authorities_are_unavailable() {
         let (mut router, _handle) = router();
-        let req = Request::builder().uri("http://other:80/").body(Body::Empty).unwrap();
+        let req = Request::builder()
+            .uri("http://other:80/")
+            .body(Body::Empty)
+            .unwrap();
         let err = router.call(req).await.unwrap_err();
-        assert_eq!(classify(&*err), (ErrorKind::Unavailable, "unknown-authority"));
+        assert_eq!(
+            classify(&*err),
+            (ErrorKind::Unavailable, "unknown-authority")
+        );
         assert!(err.to_string().contains("other:80"));
         let req = Request::builder().uri("/").body(Body::Empty).unwrap();
         let err = router.call(req).await.unwrap_err();
-        assert_eq!(classify(&*err), (ErrorKind::Unavailable, "unknown-authority"));
+        assert_eq!(
+            classify(&*err),
+            (ErrorKind::Unavailable, "unknown-authority")
+        );
     }
 }

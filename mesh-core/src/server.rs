@@ -62,7 +62,11 @@ impl HttpServer {
     /// A server with these settings.
     pub fn new(config: &ServerConfig) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
+        // A client may shut its write side after a whole request and still read the answer
+        // (RFC 9112, section 9.6; HAProxy's default too). The price: a client that vanishes
+        // mid-request is noticed when the answer is written, not at once.
         h1.timer(TokioTimer::new())
+            .half_close(true)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size((config.max_header_bytes as usize).max(8192));
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -78,11 +82,20 @@ impl HttpServer {
     ///
     /// On drain, HTTP/1 closes after the response in flight and HTTP/2 sends GOAWAY and lets
     /// open streams finish.
-    pub async fn serve<I, S>(&self, io: I, protocol: Protocol, service: S, drain: &Drain) -> Result<(), hyper::Error>
+    pub async fn serve<I, S>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        drain: &Drain,
+    ) -> Result<(), hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Send
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<Body>,
+                Error = Infallible,
+            > + Send
             + 'static,
         S::Future: Send + 'static,
     {
@@ -209,7 +222,9 @@ impl<S: Service<Request<Body>>> RespondFuture<S> {
 
 impl<S: Service<Request<Body>>> std::fmt::Debug for RespondFuture<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RespondFuture").field("grpc", &self.grpc).finish_non_exhaustive()
+        f.debug_struct("RespondFuture")
+            .field("grpc", &self.grpc)
+            .finish_non_exhaustive()
     }
 }
 
@@ -255,6 +270,9 @@ mod tests {
         let rsp = tokio::spawn(svc.call(Request::new(Body::Empty)));
         let (_req, send) = handle.next_request().await.unwrap();
         send.send_response(Response::builder().status(418).body(Body::Empty).unwrap());
-        assert_eq!(rsp.await.unwrap().unwrap().status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(
+            rsp.await.unwrap().unwrap().status(),
+            StatusCode::IM_A_TEAPOT
+        );
     }
 }

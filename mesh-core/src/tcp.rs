@@ -22,10 +22,21 @@ pub struct Copied {
 pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, ProxyError> {
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ProxyError::bad_gateway("connect", ConnectError { addr, source: e })),
+        Ok(Err(e)) => {
+            return Err(ProxyError::bad_gateway(
+                "connect",
+                ConnectError { addr, source: e },
+            ));
+        }
         Err(_) => {
-            let e = io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {connect_timeout:?}"));
-            return Err(ProxyError::bad_gateway("connect-timeout", ConnectError { addr, source: e }));
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {connect_timeout:?}"),
+            );
+            return Err(ProxyError::bad_gateway(
+                "connect-timeout",
+                ConnectError { addr, source: e },
+            ));
         }
     };
     // Latency matters more than packet count on this path.
@@ -67,7 +78,10 @@ mod tests {
     async fn half_close_still_gets_the_answer() {
         let (mut client, mut proxy_client_side) = tokio::io::duplex(1024);
         let (mut proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let proxy = tokio::spawn(async move { forward(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        let proxy =
+            tokio::spawn(
+                async move { forward(&mut proxy_client_side, &mut proxy_upstream_side).await },
+            );
 
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
@@ -80,6 +94,12 @@ mod tests {
         client.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"pong");
         let copied = proxy.await.unwrap().unwrap();
-        assert_eq!(copied, Copied { client_to_upstream: 4, upstream_to_client: 4 });
+        assert_eq!(
+            copied,
+            Copied {
+                client_to_upstream: 4,
+                upstream_to_client: 4
+            }
+        );
     }
 }

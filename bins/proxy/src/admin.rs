@@ -39,7 +39,11 @@ impl Admin {
             ready: self.ready.clone(),
             config: self.config.clone(),
         };
-        if let Err(e) = self.server.serve(stream, Protocol::Http1, handler, &drain).await {
+        if let Err(e) = self
+            .server
+            .serve(stream, Protocol::Http1, handler, &drain)
+            .await
+        {
             tracing::debug!(error = %e, "admin connection ended with an error");
         }
     }
@@ -68,13 +72,18 @@ impl AdminService {
         }
         match req.uri().path() {
             "/live" => text(StatusCode::OK, "live\n".into()),
-            "/ready" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into()),
+            "/ready" if self.ready.load(Ordering::Acquire) => {
+                text(StatusCode::OK, "ready\n".into())
+            }
             "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
             "/config" => match toml::to_string(&*self.config) {
                 Ok(body) => text(StatusCode::OK, body),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },
-            _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /live or /config\n".into()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /ready, /live or /config\n".into(),
+            ),
         }
     }
 }
@@ -82,7 +91,9 @@ impl AdminService {
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut rsp = Response::new(Body::full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     rsp
 }

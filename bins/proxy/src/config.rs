@@ -103,7 +103,10 @@ pub struct InboundConfig {
     /// The local app.
     pub app: SocketAddr,
     /// How long to wait for a client's first bytes before treating the connection as opaque.
-    #[serde(default = "default_detect_timeout", with = "mesh_core::config::duration")]
+    #[serde(
+        default = "default_detect_timeout",
+        with = "mesh_core::config::duration"
+    )]
     pub detect_timeout: Duration,
 }
 
@@ -119,7 +122,8 @@ pub struct RuntimeConfig {
 }
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    text.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn default_inbound_listen() -> SocketAddr {
@@ -206,7 +210,11 @@ impl Config {
             message: message.to_owned(),
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(invalid("log".into(), format!("{:?}", self.log), &e.to_string()));
+            return Err(invalid(
+                "log".into(),
+                format!("{:?}", self.log),
+                &e.to_string(),
+            ));
         }
         if self.runtime.threads > 1024 {
             return Err(invalid(
@@ -218,8 +226,13 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, svc) in self.outbound.services.iter().enumerate() {
             let key = |field: &str| format!("outbound.services[{i}].{field}");
-            let authority = Authority::parse(&svc.authority, 80)
-                .map_err(|e| invalid(key("authority"), format!("{:?}", svc.authority), &e.to_string()))?;
+            let authority = Authority::parse(&svc.authority, 80).map_err(|e| {
+                invalid(
+                    key("authority"),
+                    format!("{:?}", svc.authority),
+                    &e.to_string(),
+                )
+            })?;
             if !seen.insert(authority.clone()) {
                 return Err(invalid(
                     key("authority"),
@@ -228,7 +241,11 @@ impl Config {
                 ));
             }
             if svc.endpoints.is_empty() {
-                return Err(invalid(key("endpoints"), "[]".into(), "a service needs at least one endpoint"));
+                return Err(invalid(
+                    key("endpoints"),
+                    "[]".into(),
+                    "a service needs at least one endpoint",
+                ));
             }
             match (svc.opaque, svc.listen) {
                 (true, None) => {
@@ -278,14 +295,20 @@ app = "127.0.0.1:8080"
         let c = Config::from_toml_str_with_env(EXAMPLE, no_env()).unwrap();
         assert_eq!(c.outbound.services.len(), 1);
         assert_eq!(c.outbound.services[0].endpoints.len(), 3);
-        assert_eq!(c.inbound.as_ref().map(|i| i.app), Some(addr("127.0.0.1:8080")));
+        assert_eq!(
+            c.inbound.as_ref().map(|i| i.app),
+            Some(addr("127.0.0.1:8080"))
+        );
         assert_eq!(c.outbound.detect_timeout, DEFAULT_DETECT_TIMEOUT);
     }
 
     #[test]
     fn environment_overrides_keys() {
         let env = vec![
-            ("MESH_OUTBOUND__LISTEN".to_owned(), "127.0.0.1:5140".to_owned()),
+            (
+                "MESH_OUTBOUND__LISTEN".to_owned(),
+                "127.0.0.1:5140".to_owned(),
+            ),
             ("MESH_RUNTIME__THREADS".to_owned(), "1".to_owned()),
             ("MESH_OUTBOUND__DETECT_TIMEOUT".to_owned(), "2s".to_owned()),
         ];
@@ -298,27 +321,45 @@ app = "127.0.0.1:8080"
     #[test]
     fn errors_name_the_key() {
         let bad = EXAMPLE.replace("127.0.0.1:9002", "not-an-address");
-        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
-        assert!(e.contains("outbound.services") && e.contains("endpoints"), "{e}");
+        let e = Config::from_toml_str_with_env(&bad, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outbound.services") && e.contains("endpoints"),
+            "{e}"
+        );
 
         let bad = EXAMPLE.replace("[admin]", "[admin]\nlisten_port = 1");
-        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        let e = Config::from_toml_str_with_env(&bad, no_env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_port"), "{e}");
 
         let bad = EXAMPLE.replace("greeter.demo.svc.cluster.local:50051", "bad host:1");
-        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        let e = Config::from_toml_str_with_env(&bad, no_env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outbound.services[0].authority"), "{e}");
 
         let env = vec![("MESH_RUNTIME__THREADS".to_owned(), "many".to_owned())];
-        let e = Config::from_toml_str_with_env(EXAMPLE, env).unwrap_err().to_string();
+        let e = Config::from_toml_str_with_env(EXAMPLE, env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("runtime.threads") && e.contains("many"), "{e}");
     }
 
     #[test]
     fn opaque_services_need_a_listener() {
-        let bad = format!("{EXAMPLE}\n[[outbound.services]]\nauthority = \"db:5432\"\nendpoints = [\"127.0.0.1:5432\"]\nopaque = true\n");
-        let bad = bad.replace("[inbound]\nlisten = \"127.0.0.1:4143\"\napp = \"127.0.0.1:8080\"\n", "");
-        let e = Config::from_toml_str_with_env(&bad, no_env()).unwrap_err().to_string();
+        let bad = format!(
+            "{EXAMPLE}\n[[outbound.services]]\nauthority = \"db:5432\"\nendpoints = [\"127.0.0.1:5432\"]\nopaque = true\n"
+        );
+        let bad = bad.replace(
+            "[inbound]\nlisten = \"127.0.0.1:4143\"\napp = \"127.0.0.1:8080\"\n",
+            "",
+        );
+        let e = Config::from_toml_str_with_env(&bad, no_env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outbound.services[1].listen"), "{e}");
     }
 }

@@ -69,7 +69,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    l.local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 impl Proxy {
@@ -127,20 +128,29 @@ impl Proxy {
 
     /// Serves until `shutdown` resolves, then drains: listeners close at once (new
     /// connections are refused), requests in flight get up to `runtime.shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let drain = Drain::new();
         let ready = Arc::new(AtomicBool::new(false));
         let config = Arc::new(self.config);
 
         let outbound = outbound::Outbound::new(&config)?;
-        spawn_accept(self.outbound, drain.clone(), "outbound", move |stream, peer, drain| {
-            outbound.clone().serve(stream, peer, drain)
-        });
+        spawn_accept(
+            self.outbound,
+            drain.clone(),
+            "outbound",
+            move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
+        );
         if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
             let inbound = inbound::Inbound::new(inbound_config, &config);
-            spawn_accept(listener, drain.clone(), "inbound", move |stream, peer, drain| {
-                inbound.clone().serve(stream, peer, drain)
-            });
+            spawn_accept(
+                listener,
+                drain.clone(),
+                "inbound",
+                move |stream, peer, drain| inbound.clone().serve(stream, peer, drain),
+            );
         }
         for (listener, svc) in self.opaque {
             let forward = opaque::OpaqueService::new(&svc, config.client.connect_timeout)?;
@@ -149,16 +159,22 @@ impl Proxy {
             });
         }
         let admin = admin::Admin::new(ready.clone(), config.clone());
-        spawn_accept(self.admin, drain.clone(), "admin", move |stream, _, drain| {
-            admin.clone().serve(stream, drain)
-        });
+        spawn_accept(
+            self.admin,
+            drain.clone(),
+            "admin",
+            move |stream, _, drain| admin.clone().serve(stream, drain),
+        );
 
         ready.store(true, Ordering::Release);
         tracing::info!("proxy ready");
         shutdown.await;
         ready.store(false, Ordering::Release);
         let grace = config.runtime.shutdown_grace;
-        tracing::info!(?grace, "shutting down: listeners closed, draining connections");
+        tracing::info!(
+            ?grace,
+            "shutting down: listeners closed, draining connections"
+        );
         if drain.drain(grace).await {
             tracing::info!("drained");
         } else {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mesh_proxy::config::{Config, LogFormat};
 use mesh_proxy::Proxy;
+use mesh_proxy::config::{Config, LogFormat};
 
 /// The mesh sidecar proxy.
 #[derive(Debug, Parser)]
@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -70,7 +72,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     };
     // One thread: a current-thread runtime has no work-stealing overhead.
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -23,7 +23,11 @@ pub struct OpaqueService {
 impl OpaqueService {
     /// A forwarder over the service's endpoints.
     pub fn new(svc: &ServiceConfig, connect_timeout: Duration) -> anyhow::Result<Self> {
-        anyhow::ensure!(!svc.endpoints.is_empty(), "service {:?} has no endpoints", svc.authority);
+        anyhow::ensure!(
+            !svc.endpoints.is_empty(),
+            "service {:?} has no endpoints",
+            svc.authority
+        );
         Ok(Self {
             authority: svc.authority.as_str().into(),
             endpoints: svc.endpoints.iter().copied().collect(),
@@ -43,7 +47,9 @@ impl OpaqueService {
                     upstream = Some(s);
                     break;
                 }
-                Err(e) => tracing::info!(service = %self.authority, %peer, error = %e, "endpoint unreachable"),
+                Err(e) => {
+                    tracing::info!(service = %self.authority, %peer, error = %e, "endpoint unreachable")
+                }
             }
         }
         let Some(mut upstream) = upstream else {
@@ -51,8 +57,12 @@ impl OpaqueService {
             return;
         };
         match tcp::forward(&mut client, &mut upstream).await {
-            Ok(copied) => tracing::debug!(service = %self.authority, %peer, ?copied, "opaque connection closed"),
-            Err(e) => tracing::debug!(service = %self.authority, %peer, error = %e, "opaque connection ended with an error"),
+            Ok(copied) => {
+                tracing::debug!(service = %self.authority, %peer, ?copied, "opaque connection closed")
+            }
+            Err(e) => {
+                tracing::debug!(service = %self.authority, %peer, error = %e, "opaque connection ended with an error")
+            }
         }
     }
 }

@@ -33,7 +33,8 @@ impl Outbound {
             let authority = Authority::parse(&svc.authority, 80)
                 .with_context(|| format!("service {:?}", svc.authority))?;
             let endpoints = svc.endpoints.iter().map(|addr| client.endpoint(*addr));
-            let balancer = RoundRobin::new(endpoints).with_context(|| format!("service {authority}"))?;
+            let balancer =
+                RoundRobin::new(endpoints).with_context(|| format!("service {authority}"))?;
             routes.push((authority, mesh_core::erase(balancer)));
         }
         Ok(Self {

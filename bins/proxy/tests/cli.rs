@@ -1,5 +1,11 @@
 //! The mesh-proxy binary as users and orchestrators run it: configuration errors, SIGTERM.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +32,8 @@ mod tempfile_path {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let path = std::env::temp_dir().join(format!("mesh-proxy-test-{}-{n}.toml", std::process::id()));
+            let path = std::env::temp_dir()
+                .join(format!("mesh-proxy-test-{}-{n}.toml", std::process::id()));
             std::fs::write(&path, text).unwrap();
             Self(path)
         }
@@ -47,14 +54,20 @@ fn run_check(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn malformed_config_exits_2_and_names_the_key() {
     let (code, err) = run_check("[outbound]\nlisten = \"127.0.0.1:notaport\"\n", &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("outbound.listen") && err.contains("notaport"), "{err}");
+    assert!(
+        err.contains("outbound.listen") && err.contains("notaport"),
+        "{err}"
+    );
 
     let (code, err) = run_check("[outbound\nlisten = 1\n", &[]);
     assert_eq!(code, Some(2), "{err}");
@@ -66,9 +79,15 @@ fn malformed_config_exits_2_and_names_the_key() {
 
     let (code, err) = run_check("", &[("MESH_RUNTIME__SHUTDOWN_GRACE", "forever")]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("runtime.shutdown_grace") && err.contains("forever"), "{err}");
+    assert!(
+        err.contains("runtime.shutdown_grace") && err.contains("forever"),
+        "{err}"
+    );
 
-    let missing = Command::new(BIN).args(["--config", "/nonexistent/mesh.toml"]).output().unwrap();
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/mesh.toml"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/mesh.toml"));
 }
@@ -105,7 +124,9 @@ impl Drop for Proxy {
 async fn wait_ready(admin: SocketAddr) {
     for _ in 0..200 {
         if let Ok(mut s) = TcpStream::connect(admin).await {
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").await;
+            let _ = s
+                .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+                .await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
             if buf.starts_with(b"HTTP/1.1 200") {
@@ -140,7 +161,9 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0
                 }
                 let _ = tx.send(()).await;
                 release.notified().await;
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished")
+                    .await;
             });
         }
     });
@@ -188,7 +211,10 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0
         }
     }
     assert!(refused, "the outbound listener still accepts after SIGTERM");
-    assert!(proxy.0.try_wait().unwrap().is_none(), "the proxy exited with a request in flight");
+    assert!(
+        proxy.0.try_wait().unwrap().is_none(),
+        "the proxy exited with a request in flight"
+    );
 
     // The request in flight still gets its answer.
     release.notify_waiters();

@@ -1,0 +1,135 @@
+//! Support for the end-to-end tests in `tests/`: start the real proxy in-process on ephemeral
+//! ports of 127.0.0.1, and tiny HTTP backends to put behind it.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A proxy running in the background; dropping it starts the proxy's shutdown.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// The outbound listener (HTTP/1 and h2c).
+    pub outbound: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The proxy configuration for `services` (`(authority, endpoints)`): every listener on an
+/// ephemeral port of 127.0.0.1, a 1 s detection timeout and a 1 s shutdown grace.
+pub fn proxy_toml(services: &[(&str, &[SocketAddr])]) -> String {
+    let mut toml = String::from(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[runtime]\nshutdown_grace = \"1s\"\n\
+         [outbound]\nlisten = \"127.0.0.1:0\"\ndetect_timeout = \"1s\"\n",
+    );
+    for (authority, endpoints) in services {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let _ = write!(
+            toml,
+            "[[outbound.services]]\nauthority = \"{authority}\"\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        );
+    }
+    toml
+}
+
+/// Starts the proxy from TOML text (no environment variables apply).
+pub async fn start_proxy_toml(toml: &str) -> anyhow::Result<RunningProxy> {
+    let config = mesh_proxy::Config::from_toml_str_with_env(toml, Vec::<(String, String)>::new())?;
+    let proxy = mesh_proxy::Proxy::bind(config).await?;
+    let (outbound, admin) = (proxy.outbound_addr(), proxy.admin_addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningProxy {
+        outbound,
+        admin,
+        shutdown: Some(tx),
+    })
+}
+
+/// Starts the proxy with these services (see [`proxy_toml`]).
+pub async fn start_proxy(services: &[(&str, &[SocketAddr])]) -> anyhow::Result<RunningProxy> {
+    start_proxy_toml(&proxy_toml(services)).await
+}
+
+/// Starts a backend on an ephemeral port of 127.0.0.1 that answers every request with
+/// `handler`, over HTTP/1.1 or h2c (prior knowledge). It runs until the runtime stops.
+pub async fn start_backend<F, Fut, B>(handler: F) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let rsp = handler(req);
+                async move { Ok::<_, Infallible>(rsp.await) }
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// An h2c (prior knowledge) client connection to `addr`; the connection runs in a task.
+pub async fn h2_client<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
+
+/// An HTTP/1.1 client connection to `addr`; the connection runs in a task.
+pub async fn h1_client<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    let (tx, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
