@@ -21,6 +21,10 @@ pub struct RunningProxy {
     pub outbound: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The inbound listener, when configured.
+    pub inbound: Option<SocketAddr>,
+    /// The listeners of opaque services, by authority.
+    pub opaque: Vec<(String, SocketAddr)>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -55,6 +59,7 @@ pub async fn start_proxy_toml(toml: &str) -> anyhow::Result<RunningProxy> {
     let config = mesh_proxy::Config::from_toml_str_with_env(toml, Vec::<(String, String)>::new())?;
     let proxy = mesh_proxy::Proxy::bind(config).await?;
     let (outbound, admin) = (proxy.outbound_addr(), proxy.admin_addr());
+    let (inbound, opaque) = (proxy.inbound_addr(), proxy.opaque_addrs());
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(proxy.run(async move {
         let _ = rx.await;
@@ -62,6 +67,8 @@ pub async fn start_proxy_toml(toml: &str) -> anyhow::Result<RunningProxy> {
     Ok(RunningProxy {
         outbound,
         admin,
+        inbound,
+        opaque,
         shutdown: Some(tx),
     })
 }
