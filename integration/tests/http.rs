@@ -524,3 +524,73 @@ async fn http1_keepalive_and_round_robin() {
     let counts: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert_eq!(counts, vec![10, 10, 10], "requests per backend");
 }
+
+/// A backend that sends GOAWAY after each connection's first request, as a server does when it
+/// restarts or recycles connections (grpc-go's MaxConnectionAge).
+async fn one_request_per_connection_backend() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let served = Arc::new(Notify::new());
+                let notify = served.clone();
+                let service =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        notify.notify_one();
+                        async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"hello",
+                            ))))
+                        }
+                    });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = served.notified() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn endpoint_goaway_does_not_fail_requests() {
+    let backend = one_request_per_connection_backend().await.unwrap();
+    let proxy = start_proxy(&[(WEB, &[backend])]).await.unwrap();
+    // Concurrent clients, so that requests are on their way while a GOAWAY arrives.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let outbound = proxy.outbound;
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for _ in 0..25 {
+                    let rsp = within(
+                        "a request after GOAWAY",
+                        h2_get(outbound, "http://web.test/"),
+                    )
+                    .await
+                    .unwrap();
+                    if rsp.status() != StatusCode::OK {
+                        failures.push(format!(
+                            "{} {:?}",
+                            rsp.status(),
+                            rsp.headers().get("mesh-proxy-error")
+                        ));
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+}

@@ -5,7 +5,8 @@
 //! *request*.
 //!
 //! Today: [`RoundRobin`], which spreads requests evenly and costs one atomic increment per
-//! pick. Latency-aware balancing (power of two choices over peak-EWMA) comes next and will sit
+//! pick, stepping over endpoints that say they are unavailable
+//! ([`Availability`](mesh_core::Availability): an endpoint backing off after connect failures). Latency-aware balancing (power of two choices over peak-EWMA) comes next and will sit
 //! beside it behind the same shape.
 //!
 //! # Design
@@ -43,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use mesh_core::BoxError;
+use mesh_core::{Availability, BoxError};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
@@ -89,17 +90,25 @@ impl<S> RoundRobin<S> {
         &self.endpoints
     }
 
-    /// The next endpoint in turn.
-    pub fn pick(&self) -> &S {
+    /// The next endpoint in turn that is available; when none is, the next in turn (its
+    /// request then fails fast with the endpoint's own error).
+    pub fn pick(&self) -> &S
+    where
+        S: Availability,
+    {
         // Relaxed: only the spread matters, not an order with other memory.
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.endpoints[n % self.endpoints.len()]
+        let len = self.endpoints.len();
+        (0..len)
+            .map(|i| &self.endpoints[(n + i) % len])
+            .find(|s| s.is_available())
+            .unwrap_or(&self.endpoints[n % len])
     }
 }
 
 impl<S, Req> Service<Req> for RoundRobin<S>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + Availability + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -148,15 +157,46 @@ mod tests {
     use super::*;
     use tower_test::mock;
 
+    /// A mock endpoint whose availability the test sets.
+    #[derive(Clone)]
+    struct Endpoint {
+        mock: mock::Mock<u32, u32>,
+        available: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Availability for Endpoint {
+        fn is_available(&self) -> bool {
+            self.available.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Service<u32> for Endpoint {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = mock::future::ResponseFuture<u32>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            self.mock.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: u32) -> Self::Future {
+            self.mock.call(req)
+        }
+    }
+
+    fn endpoints(n: usize) -> (Vec<Endpoint>, Vec<mock::Handle<u32, u32>>) {
+        (0..n)
+            .map(|_| {
+                let (mock, handle) = mock::pair::<u32, u32>();
+                let available = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                (Endpoint { mock, available }, handle)
+            })
+            .unzip()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spreads_requests_evenly() {
-        let mut handles = Vec::new();
-        let mut services = Vec::new();
-        for _ in 0..3 {
-            let (svc, handle) = mock::pair::<u32, u32>();
-            services.push(svc);
-            handles.push(handle);
-        }
+        let (services, mut handles) = endpoints(3);
         let rr = RoundRobin::new(services).unwrap();
         let mut calls = Vec::new();
         for i in 0..9 {
@@ -174,10 +214,41 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn steps_over_unavailable_endpoints() {
+        let (services, mut handles) = endpoints(3);
+        services[1].available.store(false, Ordering::Relaxed);
+        let rr = RoundRobin::new(services.clone()).unwrap();
+        let calls: Vec<_> = (0..4)
+            .map(|i| tokio::spawn(rr.clone().oneshot(i)))
+            .collect();
+        // Turns 0, 1 (unavailable: goes to 2), 2, 3 -> endpoints 0, 2, 2, 0.
+        for (endpoint, expected) in [(0, vec![0, 3]), (2, vec![1, 2])] {
+            for want in expected {
+                let (req, send) = handles[endpoint].next_request().await.unwrap();
+                assert_eq!(req, want);
+                send.send_response(req);
+            }
+        }
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+
+        // None available: requests still go out in turn and fail with the endpoint's error.
+        for s in &services {
+            s.available.store(false, Ordering::Relaxed);
+        }
+        let call = tokio::spawn(rr.clone().oneshot(9));
+        let (req, send) = handles[1].next_request().await.unwrap();
+        assert_eq!(req, 9);
+        send.send_error("endpoint down");
+        assert!(call.await.unwrap().is_err());
+    }
+
     #[test]
     fn refuses_an_empty_set() {
         assert_eq!(
-            RoundRobin::<mock::Mock<u32, u32>>::new([]).err(),
+            RoundRobin::<Endpoint>::new([]).err(),
             Some(BalanceError::NoEndpoints)
         );
     }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
@@ -46,11 +48,25 @@ pub struct ClientConfig {
     pub keep_alive_interval: Duration,
 }
 
+impl ClientConfig {
+    /// Checks the values; the error names the field and the bound.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        use crate::server::{check_duration, check_window};
+        check_duration("connect_timeout", self.connect_timeout)?;
+        check_duration("idle_timeout", self.idle_timeout)?;
+        check_duration("keep_alive_interval", self.keep_alive_interval)?;
+        check_window("initial_stream_window", self.initial_stream_window)?;
+        check_window("initial_connection_window", self.initial_connection_window)
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(90),
+            // Shorter than the servers' idle timeout (the proxy's own is 30 s), so that a pooled
+            // connection is not reused just as the server closes it.
+            idle_timeout: Duration::from_secs(20),
             max_idle_per_endpoint: 64,
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
@@ -83,7 +99,9 @@ impl HttpClient {
             .initial_stream_window_size(config.initial_stream_window)
             .initial_connection_window_size(config.initial_connection_window)
             .keep_alive_interval(config.keep_alive_interval)
-            .keep_alive_timeout(config.keep_alive_interval * 2);
+            .keep_alive_timeout(config.keep_alive_interval.saturating_mul(2))
+            // A connection to an endpoint that vanished is found before a request needs it.
+            .keep_alive_while_idle(true);
         Self {
             h1,
             h2: Arc::new(h2),
@@ -99,7 +117,8 @@ impl HttpClient {
                 addr,
                 authority,
                 h2: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: Arc::new(tokio::sync::Mutex::new(())),
+                failure: ArcSwapOption::empty(),
                 client: self.clone(),
             }),
         }
@@ -116,9 +135,39 @@ pub struct EndpointClient {
 struct Inner {
     addr: SocketAddr,
     authority: Option<Authority>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
-    connecting: tokio::sync::Mutex<()>,
+    h2: ArcSwapOption<H2Connection>,
+    /// Held by the task that connects, so that one attempt serves every waiting request and
+    /// outlives a caller that gives up.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+    /// The last connect failure, while its backoff runs: requests fail at once meanwhile.
+    failure: ArcSwapOption<ConnectFailure>,
     client: HttpClient,
+}
+
+#[derive(Debug)]
+struct H2Connection {
+    tx: http2::SendRequest<Body>,
+}
+
+#[derive(Debug)]
+struct ConnectFailure {
+    until: Instant,
+    consecutive: u32,
+    error: String,
+}
+
+/// The first pause after a connect failure; it doubles with each failure in a row.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between connect attempts.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The endpoint failed to connect recently: requests fail at once until its backoff ends.
+#[derive(Debug, thiserror::Error)]
+#[error("{addr} is backing off after {consecutive} failed connect(s): {error}")]
+pub struct EndpointDown {
+    addr: SocketAddr,
+    consecutive: u32,
+    error: String,
 }
 
 /// The response future of [`EndpointClient`].
@@ -129,6 +178,12 @@ impl EndpointClient {
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }
+
+    /// False while the endpoint backs off after failing to connect: a balancer should pick
+    /// another.
+    pub fn is_available(&self) -> bool {
+        self.inner.backing_off().is_none()
+    }
 }
 
 impl tower::Service<Request<Body>> for EndpointClient {
@@ -138,7 +193,7 @@ impl tower::Service<Request<Body>> for EndpointClient {
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Connections are made on demand in `call`; an endpoint that cannot be reached fails
-        // its requests with a classified connect error.
+        // its requests at once with a classified error while it backs off.
         Poll::Ready(Ok(()))
     }
 
@@ -153,48 +208,124 @@ impl tower::Service<Request<Body>> for EndpointClient {
 }
 
 impl Inner {
-    fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
-        let guard = self.h2.load();
-        guard
-            .as_ref()
-            .filter(|tx| !tx.is_closed())
-            .map(|tx| (**tx).clone())
+    fn live_h2(&self) -> Option<Arc<H2Connection>> {
+        self.h2.load_full().filter(|c| !c.tx.is_closed())
     }
 
-    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(tx) = self.live_h2() {
-            return Ok(tx);
+    fn backing_off(&self) -> Option<EndpointDown> {
+        let guard = self.failure.load();
+        let failure = guard.as_ref()?;
+        (Instant::now() < failure.until).then(|| EndpointDown {
+            addr: self.addr,
+            consecutive: failure.consecutive,
+            error: failure.error.clone(),
+        })
+    }
+
+    fn record_failure(&self, error: &dyn std::fmt::Display) {
+        let consecutive = self.failure.load().as_ref().map_or(0, |f| f.consecutive) + 1;
+        let backoff = CONNECT_BACKOFF_MIN
+            .saturating_mul(1 << (consecutive - 1).min(16))
+            .min(CONNECT_BACKOFF_MAX);
+        self.failure.store(Some(Arc::new(ConnectFailure {
+            until: Instant::now() + backoff,
+            consecutive,
+            error: error.to_string(),
+        })));
+    }
+
+    fn record_success(&self) {
+        if self.failure.load().is_some() {
+            self.failure.store(None);
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(tx) = self.live_h2() {
-            return Ok(tx);
+    }
+
+    async fn h2_connection(self: &Arc<Self>) -> Result<Arc<H2Connection>, ProxyError> {
+        if let Some(conn) = self.live_h2() {
+            return Ok(conn);
         }
-        let io = tcp::connect(self.addr, self.client.connect_timeout).await?;
-        let (tx, conn) = self
-            .client
-            .h2
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::bad_gateway("h2-handshake", e))?;
+        if let Some(down) = self.backing_off() {
+            return Err(ProxyError::bad_gateway("endpoint-down", down));
+        }
+        let connecting = self.connecting.clone().lock_owned().await;
+        if let Some(conn) = self.live_h2() {
+            return Ok(conn);
+        }
+        if let Some(down) = self.backing_off() {
+            return Err(ProxyError::bad_gateway("endpoint-down", down));
+        }
+        // Connect in a task of its own: if this request is cancelled, the attempt goes on and
+        // serves the requests waiting behind it.
+        let this = self.clone();
+        let attempt = tokio::spawn(async move {
+            let _connecting = connecting;
+            this.connect_h2().await
+        });
+        match attempt.await {
+            Ok(result) => result,
+            Err(e) => Err(ProxyError::bad_gateway("connect", e)),
+        }
+    }
+
+    async fn connect_h2(&self) -> Result<Arc<H2Connection>, ProxyError> {
+        let result = async {
+            let io = tcp::connect(self.addr, self.client.connect_timeout).await?;
+            self.client
+                .h2
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| ProxyError::bad_gateway("h2-handshake", e))
+        }
+        .await;
+        let (tx, conn) = match result {
+            Ok(handshake) => handshake,
+            Err(e) => {
+                self.record_failure(&e);
+                return Err(e);
+            }
+        };
+        self.record_success();
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "h2 connection to endpoint ended");
             }
         });
-        self.h2.store(Some(Arc::new(tx.clone())));
-        Ok(tx)
+        let conn = Arc::new(H2Connection { tx });
+        self.h2.store(Some(conn.clone()));
+        Ok(conn)
     }
 
-    async fn send_h2(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let mut tx = self.h2_sender().await?;
-        match tx.send_request(req).await {
+    async fn send_h2(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        if req.uri().authority().is_none() {
+            // HTTP/2 allows `Host` in place of `:authority`; the h2 client needs the latter.
+            absolute_uri_from_host(&mut req)?;
+        }
+        let conn = self.h2_connection().await?;
+        let mut tx = conn.tx.clone();
+        match tx.try_send_request(req).await {
             Ok(rsp) => Ok(rsp.map(Body::Incoming)),
-            Err(e) => Err(ProxyError::bad_gateway("upstream", e).into()),
+            Err(mut e) => match e.take_message() {
+                // The connection died (GOAWAY, reset) before the request went out: it is safe
+                // to send it once more, on a fresh connection.
+                Some(req) => {
+                    let _ = self.h2.compare_and_swap(&Some(conn), None);
+                    let conn = self.h2_connection().await?;
+                    let mut tx = conn.tx.clone();
+                    match tx.send_request(req).await {
+                        Ok(rsp) => Ok(rsp.map(Body::Incoming)),
+                        Err(e) => Err(ProxyError::bad_gateway("upstream", e).into()),
+                    }
+                }
+                None => Err(ProxyError::bad_gateway("upstream", e.into_error()).into()),
+            },
         }
     }
 
-    async fn send_h1(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    async fn send_h1(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        if let Some(down) = self.backing_off() {
+            return Err(ProxyError::bad_gateway("endpoint-down", down).into());
+        }
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -210,23 +341,56 @@ impl Inner {
         let req = Request::from_parts(parts, body);
         match self.client.h1.request(req).await {
             Ok(rsp) => {
+                self.record_success();
                 let (mut parts, body) = rsp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, Body::Incoming(body)))
             }
-            Err(e) if e.is_connect() => Err(ProxyError::bad_gateway("connect", e).into()),
+            Err(e) if e.is_connect() => {
+                self.record_failure(&crate::error::error_chain(&e));
+                Err(ProxyError::bad_gateway("connect", e).into())
+            }
             Err(e) => Err(ProxyError::bad_gateway("upstream", e).into()),
         }
     }
 }
 
+/// Makes the URI absolute from the `Host` header (scheme `http`).
+fn absolute_uri_from_host(req: &mut Request<Body>) -> Result<(), ProxyError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .ok_or_else(|| {
+            ProxyError::bad_gateway(
+                "no-authority",
+                "the request has neither :authority nor Host",
+            )
+        })?;
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(host);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|e| ProxyError::bad_gateway("no-authority", e))?;
+    Ok(())
+}
+
 /// Removes the headers that describe one hop, not the message (RFC 9110, section 7.6.1).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(named) = headers.get(header::CONNECTION).cloned()
-        && let Ok(named) = named.to_str()
-    {
-        for name in named.split(',') {
-            headers.remove(name.trim());
+    // Names listed in any `Connection` header are hop-by-hop too. Rare: only then allocate.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<http::HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
     for name in [
@@ -247,6 +411,53 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::classify;
+    use tower::ServiceExt;
+
+    fn h2_request() -> Request<Body> {
+        Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://web.test/")
+            .body(Body::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_endpoint_backs_off_and_fails_fast_meanwhile() {
+        // A port nobody listens on: bound, then closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let endpoint = HttpClient::new(&ClientConfig::default()).endpoint(addr);
+        assert!(endpoint.is_available());
+
+        let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
+        assert_eq!(classify(&*err).1, "connect");
+        assert!(!endpoint.is_available());
+
+        // During the backoff no connect is attempted: the error says why, at once.
+        let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
+        assert_eq!(classify(&*err).1, "endpoint-down");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        let err = endpoint
+            .clone()
+            .oneshot(Request::new(Body::Empty))
+            .await
+            .unwrap_err();
+        assert_eq!(classify(&*err).1, "endpoint-down");
+
+        // After it, the endpoint is tried again (and fails again, backing off longer).
+        tokio::time::advance(CONNECT_BACKOFF_MIN).await;
+        assert!(endpoint.is_available());
+        let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
+        assert_eq!(classify(&*err).1, "connect");
+        tokio::time::advance(CONNECT_BACKOFF_MIN).await;
+        assert!(
+            !endpoint.is_available(),
+            "the second backoff is twice as long"
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

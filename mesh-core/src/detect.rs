@@ -39,7 +39,12 @@ fn verdict(buf: &[u8]) -> Option<Protocol> {
     if buf[..n] == H2_PREFACE[..n] {
         return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    // An HTTP/1 request line: a method token, a space, a target, " HTTP/1.x\r\n".
+    // An HTTP/1 request line: a method token, a space, a target, " HTTP/1.x\r\n". Empty
+    // lines before it are allowed (RFC 9112, section 2.2).
+    let buf = trim_leading_newlines(buf);
+    if buf.is_empty() {
+        return None;
+    }
     let method_len = buf.iter().take_while(|b| is_token(**b)).count();
     if method_len == buf.len() {
         return (method_len > 16).then_some(Protocol::Opaque);
@@ -64,7 +69,16 @@ fn verdict(buf: &[u8]) -> Option<Protocol> {
 }
 
 fn is_token(b: u8) -> bool {
-    b.is_ascii_uppercase() || b == b'-' || b == b'_'
+    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+}
+
+fn trim_leading_newlines(buf: &[u8]) -> &[u8] {
+    let start = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    // Bounded: a peer that sends only newlines is not HTTP for long.
+    if start > 64 { &buf[..0] } else { &buf[start..] }
 }
 
 /// Reads until the protocol is known, the limit is reached, or `timeout` passes.
@@ -193,6 +207,9 @@ mod tests {
         assert_eq!(verdict(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
         assert_eq!(verdict(b"GET / SPDY/3\r\n"), Some(Protocol::Opaque));
         assert_eq!(verdict(b"get / HTTP/1.1\r\n"), Some(Protocol::Opaque));
+        assert_eq!(verdict(b"\r\nGET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(verdict(b"M-SEARCH2 * HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(verdict(b"\r\n"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,16 +48,80 @@ pub mod tcp;
 
 pub use body::Body;
 
+/// A hint a balancer reads before picking a service: false while it is known to fail (an
+/// endpoint backing off after connect failures), so that requests go elsewhere.
+pub trait Availability {
+    /// Can a request sent now expect to be served?
+    fn is_available(&self) -> bool;
+}
+
+impl Availability for client::EndpointClient {
+    fn is_available(&self) -> bool {
+        client::EndpointClient::is_available(self)
+    }
+}
+
 /// The error type between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The erasure point of an HTTP stage: any stack below, as one cloneable type. Make one
-/// with [`erase`].
-pub type HttpService =
-    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, StackError>;
+/// The erasure point of an HTTP stage: any stack below, as one cloneable type (see [`erase`]).
+///
+/// Cloning is an `Arc` increment (tower's `BoxCloneSyncService` allocates on every clone, and a
+/// shared stack is cloned per request); calling allocates the one boxed future.
+#[derive(Clone)]
+pub struct HttpService(std::sync::Arc<dyn ErasedStack>);
 
-/// Erases a stack into an [`HttpService`]: readable type names and fast release builds, for one
-/// allocation per request (the boxed future).
+/// The response future of [`HttpService`].
+pub type HttpFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<Body>, StackError>> + Send>,
+>;
+
+trait ErasedStack: Send + Sync {
+    fn call(&self, req: http::Request<Body>) -> HttpFuture;
+}
+
+impl<S> ErasedStack for S
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: http::Request<Body>) -> HttpFuture {
+        use tower::ServiceExt;
+        let response = self.clone().oneshot(req);
+        Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
+    }
+}
+
+impl tower::Service<http::Request<Body>> for HttpService {
+    type Response = http::Response<Body>;
+    type Error = StackError;
+    type Future = HttpFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), StackError>> {
+        // Each call drives its own clone of the stack through readiness.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
+        self.0.call(req)
+    }
+}
+
+impl std::fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpService")
+    }
+}
+
+/// Erases a stack into an [`HttpService`]: readable type names and fast release builds.
 pub fn erase<S>(stack: S) -> HttpService
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
@@ -68,8 +132,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    use tower::ServiceExt;
-    HttpService::new(stack.map_err(|e: S::Error| StackError(e.into())))
+    HttpService(std::sync::Arc::new(stack))
 }
 
 /// The error of an erased stack: a boxed error behind a concrete type.

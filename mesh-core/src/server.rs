@@ -26,7 +26,8 @@ use crate::error::{error_chain, error_response, is_grpc};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// HTTP/1: how long a client may take to send a request's headers.
+    /// HTTP/1: how long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection is kept.
     #[serde(with = "crate::config::duration")]
     pub header_read_timeout: Duration,
     /// Largest request header block accepted, in bytes (HTTP/1 buffer and HTTP/2 header list).
@@ -39,10 +40,47 @@ pub struct ServerConfig {
     pub initial_connection_window: u32,
 }
 
+impl ServerConfig {
+    /// Checks the values; the error names the field and the bound.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        check_duration("header_read_timeout", self.header_read_timeout)?;
+        if self.max_header_bytes < 1024 {
+            return Err(("max_header_bytes", "expected at least 1024".into()));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(("max_concurrent_streams", "expected at least 1".into()));
+        }
+        check_window("initial_stream_window", self.initial_stream_window)?;
+        check_window("initial_connection_window", self.initial_connection_window)
+    }
+}
+
+/// The longest duration a setting may take: longer ones are surely a mistake (and would
+/// overflow deadlines).
+pub(crate) const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) fn check_duration(
+    field: &'static str,
+    d: Duration,
+) -> Result<(), (&'static str, String)> {
+    if d.is_zero() || d > MAX_SETTING_DURATION {
+        return Err((field, "expected a duration above 0 and at most 24h".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_window(field: &'static str, window: u32) -> Result<(), (&'static str, String)> {
+    // HTTP/2 windows: at least the default 65535, at most 2^31 - 1 (RFC 9113, section 6.9).
+    if !(65_535..=i32::MAX as u32).contains(&window) {
+        return Err((field, "expected 65535 to 2147483647 bytes".into()));
+    }
+    Ok(())
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 1000,
             initial_stream_window: 1024 * 1024,
@@ -115,6 +153,8 @@ where
 {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: bytes already read (detection) must be served, not dropped.
+        biased;
         res = conn.as_mut() => return res,
         _ = drain.signaled() => {}
     }
@@ -239,7 +279,8 @@ where
         match ready!(this.inner.poll(cx)) {
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
-                tracing::info!(error = %error_chain(&*e), "request failed");
+                // Debug, not info: an outage would write a line per request. Metrics count them.
+                tracing::debug!(error = %error_chain(&*e), "request failed");
                 Poll::Ready(Ok(error_response(&*e, *this.grpc)))
             }
         }

@@ -223,6 +223,20 @@ impl Config {
                 "expected at most 1024 (0 means one per core)",
             ));
         }
+        if let Err((field, message)) = self.server.validate() {
+            return Err(invalid(
+                format!("server.{field}"),
+                server_value(&self.server, field),
+                &message,
+            ));
+        }
+        if let Err((field, message)) = self.client.validate() {
+            return Err(invalid(
+                format!("client.{field}"),
+                client_value(&self.client, field),
+                &message,
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, svc) in self.outbound.services.iter().enumerate() {
             let key = |field: &str| format!("outbound.services[{i}].{field}");
@@ -266,6 +280,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The value of a server setting, for an error message.
+fn server_value(c: &ServerConfig, field: &str) -> String {
+    match field {
+        "header_read_timeout" => core_config::format_duration(c.header_read_timeout),
+        "max_header_bytes" => c.max_header_bytes.to_string(),
+        "max_concurrent_streams" => c.max_concurrent_streams.to_string(),
+        "initial_stream_window" => c.initial_stream_window.to_string(),
+        "initial_connection_window" => c.initial_connection_window.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The value of a client setting, for an error message.
+fn client_value(c: &ClientConfig, field: &str) -> String {
+    match field {
+        "connect_timeout" => core_config::format_duration(c.connect_timeout),
+        "idle_timeout" => core_config::format_duration(c.idle_timeout),
+        "keep_alive_interval" => core_config::format_duration(c.keep_alive_interval),
+        "initial_stream_window" => c.initial_stream_window.to_string(),
+        "initial_connection_window" => c.initial_connection_window.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -346,6 +384,29 @@ app = "127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("runtime.threads") && e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_named() {
+        let env = vec![(
+            "MESH_CLIENT__KEEP_ALIVE_INTERVAL".to_owned(),
+            "0s".to_owned(),
+        )];
+        let e = Config::from_toml_str_with_env(EXAMPLE, env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("client.keep_alive_interval") && e.contains("0s"),
+            "{e}"
+        );
+        let env = vec![(
+            "MESH_SERVER__INITIAL_STREAM_WINDOW".to_owned(),
+            "4294967295".to_owned(),
+        )];
+        let e = Config::from_toml_str_with_env(EXAMPLE, env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.initial_stream_window"), "{e}");
     }
 
     #[test]
