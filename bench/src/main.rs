@@ -2,7 +2,9 @@
 //!
 //! A deliberately small HTTP server (HTTP/2 prior knowledge, "h2c", and HTTP/1.1 on the same
 //! port, detected per connection by `hyper_util`'s auto builder) that answers every request
-//! `200 ok\n` with an `x-backend: <name>` header, after an optional fixed delay.
+//! `200 ok\n` with an `x-backend: <name>` header, after an optional fixed delay. With
+//! `--fail-status CODE` it answers that status instead (`fail\n`, same header), to play a broken
+//! endpoint in the balancing benchmarks; those requests are counted too.
 //!
 //! It counts the requests it served so the harness can see how a proxy spread the load:
 //! `GET /__count` returns the count as text and `POST /__reset` zeroes it; those two control
@@ -49,6 +51,14 @@ struct Args {
     /// Runtime worker threads; 1 means a current-thread runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Answer every (counted) request with this status instead of 200, e.g. 503.
+    #[arg(long, value_name = "CODE", value_parser = parse_status)]
+    fail_status: Option<StatusCode>,
+}
+
+fn parse_status(s: &str) -> Result<StatusCode, String> {
+    let code: u16 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    StatusCode::from_u16(code).map_err(|_| format!("{code} is not an HTTP status (100..=999)"))
 }
 
 #[derive(Debug)]
@@ -56,9 +66,12 @@ struct State {
     count: AtomicU64,
     name: HeaderValue,
     delay: Option<Duration>,
+    /// The status of every counted answer: 200, or `--fail-status`.
+    status: StatusCode,
 }
 
 static OK_BODY: &[u8] = b"ok\n";
+static FAIL_BODY: &[u8] = b"fail\n";
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 const X_BACKEND: &str = "x-backend";
 
@@ -85,12 +98,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         count: AtomicU64::new(0),
         name: HeaderValue::from_str(&name).context("--name is not a valid header value")?,
         delay: (args.delay_ms > 0).then(|| Duration::from_millis(args.delay_ms)),
+        status: args.fail_status.unwrap_or(StatusCode::OK),
     });
     let listener = listen(args.listen).with_context(|| format!("listen on {}", args.listen))?;
     eprintln!(
-        "mesh-bench-backend {name} listening on {} (delay {} ms, threads {})",
+        "mesh-bench-backend {name} listening on {} (delay {} ms, status {}, threads {})",
         listener.local_addr()?,
         args.delay_ms,
+        state.status.as_u16(),
         args.threads.max(1)
     );
 
@@ -153,7 +168,12 @@ async fn handle(
             if let Some(delay) = state.delay {
                 tokio::time::sleep(delay).await;
             }
-            let mut resp = text(StatusCode::OK, Bytes::from_static(OK_BODY));
+            let body = if state.status == StatusCode::OK {
+                OK_BODY
+            } else {
+                FAIL_BODY
+            };
+            let mut resp = text(state.status, Bytes::from_static(body));
             resp.headers_mut().insert(X_BACKEND, state.name.clone());
             Ok(resp)
         }

@@ -1,11 +1,12 @@
 """A gRPC client we did not write (Python grpcio) calling the demo Greeter through mesh-proxy.
 
-Usage: python3 interop.py PROXY_ADDR AUTHORITY PROTO_DIR
+Usage: python3 interop.py PROXY_ADDR AUTHORITY PROTO_DIR {kinds|spread}
 
-Checks the four RPC kinds, an error status with its message, 4 MiB messages both ways, and
-3000 unary calls on one channel (one HTTP/2 connection), then prints a JSON report on stdout:
-{"checks": [...], "per_replica": {"greeter-0": 1000, ...}}. Exits non-zero on the first
-failed check, naming it.
+kinds: the four RPC kinds, an error status with its message, 4 MiB messages both ways.
+spread: 3000 unary calls on one channel (one HTTP/2 connection), counted per replica.
+
+Prints a JSON report on stdout: {"checks": [...], "per_replica": {"greeter-0": 1000, ...}}.
+Exits non-zero on the first failed check, naming it.
 """
 
 import json
@@ -45,7 +46,9 @@ def check(cond, what):
 
 
 def main():
-    addr, authority, proto_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    addr, authority, proto_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    if mode not in ("kinds", "spread"):
+        raise SystemExit(f"unknown mode {mode!r}: expected kinds or spread")
     pb, rpc = load_stubs(proto_dir)
     options = [
         ("grpc.default_authority", authority),
@@ -55,51 +58,55 @@ def main():
         ("grpc.use_local_subchannel_pool", 1),
     ]
     checks = []
+    per_replica = Counter()
     with grpc.insecure_channel(addr, options=options) as channel:
         stub = rpc.GreeterStub(channel)
-
-        reply = stub.SayHello(pb.HelloRequest(name="interop"), timeout=DEADLINE_S)
-        check(reply.message == "Hello, interop!", f"unary reply {reply.message!r}")
-        check(reply.replica.startswith("greeter-"), f"unary replica {reply.replica!r}")
-        checks.append("unary")
-
-        replies = list(stub.StreamGreetings(pb.HelloRequest(name="s", count=5), timeout=DEADLINE_S))
-        check(len(replies) == 5, f"server streaming got {len(replies)} replies, wanted 5")
-        check(replies[-1].message == "Hello, s! (5/5)", f"last streamed reply {replies[-1].message!r}")
-        checks.append("server-streaming")
-
-        names = (pb.HelloRequest(name=n) for n in ["a", "b", "c"])
-        reply = stub.CollectNames(names, timeout=DEADLINE_S)
-        check(reply.message == "Hello, a, b, c!", f"client streaming reply {reply.message!r}")
-        checks.append("client-streaming")
-
-        chat = list(stub.Chat(iter([pb.HelloRequest(name=n) for n in ["x", "y", "z"]]), timeout=DEADLINE_S))
-        check([r.message for r in chat] == ["Hello, x!", "Hello, y!", "Hello, z!"],
-              f"bidi replies {[r.message for r in chat]!r}")
-        checks.append("bidi-streaming")
-
-        try:
-            stub.SayHello(pb.HelloRequest(name="not-found"), timeout=DEADLINE_S)
-            check(False, "not-found call succeeded")
-        except grpc.RpcError as e:
-            check(e.code() == grpc.StatusCode.NOT_FOUND, f"status {e.code()} instead of NOT_FOUND")
-            check(e.details() == "no greeting for not-found", f"message {e.details()!r}")
-        checks.append("error-status-and-message")
-
-        payload = bytes(range(256)) * (FOUR_MIB // 256)
-        reply = stub.SayHello(pb.HelloRequest(name="big", payload=payload), timeout=DEADLINE_S)
-        check(reply.payload == payload, f"4 MiB unary payload came back with {len(reply.payload)} bytes")
-        streamed = list(stub.Chat(iter([pb.HelloRequest(name="big", payload=payload)] * 2), timeout=DEADLINE_S))
-        check(all(r.payload == payload for r in streamed) and len(streamed) == 2, "4 MiB bidi payloads")
-        checks.append("4MiB-messages")
-
-        per_replica = Counter()
-        for i in range(UNARY_CALLS):
-            reply = stub.SayHello(pb.HelloRequest(name=f"n{i}"), timeout=DEADLINE_S)
-            per_replica[reply.replica] += 1
-        checks.append("3000-unary-one-connection")
+        if mode == "kinds":
+            kinds(pb, stub, checks)
+        else:
+            for i in range(UNARY_CALLS):
+                reply = stub.SayHello(pb.HelloRequest(name=f"n{i}"), timeout=DEADLINE_S)
+                per_replica[reply.replica] += 1
+            checks.append("3000-unary-one-connection")
 
     print(json.dumps({"checks": checks, "per_replica": dict(per_replica)}))
+
+
+def kinds(pb, stub, checks):
+    reply = stub.SayHello(pb.HelloRequest(name="interop"), timeout=DEADLINE_S)
+    check(reply.message == "Hello, interop!", f"unary reply {reply.message!r}")
+    check(reply.replica.startswith("greeter-"), f"unary replica {reply.replica!r}")
+    checks.append("unary")
+
+    replies = list(stub.StreamGreetings(pb.HelloRequest(name="s", count=5), timeout=DEADLINE_S))
+    check(len(replies) == 5, f"server streaming got {len(replies)} replies, wanted 5")
+    check(replies[-1].message == "Hello, s! (5/5)", f"last streamed reply {replies[-1].message!r}")
+    checks.append("server-streaming")
+
+    names = (pb.HelloRequest(name=n) for n in ["a", "b", "c"])
+    reply = stub.CollectNames(names, timeout=DEADLINE_S)
+    check(reply.message == "Hello, a, b, c!", f"client streaming reply {reply.message!r}")
+    checks.append("client-streaming")
+
+    chat = list(stub.Chat(iter([pb.HelloRequest(name=n) for n in ["x", "y", "z"]]), timeout=DEADLINE_S))
+    check([r.message for r in chat] == ["Hello, x!", "Hello, y!", "Hello, z!"],
+          f"bidi replies {[r.message for r in chat]!r}")
+    checks.append("bidi-streaming")
+
+    try:
+        stub.SayHello(pb.HelloRequest(name="not-found"), timeout=DEADLINE_S)
+        check(False, "not-found call succeeded")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.NOT_FOUND, f"status {e.code()} instead of NOT_FOUND")
+        check(e.details() == "no greeting for not-found", f"message {e.details()!r}")
+    checks.append("error-status-and-message")
+
+    payload = bytes(range(256)) * (FOUR_MIB // 256)
+    reply = stub.SayHello(pb.HelloRequest(name="big", payload=payload), timeout=DEADLINE_S)
+    check(reply.payload == payload, f"4 MiB unary payload came back with {len(reply.payload)} bytes")
+    streamed = list(stub.Chat(iter([pb.HelloRequest(name="big", payload=payload)] * 2), timeout=DEADLINE_S))
+    check(all(r.payload == payload for r in streamed) and len(streamed) == 2, "4 MiB bidi payloads")
+    checks.append("4MiB-messages")
 
 
 if __name__ == "__main__":

@@ -51,11 +51,9 @@ async fn mesh_with_three_greeters() -> Mesh {
     }
 }
 
-/// Python grpcio, the reference gRPC implementation in C core: all four RPC kinds, an error
-/// status with its message, 4 MiB messages, and 3000 unary calls over one connection spread
-/// over the three replicas.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_through_the_proxy() {
+/// Runs the Python grpcio client (the reference gRPC implementation, in C core) in `mode`
+/// against a fresh mesh of three greeters; returns its JSON report and the mesh.
+async fn python_client(mode: &'static str) -> (String, Mesh) {
     let mesh = mesh_with_three_greeters().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("python/interop.py");
@@ -67,12 +65,13 @@ async fn python_grpcio_through_the_proxy() {
             .arg(&outbound)
             .arg(AUTHORITY)
             .arg(&proto)
+            .arg(mode)
             .output()
     })
     .await
     .unwrap()
     .expect("python3 is required for this test (.ci/run installs it with grpcio and grpcio-tools)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named 'grpc"),
@@ -82,7 +81,13 @@ async fn python_grpcio_through_the_proxy() {
         output.status.success(),
         "interop client failed:\n{stdout}\n{stderr}"
     );
+    (stdout, mesh)
+}
 
+/// All four RPC kinds, an error status with its message, 4 MiB messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_through_the_proxy() {
+    let (report, _mesh) = python_client("kinds").await;
     for check in [
         "unary",
         "server-streaming",
@@ -90,18 +95,24 @@ async fn python_grpcio_through_the_proxy() {
         "bidi-streaming",
         "error-status-and-message",
         "4MiB-messages",
-        "3000-unary-one-connection",
     ] {
         assert!(
-            stdout.contains(&format!("\"{check}\"")),
-            "check {check} missing: {stdout}"
+            report.contains(&format!("\"{check}\"")),
+            "check {check} missing: {report}"
         );
     }
+}
+
+/// 3000 unary calls over one connection, spread over the three replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_one_connection_is_balanced_per_request() {
+    let (report, mesh) = python_client("spread").await;
+    assert!(report.contains("\"3000-unary-one-connection\""), "{report}");
     for replica in &mesh.replicas {
-        let count = per_replica_count(&stdout, replica.name());
+        let count = per_replica_count(&report, replica.name());
         assert!(
             (900..=1100).contains(&count),
-            "{} served {count} of 3000 calls on one connection: {stdout}",
+            "{} served {count} of 3000 calls on one connection: {report}",
             replica.name()
         );
     }
@@ -138,9 +149,11 @@ async fn tonic_client_per_request_balancing_and_unknown_service() {
             .unwrap();
         *counts.entry(reply.into_inner().replica).or_default() += 1;
     }
+    // Each call goes to one of three equal replicas at random (power of two choices, a coin
+    // between equals): 100 each on average, more than 3.5 standard deviations inside 70..=130.
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(
-        counts.values().all(|c| (90..=110).contains(c)),
+        counts.values().all(|c| (70..=130).contains(c)),
         "{counts:?}"
     );
 

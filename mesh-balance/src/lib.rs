@@ -1,255 +1,162 @@
 //! Balancing each request over the endpoints of a service.
 //!
 //! HTTP/2 multiplexes every request of a client over one connection, so a connection-level
-//! (L4) balancer pins all of them to one endpoint. The balancers here choose an endpoint per
-//! *request*.
+//! (L4) balancer pins all of them to one endpoint: some pods are scapegoats, others sloths.
+//! The balancers here choose an endpoint per *request*.
 //!
-//! Today: [`RoundRobin`], which spreads requests evenly and costs one atomic increment per
-//! pick, stepping over endpoints that say they are unavailable
-//! ([`Availability`](mesh_core::Availability): an endpoint backing off after connect failures). Latency-aware balancing (power of two choices over peak-EWMA) comes next and will sit
-//! beside it behind the same shape.
+//! - [`Balancer`]: the one to use. Power of two choices over peak-EWMA: two distinct ready
+//!   endpoints at random, the lower cost wins, where the cost is the endpoint's latency
+//!   estimate (a sample above it replaces it at once; lower samples pull it down over the
+//!   `decay` time constant; idle, it decays toward zero so a once-slow endpoint is tried
+//!   again) times its requests in flight plus one. In front of it, a bounded queue for the
+//!   moments when no endpoint is ready, failing fast (503 / UNAVAILABLE) once none has been
+//!   for `failfast_timeout`. Behind it, failure accrual: after `consecutive_failures` failures
+//!   in a row (by mesh-core's one classifier: errors, 5xx, gRPC UNAVAILABLE, INTERNAL,
+//!   UNKNOWN, DATA_LOSS, DEADLINE_EXCEEDED, from trailers or trailers-only headers) an endpoint
+//!   leaves the choice for a backoff (1 s doubling to 60 s, plus up to 25 % jitter), then one
+//!   request probes it; a success readmits it.
+//! - [`RoundRobin`]: the simplest spread, one atomic increment per pick, for fixed sets.
 //!
-//! # Design
+//! # Design, and what was taken from tower
 //!
-//! The balancer is a shared, cheaply cloned service: every client connection's stack holds a
-//! clone, and the pick is a lock-free atomic counter, so the hot path has no lock and no
-//! channel hop (tower's `Balance` behind a `Buffer` would add a task hop and an allocation per
-//! request). Each pick drives a clone of the endpoint's service through readiness (`oneshot`).
+//! tower's `p2c::Balance` keeps endpoints in a `ReadyCache` that it must poll through `&mut
+//! self`, so a shared balancer needs a `Buffer` in front: a channel send, a task hop and an
+//! allocation per request, and one task serializing every pick. Here every client connection
+//! holds a clone of the balancer, and a pick reads an `ArcSwap` snapshot of the endpoints,
+//! draws two at random and compares atomically maintained loads: O(1) in the number of
+//! endpoints, no global lock (each latency estimate has a lock of its own, held for a few
+//! arithmetic operations). From tower we keep the vocabulary: `tower::discover::Change` as
+//! the input, the peak-EWMA estimator's arithmetic (`tower::load::PeakEwma`), and `Service` as
+//! the endpoint. Readiness is read, not polled: an endpoint is ready unless ejected or its
+//! connection is backing off ([`mesh_core::Availability`]).
+//!
+//! Requests count as in flight until their response body ends (a long stream keeps its
+//! endpoint loaded), and a gRPC response is classified when its trailers arrive.
+//!
+//! # Where it departs from textbook P2C over peak-EWMA, and why
+//!
+//! Measured with paused time over scripted endpoints whose latency jitters (±20 %, and 4×
+//! once in a hundred), 3000 requests each:
+//!
+//! - **The first sample replaces the default latency.** With tower's arithmetic a sample below
+//!   the estimate only moves it by `1 - e^(-Δt/decay)`, so for the first seconds every
+//!   endpoint still looks like the 30 ms default and a 20 ms-slower endpoint kept 26 % of the
+//!   requests. The default now only stands in until the first response.
+//! - **An endpoint never measured and idle costs nothing**: one request is worth learning its
+//!   latency. Otherwise a new endpoint (30 ms by default) never wins against warm ones at 1 ms
+//!   under light load, and is not tried for tens of seconds.
+//! - **Latencies within a factor of two, or less than 5 ms apart, are one class**
+//!   (`LATENCY_BAND`, `LATENCY_NOISE_FLOOR`): between two such endpoints, fewer requests in
+//!   flight wins, and a coin decides a tie. Peak-EWMA holds every outlier for the decay time,
+//!   so strict "lower estimate wins" sent most sequential requests to whichever endpoint had
+//!   the smallest recent outlier: max/min 1.3 to 1.8 over three equal scripted endpoints, and
+//!   through the real proxy on loopback one scheduling hiccup (3.8 ms over 0.2 ms) left an
+//!   endpoint 50 of 3000 sequential requests. With the band: 1.01 to 1.10 scripted, at most
+//!   1.09 over five real runs, while a 20 ms-slower endpoint still gets under 1 %.
 //!
 //! # Composing
 //!
 //! ```
-//! use mesh_balance::RoundRobin;
+//! use mesh_balance::{BalanceLayer, BalancerConfig, fixed};
 //! use mesh_core::client::{ClientConfig, HttpClient};
+//! use mesh_core::endpoint::Endpoint;
 //! use mesh_core::server::RespondLayer;
 //! use tower::ServiceBuilder;
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = HttpClient::new(&ClientConfig::default());
-//! let endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
-//!     .iter()
-//!     .map(|a| Ok(client.endpoint(a.parse()?)))
-//!     .collect::<Result<Vec<_>, std::net::AddrParseError>>()?;
+//! let endpoints = fixed(["127.0.0.1:9001".parse()?, "127.0.0.1:9002".parse()?]);
 //! let balanced = ServiceBuilder::new()
 //!     .layer(RespondLayer::new())
-//!     .service(RoundRobin::new(endpoints)?);
+//!     .layer(BalanceLayer::new(BalancerConfig::default(), endpoints))
+//!     .service(move |e: &Endpoint| client.endpoint(e.addr));
 //! # let _ = balanced;
 //! # Ok(())
 //! # }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-
-use mesh_core::{Availability, BoxError};
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
-
-/// Why a balancer could not be built.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BalanceError {
-    /// A service needs at least one endpoint.
-    #[error("a balancer needs at least one endpoint")]
-    NoEndpoints,
-}
-
-/// Sends request *n* to endpoint *n mod len*.
-#[derive(Debug)]
-pub struct RoundRobin<S> {
-    endpoints: Arc<[S]>,
-    next: Arc<AtomicUsize>,
-}
-
-impl<S> Clone for RoundRobin<S> {
-    fn clone(&self) -> Self {
-        Self {
-            endpoints: self.endpoints.clone(),
-            next: self.next.clone(),
-        }
-    }
-}
-
-impl<S> RoundRobin<S> {
-    /// Balances over `endpoints`, which may not be empty.
-    pub fn new(endpoints: impl IntoIterator<Item = S>) -> Result<Self, BalanceError> {
-        let endpoints: Arc<[S]> = endpoints.into_iter().collect();
-        if endpoints.is_empty() {
-            return Err(BalanceError::NoEndpoints);
-        }
-        Ok(Self {
-            endpoints,
-            next: Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    /// The endpoints' services.
-    pub fn endpoints(&self) -> &[S] {
-        &self.endpoints
-    }
-
-    /// The next endpoint in turn that is available; when none is, the next in turn (its
-    /// request then fails fast with the endpoint's own error).
-    pub fn pick(&self) -> &S
-    where
-        S: Availability,
-    {
-        // Relaxed: only the spread matters, not an order with other memory.
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let len = self.endpoints.len();
-        (0..len)
-            .map(|i| &self.endpoints[(n + i) % len])
-            .find(|s| s.is_available())
-            .unwrap_or(&self.endpoints[n % len])
-    }
-}
-
-impl<S, Req> Service<Req> for RoundRobin<S>
-where
-    S: Service<Req> + Availability + Clone,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S, Req>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture {
-            inner: self.pick().clone().oneshot(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`RoundRobin`].
-    pub struct ResponseFuture<S: Service<Req>, Req> {
-        #[pin]
-        inner: Oneshot<S, Req>,
-    }
-}
-
-impl<S: Service<Req>, Req> std::fmt::Debug for ResponseFuture<S, Req> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
-
-impl<S, Req> Future for ResponseFuture<S, Req>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_err(Into::into)
-    }
-}
-
+mod config;
+mod endpoint;
+mod p2c;
+mod rr;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tower_test::mock;
+mod tests;
 
-    /// A mock endpoint whose availability the test sets.
-    #[derive(Clone)]
-    struct Endpoint {
-        mock: mock::Mock<u32, u32>,
-        available: std::sync::Arc<std::sync::atomic::AtomicBool>,
+use std::hash::Hash;
+use std::net::SocketAddr;
+
+use futures_core::Stream;
+use mesh_core::endpoint::Endpoint;
+use tower::discover::Change;
+
+pub use config::{BalancerConfig, FailureAccrualConfig};
+pub use p2c::{BalanceError, Balancer, Dispatch, EndpointStatus, ResponseFuture};
+pub use rr::{RoundRobin, RoundRobinError};
+
+/// Builds a [`Balancer`] over a maker of endpoint services (`Fn(&Endpoint) -> S`), following
+/// a clone of the discovery stream.
+#[derive(Clone, Debug)]
+pub struct BalanceLayer<D> {
+    config: BalancerConfig,
+    discover: D,
+}
+
+impl<D> BalanceLayer<D> {
+    /// A layer with these settings and endpoints.
+    pub const fn new(config: BalancerConfig, discover: D) -> Self {
+        Self { config, discover }
     }
+}
 
-    impl Availability for Endpoint {
-        fn is_available(&self) -> bool {
-            self.available.load(Ordering::Relaxed)
-        }
+impl<D, M, S> tower::Layer<M> for BalanceLayer<D>
+where
+    D: tower::discover::Discover<Service = Endpoint> + Clone + Send + 'static,
+    D::Key: Hash + Eq + Send,
+    D::Error: std::fmt::Display,
+    M: Fn(&Endpoint) -> S + Send + 'static,
+    S: tower::Service<http::Request<mesh_core::Body>, Response = http::Response<mesh_core::Body>>
+        + mesh_core::Availability
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<mesh_core::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Service = Balancer<S>;
+
+    fn layer(&self, make: M) -> Balancer<S> {
+        Balancer::new(self.config.clone(), self.discover.clone(), make)
     }
+}
 
-    impl Service<u32> for Endpoint {
-        type Response = u32;
-        type Error = BoxError;
-        type Future = mock::future::ResponseFuture<u32>;
-
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            self.mock.poll_ready(cx)
-        }
-
-        fn call(&mut self, req: u32) -> Self::Future {
-            self.mock.call(req)
-        }
+/// A fixed set of endpoints as a discovery stream: each inserted once, then nothing changes.
+pub fn fixed(addrs: impl IntoIterator<Item = SocketAddr>) -> Fixed {
+    Fixed {
+        pending: addrs.into_iter().collect(),
     }
+}
 
-    fn endpoints(n: usize) -> (Vec<Endpoint>, Vec<mock::Handle<u32, u32>>) {
-        (0..n)
-            .map(|_| {
-                let (mock, handle) = mock::pair::<u32, u32>();
-                let available = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-                (Endpoint { mock, available }, handle)
-            })
-            .unzip()
-    }
+/// See [`fixed`].
+#[derive(Clone, Debug)]
+pub struct Fixed {
+    pending: std::collections::VecDeque<SocketAddr>,
+}
 
-    #[tokio::test(start_paused = true)]
-    async fn spreads_requests_evenly() {
-        let (services, mut handles) = endpoints(3);
-        let rr = RoundRobin::new(services).unwrap();
-        let mut calls = Vec::new();
-        for i in 0..9 {
-            calls.push(tokio::spawn(rr.clone().oneshot(i)));
-        }
-        for (n, handle) in handles.iter_mut().enumerate() {
-            for _ in 0..3 {
-                let (req, send) = handle.next_request().await.unwrap();
-                assert_eq!(req as usize % 3, n);
-                send.send_response(req);
+impl Stream for Fixed {
+    type Item = Result<Change<SocketAddr, Endpoint>, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.pending.pop_front() {
+            Some(addr) => {
+                std::task::Poll::Ready(Some(Ok(Change::Insert(addr, Endpoint::new(addr)))))
             }
+            // Never ends: the endpoints stay.
+            None => std::task::Poll::Pending,
         }
-        for (i, call) in calls.into_iter().enumerate() {
-            assert_eq!(call.await.unwrap().unwrap(), i as u32);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn steps_over_unavailable_endpoints() {
-        let (services, mut handles) = endpoints(3);
-        services[1].available.store(false, Ordering::Relaxed);
-        let rr = RoundRobin::new(services.clone()).unwrap();
-        let calls: Vec<_> = (0..4)
-            .map(|i| tokio::spawn(rr.clone().oneshot(i)))
-            .collect();
-        // Turns 0, 1 (unavailable: goes to 2), 2, 3 -> endpoints 0, 2, 2, 0.
-        for (endpoint, expected) in [(0, vec![0, 3]), (2, vec![1, 2])] {
-            for want in expected {
-                let (req, send) = handles[endpoint].next_request().await.unwrap();
-                assert_eq!(req, want);
-                send.send_response(req);
-            }
-        }
-        for call in calls {
-            call.await.unwrap().unwrap();
-        }
-
-        // None available: requests still go out in turn and fail with the endpoint's error.
-        for s in &services {
-            s.available.store(false, Ordering::Relaxed);
-        }
-        let call = tokio::spawn(rr.clone().oneshot(9));
-        let (req, send) = handles[1].next_request().await.unwrap();
-        assert_eq!(req, 9);
-        send.send_error("endpoint down");
-        assert!(call.await.unwrap().is_err());
-    }
-
-    #[test]
-    fn refuses_an_empty_set() {
-        assert_eq!(
-            RoundRobin::<Endpoint>::new([]).err(),
-            Some(BalanceError::NoEndpoints)
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! per request on the forwarding path.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::BoxError;
+use crate::classify::{Class, classify_end};
 
 /// A request or response body on the data path.
 #[derive(Debug, Default)]
@@ -27,6 +29,92 @@ pub enum Body {
     Empty,
     /// Any other body, boxed.
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// A body received from a peer, whose end an observer is told about.
+    Observed(ObservedBody),
+}
+
+/// How a forwarded body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Read to its end; for a body observed to classify a gRPC response, the class its
+    /// trailers gave.
+    Complete(Option<Class>),
+    /// The peer broke it off (reset, connection lost).
+    Failed,
+    /// Dropped before its end: the reader went away (a client cancelled).
+    Dropped,
+}
+
+/// Told exactly once how a body ended.
+pub trait BodyObserver: Send + Sync {
+    /// The body ended this way.
+    fn on_end(&self, end: BodyEnd);
+}
+
+/// A received body that tells an observer how it ended, without boxing: the observer is an
+/// `Arc` the caller already has.
+pub struct ObservedBody {
+    body: hyper::body::Incoming,
+    observer: Option<Arc<dyn BodyObserver>>,
+    classify_grpc: bool,
+}
+
+impl ObservedBody {
+    /// Observes `body`; with `classify_grpc`, the end reports the class its trailers give.
+    pub fn new(
+        body: hyper::body::Incoming,
+        observer: Arc<dyn BodyObserver>,
+        classify_grpc: bool,
+    ) -> Self {
+        Self {
+            body,
+            observer: Some(observer),
+            classify_grpc,
+        }
+    }
+
+    fn finish(&mut self, end: BodyEnd) {
+        if let Some(observer) = self.observer.take() {
+            observer.on_end(end);
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = http_body::Body::poll_frame(Pin::new(&mut self.body), cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let class = self.classify_grpc.then(|| classify_end(Some(trailers)));
+                    self.finish(BodyEnd::Complete(class));
+                }
+            }
+            Poll::Ready(None) => {
+                let class = self.classify_grpc.then(|| classify_end(None));
+                self.finish(BodyEnd::Complete(class));
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
+            Poll::Pending => {}
+        }
+        polled.map_err(|e| BodyError(e.into()))
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish(BodyEnd::Dropped);
+    }
+}
+
+impl std::fmt::Debug for ObservedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedBody")
+            .field("body", &self.body)
+            .field("classify_grpc", &self.classify_grpc)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Body {
@@ -93,6 +181,7 @@ impl http_body::Body for Body {
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Empty => Poll::Ready(None),
             Body::Boxed(body) => Pin::new(body).poll_frame(cx).map_err(BodyError),
+            Body::Observed(body) => body.poll_frame(cx),
         }
     }
 
@@ -102,6 +191,7 @@ impl http_body::Body for Body {
             Body::Full(data) => data.is_none(),
             Body::Empty => true,
             Body::Boxed(body) => body.is_end_stream(),
+            Body::Observed(body) => body.body.is_end_stream(),
         }
     }
 
@@ -111,6 +201,7 @@ impl http_body::Body for Body {
             Body::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
             Body::Boxed(body) => body.size_hint(),
+            Body::Observed(body) => body.body.size_hint(),
         }
     }
 }

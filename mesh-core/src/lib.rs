@@ -4,6 +4,7 @@
 //!
 //! - [`endpoint`]: endpoints, authorities (service names), directions;
 //! - [`error`]: error classification and the one mapping from an error to a response;
+//! - [`classify`]: success or failure of a response (5xx, gRPC status), for accrual and metrics;
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque) with a bounded read;
 //! - [`server`] and [`client`]: hyper 1 plumbing (h2 end to end, pooled HTTP/1.1), and the
 //!   [`Respond`](server::Respond) layer that answers errors;
@@ -36,6 +37,7 @@
 //! ```
 
 pub mod body;
+pub mod classify;
 pub mod client;
 pub mod config;
 pub mod detect;

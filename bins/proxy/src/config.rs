@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use mesh_balance::BalancerConfig;
 use mesh_core::client::ClientConfig;
 use mesh_core::config::{self as core_config, ConfigError, Source};
 use mesh_core::endpoint::Authority;
@@ -91,6 +92,9 @@ pub struct ServiceConfig {
     /// The listener of an opaque service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// How requests are balanced over the endpoints.
+    #[serde(default)]
+    pub balancer: BalancerConfig,
 }
 
 /// The inbound side.
@@ -252,6 +256,13 @@ impl Config {
                     key("authority"),
                     format!("{:?}", svc.authority),
                     "this service is already configured",
+                ));
+            }
+            if let Err((field, message)) = svc.balancer.validate() {
+                return Err(invalid(
+                    key(&format!("balancer.{field}")),
+                    "(see the value)".into(),
+                    message,
                 ));
             }
             if svc.endpoints.is_empty() {

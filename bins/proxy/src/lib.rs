@@ -10,7 +10,7 @@
 //! ```text
 //! outbound: accept -> detect (HTTP/1 | HTTP/2 | opaque: closed with a logged reason)
 //!           -> hyper server -> Respond (errors -> 502/503/504 or grpc-status)
-//!           -> AuthorityRouter (:authority / Host) -> [HttpService] -> RoundRobin -> EndpointClient
+//!           -> AuthorityRouter (:authority / Host) -> [HttpService] -> Balancer (P2C, peak-EWMA) -> EndpointClient
 //! inbound:  accept -> detect -> HTTP: hyper server -> Respond -> EndpointClient(app)
 //!                            -> opaque: TCP forward to the app
 //! opaque:   accept -> round robin per connection -> TCP forward, half-close preserved

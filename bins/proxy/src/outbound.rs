@@ -1,15 +1,15 @@
-//! The outbound stack: the app's HTTP calls, balanced per request over the endpoints of the
-//! service their authority names.
+//! The outbound stack: the app's HTTP calls, balanced per request (P2C over peak-EWMA, with
+//! failure accrual) over the endpoints of the service their authority names.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use mesh_balance::RoundRobin;
+use mesh_balance::{Balancer, fixed};
 use mesh_core::HttpService;
 use mesh_core::client::HttpClient;
 use mesh_core::detect::{self, PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
-use mesh_core::endpoint::Authority;
+use mesh_core::endpoint::{Authority, Endpoint};
 use mesh_core::router::AuthorityRouter;
 use mesh_core::server::{HttpServer, Respond};
 use tokio::net::TcpStream;
@@ -32,9 +32,12 @@ impl Outbound {
         for svc in config.outbound.services.iter().filter(|s| !s.opaque) {
             let authority = Authority::parse(&svc.authority, 80)
                 .with_context(|| format!("service {:?}", svc.authority))?;
-            let endpoints = svc.endpoints.iter().map(|addr| client.endpoint(*addr));
-            let balancer =
-                RoundRobin::new(endpoints).with_context(|| format!("service {authority}"))?;
+            let client = client.clone();
+            let balancer = Balancer::new(
+                svc.balancer.clone(),
+                fixed(svc.endpoints.iter().copied()),
+                move |endpoint: &Endpoint| client.endpoint(endpoint.addr),
+            );
             routes.push((authority, mesh_core::erase(balancer)));
         }
         Ok(Self {
