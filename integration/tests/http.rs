@@ -486,7 +486,7 @@ async fn trailers_pass_through_h2() {
 }
 
 #[tokio::test]
-async fn http1_keepalive_and_round_robin() {
+async fn http1_keepalive_and_per_request_balancing() {
     let mut backends = Vec::new();
     let mut counts = Vec::new();
     for _ in 0..3 {
@@ -521,8 +521,11 @@ async fn http1_keepalive_and_round_robin() {
         assert_eq!(rsp.status(), StatusCode::OK, "request {i}");
         assert_eq!(read_body(rsp).await.unwrap().body(), "ok");
     }
+    // Balanced per request: every backend takes part (each has a third of the chance of each
+    // request; all 30 missing one backend happens once in 60 000 runs).
     let counts: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    assert_eq!(counts, vec![10, 10, 10], "requests per backend");
+    assert_eq!(counts.iter().sum::<usize>(), 30, "requests per backend: {counts:?}");
+    assert!(counts.iter().all(|c| *c > 0), "requests per backend: {counts:?}");
 }
 
 /// A backend that sends GOAWAY after each connection's first request, as a server does when it
