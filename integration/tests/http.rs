@@ -524,8 +524,15 @@ async fn http1_keepalive_and_per_request_balancing() {
     // Balanced per request: every backend takes part (each has a third of the chance of each
     // request; all 30 missing one backend happens once in 60 000 runs).
     let counts: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    assert_eq!(counts.iter().sum::<usize>(), 30, "requests per backend: {counts:?}");
-    assert!(counts.iter().all(|c| *c > 0), "requests per backend: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        30,
+        "requests per backend: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "requests per backend: {counts:?}"
+    );
 }
 
 /// A backend that sends GOAWAY after each connection's first request, as a server does when it

@@ -30,8 +30,8 @@ use crate::endpoint::{EndpointState, Readiness, Timing};
 /// by the clock (an ejection or a connect backoff ends), which no event announces.
 const QUEUE_RECHECK: Duration = Duration::from_millis(50);
 
-/// Random pairs tried before scanning every endpoint for a ready one.
-const PAIR_TRIES: usize = 3;
+/// Random draws for two distinct ready endpoints before scanning every endpoint.
+const DRAWS: usize = 8;
 
 /// Why the balancer answered instead of an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -204,23 +204,33 @@ impl<S: Availability> Shared<S> {
         if n == 0 {
             return None;
         }
-        for _ in 0..PAIR_TRIES {
+        // Two distinct *ready* endpoints: an endpoint that is not ready is drawn again, never
+        // left to its partner (which would send an ejected endpoint's share to whoever is
+        // paired with it, however slow).
+        let mut first: Option<(usize, Readiness)> = None;
+        for _ in 0..DRAWS {
             let i = fastrand::usize(..n);
-            let mut j = fastrand::usize(..n - 1);
-            if j >= i {
-                j += 1;
+            if first.is_some_and(|(f, _)| f == i) {
+                continue;
             }
+            let ri = endpoints[i].readiness(now);
+            if ri == Readiness::NotReady {
+                continue;
+            }
+            let Some((j, rj)) = first else {
+                first = Some((i, ri));
+                continue;
+            };
             let (a, b) = (&endpoints[i], &endpoints[j]);
-            let (ra, rb) = (a.readiness(now), b.readiness(now));
-            let (chosen, readiness) = match (ra != Readiness::NotReady, rb != Readiness::NotReady) {
-                (true, true) if prefer_first(a, b, now) => (a, ra),
-                (true, true) | (false, true) => (b, rb),
-                (true, false) => (a, ra),
-                (false, false) => continue,
+            let (chosen, readiness) = if prefer_first(a, b, now) {
+                (a, ri)
+            } else {
+                (b, rj)
             };
             if chosen.claim(readiness) {
                 return Some(chosen.clone());
             }
+            first = None;
         }
         // Most endpoints are not ready: find the cheapest that is (O(n), only in this state).
         let mut ready: Vec<(&Arc<EndpointState<S>>, Readiness, f64)> = endpoints

@@ -421,3 +421,30 @@ impl Service<Request<Body>> for MockEndpoint {
         self.0.call(req)
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoints_share_does_not_go_to_a_slow_partner() {
+    fastrand::seed(7);
+    let endpoints = [
+        Scripted::new(0, Duration::from_millis(1)),
+        Scripted::new(1, Duration::ZERO),
+        Scripted::new(2, Duration::from_millis(21)),
+    ];
+    endpoints[1].status.store(503, Ordering::SeqCst);
+    let config = BalancerConfig {
+        default_rtt: Duration::from_millis(1),
+        ..BalancerConfig::default()
+    };
+    let b = balancer(&endpoints, config).await;
+    // Until endpoint 1 is ejected.
+    while !b.endpoints().iter().any(|e| e.ejected) {
+        let _ = b.clone().oneshot(request()).await;
+    }
+    let slow_before = endpoints[2].served();
+    assert_eq!(load(&b, 1000, 1).await, 1000);
+    let slow = endpoints[2].served() - slow_before;
+    assert!(
+        slow <= 10,
+        "the slow endpoint took {slow} of 1000 while its partner was ejected"
+    );
+}

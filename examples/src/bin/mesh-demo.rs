@@ -4,7 +4,8 @@
 //! One process runs everything on ephemeral ports of 127.0.0.1:
 //!
 //! - 3 `greeter` replicas: greeter-0; greeter-1, which fails 3% of calls with
-//!   UNAVAILABLE; greeter-2, 25 ms slower than the others;
+//!   UNAVAILABLE and, every 10 s, has a 4 s outage (every call fails); greeter-2,
+//!   25 ms slower than the others;
 //! - 2 `names` replicas, which the greeters call through the mesh to pick a name;
 //! - a `mesh-proxy` whose outbound listener routes `:authority`
 //!   `greeter.demo.svc.cluster.local:50051` and `names.demo.svc.cluster.local:50051`
@@ -39,19 +40,28 @@
 //!   names-0 127.0.0.1:33813   names-1 127.0.0.1:39287
 //!   200 requests/s, at most 8 in flight, to greeter.demo.svc.cluster.local:50051
 //!
-//! t=8s
+//! t=5s
 //! REPLICA               RPS   SHARE   SUCCESS       P50       P99
-//! greeter-0            67.0   33.7%   100.00%     0.7ms     1.1ms
-//! greeter-1            66.0   33.2%    98.48%     0.8ms     1.4ms
-//! greeter-2            66.0   33.2%   100.00%    26.9ms    27.9ms
-//! TOTAL               199.0  100.0%    99.50%     0.9ms    27.9ms
+//! greeter-0            99.0   49.5%   100.00%     0.5ms     0.9ms
+//! greeter-1           101.0   50.5%    98.02%     0.4ms     1.2ms
+//! greeter-2             0.0    0.0%         -         -         -
+//! TOTAL               200.0  100.0%    99.00%     0.5ms     0.9ms
+//!
+//! t=12s
+//! REPLICA               RPS   SHARE   SUCCESS       P50       P99
+//! greeter-0           199.0   99.5%   100.00%     0.5ms     0.8ms
+//! greeter-1             1.0    0.5%     0.00%     0.3ms     0.3ms
+//! greeter-2             0.0    0.0%         -         -         -
+//! TOTAL               200.0  100.0%    99.50%     0.5ms     0.8ms
 //! ```
 //!
-//! The numbers vary with the machine and the proxy's balancer. What to look for:
-//! the slow replica's higher latency and the failing replica's lower success
-//! rate; with round robin each replica gets a third of the requests, with a
-//! latency-aware balancer (P2C over peak-EWMA) the slow replica gets fewer. At
-//! the end a summary of the whole run follows.
+//! The numbers vary with the machine. What to look for: the slow replica
+//! (greeter-2) gets almost nothing once its first answers are measured (the
+//! proxy balances each request by power of two choices over peak-EWMA latency);
+//! during greeter-1's outage, after 7 failures in a row, the proxy ejects it and
+//! only probes it now and then (one request after 1 s, 2 s, 4 s...), so the
+//! success rate barely moves; a successful probe readmits it. A summary of the
+//! whole run follows at the end.
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -98,6 +108,11 @@ const GREETERS: &[(&str, Duration, f64)] = &[
     ("greeter-1", Duration::ZERO, 0.03),
     ("greeter-2", Duration::from_millis(25), 0.0),
 ];
+
+/// greeter-1 also has outages: every 10 s it fails every call for 4 s.
+const OUTAGE_REPLICA: &str = "greeter-1";
+const OUTAGE_EVERY: Duration = Duration::from_secs(10);
+const OUTAGE_LASTING: Duration = Duration::from_secs(4);
 
 /// The names replicas.
 const NAMES: &[&str] = &["names-0", "names-1"];
@@ -166,9 +181,12 @@ async fn main() -> anyhow::Result<()> {
 
     let mut greeters = Vec::new();
     for (listener, (name, delay, failure_rate)) in greeter_listeners.into_iter().zip(GREETERS) {
-        let config = GreeterConfig::new(*name)
+        let mut config = GreeterConfig::new(*name)
             .with_delay(*delay)
             .with_failure_rate(*failure_rate);
+        if *name == OUTAGE_REPLICA {
+            config = config.with_outages(OUTAGE_EVERY, OUTAGE_LASTING);
+        }
         let names = demo::names_client(demo::mesh_channel(outbound, NAMES_AUTHORITY)?);
         greeters.push(listener.serve_greeter(Greeter::with_names(config, names)));
     }

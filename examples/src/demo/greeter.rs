@@ -27,6 +27,9 @@ pub struct GreeterConfig {
     pub delay: Duration,
     /// The share of calls (`0.0..=1.0`) that fail with `UNAVAILABLE`.
     pub failure_rate: f64,
+    /// Outages: every `.0`, for `.1`, every call fails with `UNAVAILABLE` (counted from the
+    /// replica's start).
+    pub outage: Option<(Duration, Duration)>,
 }
 
 impl GreeterConfig {
@@ -36,6 +39,16 @@ impl GreeterConfig {
             name: name.into(),
             delay: Duration::ZERO,
             failure_rate: 0.0,
+            outage: None,
+        }
+    }
+
+    /// Fails every call for `lasting`, once `every` (the first outage starts after `every`).
+    #[must_use]
+    pub fn with_outages(self, every: Duration, lasting: Duration) -> Self {
+        Self {
+            outage: Some((every, lasting.min(every))),
+            ..self
         }
     }
 
@@ -68,6 +81,7 @@ pub struct Greeter {
 #[derive(Debug)]
 struct Inner {
     config: GreeterConfig,
+    started: tokio::time::Instant,
     rng: Rng,
     names: Option<NamesClient<Channel>>,
 }
@@ -89,7 +103,12 @@ impl Greeter {
     fn build(config: GreeterConfig, names: Option<NamesClient<Channel>>) -> Self {
         let rng = Rng::from_seed(&config.name);
         Self {
-            inner: Arc::new(Inner { config, rng, names }),
+            inner: Arc::new(Inner {
+                config,
+                started: tokio::time::Instant::now(),
+                rng,
+                names,
+            }),
         }
     }
 
@@ -110,6 +129,16 @@ impl Greeter {
         let config = &self.inner.config;
         if !config.delay.is_zero() {
             tokio::time::sleep(config.delay).await;
+        }
+        if let Some((every, lasting)) = config.outage {
+            let since_start = self.inner.started.elapsed();
+            let into_cycle = since_start.as_nanos() % every.as_nanos().max(1);
+            if since_start >= every && into_cycle < lasting.as_nanos() {
+                return Err(Status::unavailable(format!(
+                    "replica {} is in an outage",
+                    config.name
+                )));
+            }
         }
         if self.inner.rng.chance(config.failure_rate) {
             return Err(Status::unavailable(format!(
