@@ -49,6 +49,10 @@ pub struct FailureAccrualConfig {
     /// The longest ejection.
     #[serde(with = "mesh_core::config::duration")]
     pub backoff_max: Duration,
+    /// At most this share of a service's endpoints (rounded down) is ejected at once: a
+    /// client whose own requests make every endpoint fail cannot empty the service, and a
+    /// service of one endpoint is never emptied.
+    pub max_ejected_percent: u8,
 }
 
 impl Default for FailureAccrualConfig {
@@ -57,6 +61,7 @@ impl Default for FailureAccrualConfig {
             consecutive_failures: 7,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            max_ejected_percent: 50,
         }
     }
 }
@@ -84,6 +89,9 @@ impl BalancerConfig {
                 "failure_accrual.backoff_min",
                 "expected durations above 0 and at most 24h",
             ));
+        }
+        if accrual.max_ejected_percent > 100 {
+            return Err(("failure_accrual.max_ejected_percent", "expected 0 to 100"));
         }
         if accrual.backoff_min > accrual.backoff_max {
             return Err((

@@ -2,7 +2,7 @@
 //! in flight) and its failure-accrual state. Shared lock-free by every request, except the
 //! latency estimate, which has a lock of its own (never one across endpoints).
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,11 +39,42 @@ pub(crate) struct EndpointState<S> {
     timing: Arc<Timing>,
 }
 
-/// What every endpoint of a balancer shares: the settings and the clock's origin.
+/// What every endpoint of a balancer shares: the settings, the clock's origin, and how many
+/// endpoints there are and are ejected (accrual never ejects more than its share).
 #[derive(Debug)]
 pub(crate) struct Timing {
     pub(crate) config: BalancerConfig,
     pub(crate) epoch: Instant,
+    pub(crate) endpoints: AtomicUsize,
+    pub(crate) ejected: AtomicUsize,
+}
+
+impl Timing {
+    pub(crate) fn new(config: BalancerConfig) -> Self {
+        Self {
+            config,
+            epoch: Instant::now(),
+            endpoints: AtomicUsize::new(0),
+            ejected: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves one ejection if the share allows it.
+    fn reserve_ejection(&self) -> bool {
+        let percent = usize::from(self.config.failure_accrual.max_ejected_percent.min(100));
+        let allowed = self.endpoints.load(Ordering::Relaxed) * percent / 100;
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e < allowed).then_some(e + 1)
+            })
+            .is_ok()
+    }
+
+    fn release_ejection(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+    }
 }
 
 impl Timing {
@@ -64,11 +95,15 @@ struct RttEstimate {
 struct Accrual {
     consecutive_failures: AtomicU32,
     state: AtomicU8,
-    /// End of the ejection, in µs since the balancer's epoch.
-    ejected_until: AtomicU64,
+    /// Ejected: the end of the backoff; probing: the probe's deadline. In µs since the
+    /// balancer's epoch.
+    until: AtomicU64,
     /// Ejections in a row, for the exponential backoff.
     ejections: AtomicU32,
 }
+
+/// How long a probe may take before another request may probe instead.
+const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 
 impl<S> std::fmt::Debug for EndpointState<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,10 +138,8 @@ impl<S> EndpointState<S> {
     {
         let readiness = match self.accrual.state.load(Ordering::Acquire) {
             ACTIVE => Readiness::Ready,
-            EJECTED
-                if self.timing.micros(now)
-                    >= self.accrual.ejected_until.load(Ordering::Acquire) =>
-            {
+            // Ejected with the backoff over, or a probe that overran its deadline.
+            _ if self.timing.micros(now) >= self.accrual.until.load(Ordering::Acquire) => {
                 Readiness::Probe
             }
             _ => Readiness::NotReady,
@@ -117,17 +150,28 @@ impl<S> EndpointState<S> {
         readiness
     }
 
-    /// Takes the endpoint for one request: always for a ready one, for an ejected one only
-    /// if this request wins the probe.
-    pub(crate) fn claim(&self, readiness: Readiness) -> bool {
+    /// Takes the endpoint for one request: always for a ready one; for an ejected one only if
+    /// this request wins the probe, whose token it gets (`Some`).
+    pub(crate) fn claim(&self, readiness: Readiness, now: Instant) -> Option<Option<u64>> {
         match readiness {
-            Readiness::Ready => true,
-            Readiness::Probe => self
-                .accrual
-                .state
-                .compare_exchange(EJECTED, PROBING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok(),
-            Readiness::NotReady => false,
+            Readiness::Ready => Some(None),
+            Readiness::Probe => {
+                let accrual = &self.accrual;
+                let until = accrual.until.load(Ordering::Acquire);
+                if self.timing.micros(now) < until {
+                    return None;
+                }
+                // The deadline is the claim: one request wins it. A probe that never answers
+                // frees the endpoint for another probe when its deadline passes.
+                let deadline = self.timing.micros(now + PROBE_DEADLINE).max(until + 1);
+                accrual
+                    .until
+                    .compare_exchange(until, deadline, Ordering::AcqRel, Ordering::Acquire)
+                    .ok()?;
+                accrual.state.store(PROBING, Ordering::Release);
+                Some(Some(deadline))
+            }
+            Readiness::NotReady => None,
         }
     }
 
@@ -188,37 +232,40 @@ impl<S> EndpointState<S> {
         self.accrual.state.load(Ordering::Acquire) != ACTIVE
     }
 
-    /// Feeds failure accrual with the class of a finished request.
-    pub(crate) fn record(&self, class: Class) {
+    /// Feeds failure accrual with the class of a finished request; `probe` when it was the
+    /// probe of an ejected endpoint. While an endpoint is out, only its probe decides: late
+    /// answers of requests sent before the ejection neither readmit nor re-eject it.
+    pub(crate) fn record(&self, class: Class, probe: bool) {
         let accrual = &self.accrual;
         let threshold = self.timing.config.failure_accrual.consecutive_failures;
-        match class {
-            Class::Success => {
+        match (class, probe) {
+            (Class::Success, true) => {
                 accrual.consecutive_failures.store(0, Ordering::Relaxed);
+                accrual.ejections.store(0, Ordering::Relaxed);
                 if accrual.state.swap(ACTIVE, Ordering::AcqRel) != ACTIVE {
-                    accrual.ejections.store(0, Ordering::Relaxed);
+                    self.timing.release_ejection();
                     tracing::info!(endpoint = %self.endpoint.addr, "endpoint readmitted after a successful probe");
                 }
             }
-            Class::Failure if threshold == 0 => {}
-            Class::Failure => {
-                if accrual.state.load(Ordering::Acquire) == PROBING {
-                    self.eject("the probe failed");
-                    return;
-                }
+            (Class::Failure, true) => self.eject("the probe failed"),
+            _ if accrual.state.load(Ordering::Acquire) != ACTIVE => {}
+            (Class::Success, false) => accrual.consecutive_failures.store(0, Ordering::Relaxed),
+            (Class::Failure, false) if threshold == 0 => {}
+            (Class::Failure, false) => {
                 let failures = accrual.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures >= threshold
-                    && accrual
-                        .state
-                        .compare_exchange(ACTIVE, EJECTED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                {
-                    self.eject("consecutive failures");
+                if failures >= threshold && self.timing.reserve_ejection() {
+                    if accrual.state.load(Ordering::Acquire) == ACTIVE {
+                        self.eject("consecutive failures");
+                    } else {
+                        self.timing.release_ejection();
+                    }
                 }
             }
         }
     }
 
+    /// Takes the endpoint out for the next backoff. The end of the backoff is stored before
+    /// the state, so that no reader sees "ejected" with a stale end.
     fn eject(&self, why: &'static str) {
         let accrual = &self.accrual;
         let ejections = accrual.ejections.fetch_add(1, Ordering::Relaxed);
@@ -231,39 +278,61 @@ impl<S> EndpointState<S> {
         let jitter = base.mul_f64(fastrand::f64() * 0.25);
         let backoff = (base + jitter).min(accrual_config.backoff_max.max(base));
         let until = self.timing.micros(Instant::now() + backoff);
-        accrual.ejected_until.store(until, Ordering::Release);
+        accrual.until.store(until, Ordering::Release);
         accrual.consecutive_failures.store(0, Ordering::Relaxed);
         accrual.state.store(EJECTED, Ordering::Release);
         tracing::info!(endpoint = %self.endpoint.addr, ?backoff, why, "endpoint ejected");
     }
 
-    /// A probe that ended without a verdict (cancelled): another may probe at once.
-    fn release_probe(&self) {
+    /// A probe that ended without a verdict (cancelled): another may probe at once, unless
+    /// a newer probe holds the endpoint already.
+    pub(crate) fn release_probe(&self, token: u64) {
         let accrual = &self.accrual;
         if accrual
-            .state
-            .compare_exchange(PROBING, EJECTED, Ordering::AcqRel, Ordering::Acquire)
+            .until
+            .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            accrual.ejected_until.store(0, Ordering::Release);
+            let _ = accrual.state.compare_exchange(
+                PROBING,
+                EJECTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
-    /// The request ended before a response head: cancelled by the caller.
-    pub(crate) fn cancel_request(&self) {
-        self.end_request();
-        self.release_probe();
+    /// A sample that may only raise the estimate: a failure's latency (a fast error must not
+    /// make an endpoint look good) or a cancelled request's age (a hung endpoint must look
+    /// slow).
+    pub(crate) fn observe_rtt_peak(&self, rtt: Duration, now: Instant) {
+        let sample = rtt.as_nanos() as f64;
+        let mut estimate = self.rtt.lock().unwrap_or_else(|e| e.into_inner());
+        if sample > estimate.rtt_ns {
+            estimate.rtt_ns = sample;
+            estimate.sampled = true;
+            estimate.updated = now;
+        }
     }
 }
 
+impl<S> Drop for EndpointState<S> {
+    fn drop(&mut self) {
+        // A removed endpoint no longer counts against the ejection share.
+        if self.accrual.state.load(Ordering::Acquire) != ACTIVE {
+            self.timing.release_ejection();
+        }
+    }
+}
+
+/// The end of a response body (never a probe's: a probe is judged at its head).
 impl<S: Send + Sync> BodyObserver for EndpointState<S> {
     fn on_end(&self, end: BodyEnd) {
         self.end_request();
         match end {
-            BodyEnd::Complete(Some(class)) => self.record(class),
-            BodyEnd::Complete(None) => {}
-            BodyEnd::Failed => self.record(Class::Failure),
-            BodyEnd::Dropped => self.release_probe(),
+            BodyEnd::Complete(Some(class)) => self.record(class, false),
+            BodyEnd::Failed => self.record(Class::Failure, false),
+            BodyEnd::Complete(None) | BodyEnd::Dropped => {}
         }
     }
 }

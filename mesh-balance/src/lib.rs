@@ -14,7 +14,15 @@
 //!   in a row (by mesh-core's one classifier: errors, 5xx, gRPC UNAVAILABLE, INTERNAL,
 //!   UNKNOWN, DATA_LOSS, DEADLINE_EXCEEDED, from trailers or trailers-only headers) an endpoint
 //!   leaves the choice for a backoff (1 s doubling to 60 s, plus up to 25 % jitter), then one
-//!   request probes it; a success readmits it.
+//!   request probes it (the probe wins its pair whatever the endpoint's old latency; a probe
+//!   is judged at its response head, so a long gRPC stream cannot hold the endpoint out, and
+//!   one that never answers frees the turn after 10 s); a success readmits it. While an
+//!   endpoint is out, only its probe decides: late answers to requests sent before the
+//!   ejection neither readmit nor re-eject it. At most `max_ejected_percent` of the endpoints
+//!   (half, rounded down) are out at once, so a client whose own requests fail everywhere
+//!   cannot empty a service. A failure's latency and a cancelled request's age may raise the
+//!   latency estimate, never lower it: a fast error does not make an endpoint look good, and
+//!   a hung one looks slow.
 //! - [`RoundRobin`]: the simplest spread, one atomic increment per pick, for fixed sets.
 //!
 //! # Design, and what was taken from tower

@@ -33,6 +33,9 @@ const QUEUE_RECHECK: Duration = Duration::from_millis(50);
 /// Random draws for two distinct ready endpoints before scanning every endpoint.
 const DRAWS: usize = 8;
 
+/// After a discovery error, the pause before asking again.
+const DISCOVERY_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Why the balancer answered instead of an endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum BalanceError {
@@ -129,12 +132,20 @@ where
         D::Error: std::fmt::Display,
         M: Fn(&Endpoint) -> S + Send + 'static,
     {
+        let config = match config.validate() {
+            Ok(()) => config,
+            Err((field, expected)) => {
+                tracing::warn!(
+                    field,
+                    expected,
+                    "invalid balancer setting; using the defaults"
+                );
+                BalancerConfig::default()
+            }
+        };
         let shared = Arc::new(Shared {
             endpoints: ArcSwap::from_pointee(Vec::new()),
-            timing: Arc::new(Timing {
-                config,
-                epoch: Instant::now(),
-            }),
+            timing: Arc::new(Timing::new(config)),
             queued: AtomicUsize::new(0),
             failing_fast: AtomicBool::new(false),
             changed: Notify::new(),
@@ -169,12 +180,22 @@ where
     /// Picks an endpoint as a request would, without sending anything (diagnostics and
     /// benchmarks). `None`: none is ready.
     pub fn pick(&self) -> Option<Endpoint> {
-        self.shared.pick().map(|e| {
+        self.shared.pick().map(|picked| {
             // A probe claimed but not used: give it back.
-            e.cancel_request_claim();
-            e.endpoint.clone()
+            if let Some(token) = picked.probe {
+                picked.endpoint.release_probe(token);
+            }
+            picked.endpoint.endpoint.clone()
         })
     }
+}
+
+/// An endpoint taken for one request.
+struct Picked<S> {
+    endpoint: Arc<EndpointState<S>>,
+    /// The probe's token when the request probes an ejected endpoint.
+    probe: Option<u64>,
+    now: Instant,
 }
 
 #[cfg(test)]
@@ -184,25 +205,22 @@ impl<S> Balancer<S> {
     }
 }
 
-impl<S> EndpointState<S> {
-    fn cancel_request_claim(&self) {
-        self.start_request();
-        self.cancel_request();
-    }
-}
-
 impl<S: Availability> Shared<S> {
     /// Power of two choices; O(1) while most endpoints are ready.
-    fn pick(&self) -> Option<Arc<EndpointState<S>>> {
+    fn pick(&self) -> Option<Picked<S>> {
         let endpoints = self.endpoints.load();
         let n = endpoints.len();
         let now = Instant::now();
-        if n == 1 {
-            let only = &endpoints[0];
-            return only.claim(only.readiness(now)).then(|| only.clone());
-        }
-        if n == 0 {
-            return None;
+        let take = |e: &Arc<EndpointState<S>>, readiness| {
+            e.claim(readiness, now).map(|probe| Picked {
+                endpoint: e.clone(),
+                probe,
+                now,
+            })
+        };
+        if n <= 1 {
+            let only = endpoints.first()?;
+            return take(only, only.readiness(now));
         }
         // Two distinct *ready* endpoints: an endpoint that is not ready is drawn again, never
         // left to its partner (which would send an ejected endpoint's share to whoever is
@@ -222,30 +240,30 @@ impl<S: Availability> Shared<S> {
                 continue;
             };
             let (a, b) = (&endpoints[i], &endpoints[j]);
-            let (chosen, readiness) = if prefer_first(a, b, now) {
+            let chosen = if prefer_first((a, ri), (b, rj), now) {
                 (a, ri)
             } else {
                 (b, rj)
             };
-            if chosen.claim(readiness) {
-                return Some(chosen.clone());
+            match take(chosen.0, chosen.1) {
+                Some(picked) => return Some(picked),
+                None => first = None,
             }
-            first = None;
         }
-        // Most endpoints are not ready: find the cheapest that is (O(n), only in this state).
-        let mut ready: Vec<(&Arc<EndpointState<S>>, Readiness, f64)> = endpoints
-            .iter()
-            .filter_map(|e| {
-                let r = e.readiness(now);
-                (r != Readiness::NotReady)
-                    .then(|| (e, r, e.latency(now) * f64::from(e.in_flight() + 1)))
-            })
-            .collect();
-        ready.sort_by(|x, y| x.2.total_cmp(&y.2));
-        ready
-            .into_iter()
-            .find(|(e, r, _)| e.claim(*r))
-            .map(|(e, _, _)| e.clone())
+        // No two ready endpoints drawn (most are not ready, or luck): the cheapest ready one,
+        // by a scan (O(n), without allocating; only in this state).
+        let mut best: Option<(&Arc<EndpointState<S>>, Readiness, f64)> = None;
+        for e in endpoints.iter() {
+            let r = e.readiness(now);
+            if r == Readiness::NotReady {
+                continue;
+            }
+            let cost = e.latency(now) * f64::from(e.in_flight() + 1);
+            if best.is_none_or(|(_, _, c)| cost < c) {
+                best = Some((e, r, cost));
+            }
+        }
+        best.and_then(|(e, r, _)| take(e, r))
     }
 }
 
@@ -259,7 +277,15 @@ const LATENCY_BAND: f64 = 2.0;
 /// See [`LATENCY_BAND`]: differences under 5 ms never decide alone.
 const LATENCY_NOISE_FLOOR: f64 = 5_000_000.0;
 
-fn prefer_first<S>(a: &EndpointState<S>, b: &EndpointState<S>, now: Instant) -> bool {
+fn prefer_first<S>(
+    (a, ra): (&EndpointState<S>, Readiness),
+    (b, rb): (&EndpointState<S>, Readiness),
+    now: Instant,
+) -> bool {
+    // An ejected endpoint whose backoff is over is probed, whatever its old latency.
+    if (ra == Readiness::Probe) != (rb == Readiness::Probe) {
+        return ra == Readiness::Probe;
+    }
     let (la, lb) = (a.latency(now), b.latency(now));
     let (fa, fb) = (a.in_flight(), b.in_flight());
     let (lo, hi) = (la.min(lb), la.max(lb));
@@ -289,30 +315,61 @@ where
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match change {
-            Some(Ok(Change::Insert(key, endpoint))) => {
-                let service = make(&endpoint);
-                known.insert(
-                    key,
-                    Arc::new(EndpointState::new(endpoint, service, shared.timing.clone())),
-                );
-            }
-            Some(Ok(Change::Remove(key))) => {
-                known.remove(&key);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
-                continue;
-            }
-            None => {
-                tracing::debug!("discovery ended; keeping the endpoints known");
-                return;
-            }
+        // In a function of its own, so that no discovery error is held across the pause.
+        let failed = match apply(change, &mut known, &shared.timing, &make) {
+            Some(failed) => failed,
+            None => return,
+        };
+        if failed {
+            drop(shared);
+            // A source that fails at once every time must not spin.
+            tokio::time::sleep(DISCOVERY_ERROR_PAUSE).await;
+            continue;
         }
+        shared
+            .timing
+            .endpoints
+            .store(known.len(), Ordering::Relaxed);
         shared
             .endpoints
             .store(Arc::new(known.values().cloned().collect()));
         shared.changed.notify_waiters();
+    }
+}
+
+/// Applies one discovery change. `Some(true)`: discovery failed; `None`: it ended.
+fn apply<K, S, E, M>(
+    change: Option<Result<Change<K, Endpoint>, E>>,
+    known: &mut HashMap<K, Arc<EndpointState<S>>>,
+    timing: &Arc<Timing>,
+    make: &M,
+) -> Option<bool>
+where
+    K: Hash + Eq,
+    E: std::fmt::Display,
+    M: Fn(&Endpoint) -> S,
+{
+    match change? {
+        Ok(Change::Insert(key, endpoint)) => {
+            // The same endpoint again (sources that resend everything): keep what was learned
+            // about it, ejection included.
+            if !known.get(&key).is_some_and(|e| e.endpoint == endpoint) {
+                let service = make(&endpoint);
+                known.insert(
+                    key,
+                    Arc::new(EndpointState::new(endpoint, service, timing.clone())),
+                );
+            }
+            Some(false)
+        }
+        Ok(Change::Remove(key)) => {
+            known.remove(&key);
+            Some(false)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
+            Some(true)
+        }
     }
 }
 
@@ -339,10 +396,10 @@ where
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture<S> {
         let shared = &self.shared;
-        if let Some(endpoint) = shared.pick() {
+        if let Some(picked) = shared.pick() {
             shared.failing_fast.store(false, Ordering::Relaxed);
             return ResponseFuture::Dispatched {
-                inner: Dispatch::new(endpoint, req),
+                inner: Dispatch::new(picked, req),
             };
         }
         let config = &shared.timing.config;
@@ -391,10 +448,10 @@ where
     let timeout = shared.timing.config.failfast_timeout;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(endpoint) = shared.pick() {
+        if let Some(picked) = shared.pick() {
             shared.failing_fast.store(false, Ordering::Relaxed);
             drop(slot);
-            return Dispatch::new(endpoint, req).await;
+            return Dispatch::new(picked, req).await;
         }
         let now = Instant::now();
         if now >= deadline || shared.failing_fast.load(Ordering::Relaxed) {
@@ -469,28 +526,42 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Oneshot<S, Request<Body>>,
         endpoint: Option<Arc<EndpointState<S>>>,
+        probe: Option<u64>,
         start: Instant,
         grpc: bool,
     }
 
     impl<S: Service<Request<Body>>> PinnedDrop for Dispatch<S> {
         fn drop(this: Pin<&mut Self>) {
-            // Cancelled before the response head.
-            if let Some(endpoint) = this.project().endpoint.take() {
-                endpoint.cancel_request();
+            let this = this.project();
+            // Cancelled before the response head: its age is a latency sample (a hung endpoint
+            // must look slow), and a probe gives its turn back.
+            if let Some(endpoint) = this.endpoint.take() {
+                endpoint.end_request();
+                let now = Instant::now();
+                endpoint.observe_rtt_peak(now.saturating_duration_since(*this.start), now);
+                if let Some(token) = this.probe.take() {
+                    endpoint.release_probe(token);
+                }
             }
         }
     }
 }
 
 impl<S: Service<Request<Body>> + Clone> Dispatch<S> {
-    fn new(endpoint: Arc<EndpointState<S>>, req: Request<Body>) -> Self {
+    fn new(picked: Picked<S>, req: Request<Body>) -> Self {
+        let Picked {
+            endpoint,
+            probe,
+            now,
+        } = picked;
         endpoint.start_request();
         let grpc = is_grpc(&req);
         Self {
             inner: endpoint.service.clone().oneshot(req),
             endpoint: Some(endpoint),
-            start: Instant::now(),
+            probe,
+            start: now,
             grpc,
         }
     }
@@ -509,13 +580,23 @@ where
         let Some(endpoint) = this.endpoint.take() else {
             return Poll::Ready(Err("dispatch polled after completion".into()));
         };
+        let probe = this.probe.take().is_some();
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(*this.start);
         match result {
             Ok(rsp) => {
-                let now = Instant::now();
-                endpoint.observe_rtt(now.saturating_duration_since(*this.start), now);
                 let class = classify_head(*this.grpc, &rsp);
-                if let Some(class) = class {
-                    endpoint.record(class);
+                if class == Some(Class::Failure) {
+                    endpoint.observe_rtt_peak(rtt, now);
+                } else {
+                    endpoint.observe_rtt(rtt, now);
+                }
+                match (class, probe) {
+                    (Some(class), _) => endpoint.record(class, probe),
+                    // A probe is judged at its head: a gRPC stream may run for hours. Its
+                    // trailers then count as any request's.
+                    (None, true) => endpoint.record(Class::Success, true),
+                    (None, false) => {}
                 }
                 Poll::Ready(Ok(rsp.map(|body| match body {
                     Body::Incoming(body) => {
@@ -530,7 +611,8 @@ where
             }
             Err(e) => {
                 endpoint.end_request();
-                endpoint.record(Class::Failure);
+                endpoint.observe_rtt_peak(rtt, now);
+                endpoint.record(Class::Failure, probe);
                 Poll::Ready(Err(e.into()))
             }
         }
