@@ -1,6 +1,12 @@
 //! The outbound listener end to end: real sockets on 127.0.0.1, the real proxy in-process,
 //! hyper backends and clients. Every wait is bounded; nothing asserts on how long a thing took.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -79,6 +85,26 @@ async fn h2_get(proxy: SocketAddr, uri: &str) -> anyhow::Result<Response<Bytes>>
 }
 
 /// The response with its body read.
+/// Opens an h2 connection through the proxy and a GET stream on it; returns both once the
+/// response head (200) is in.
+async fn h2_open(
+    proxy: SocketAddr,
+    uri: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    Response<hyper::body::Incoming>,
+) {
+    let mut h2 = within("h2 connect", h2_client::<Empty<Bytes>>(proxy))
+        .await
+        .unwrap();
+    let req = Request::get(uri).body(Empty::new()).unwrap();
+    let rsp = within("the response head", h2.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    (h2, rsp)
+}
+
 async fn read_body(rsp: Response<hyper::body::Incoming>) -> anyhow::Result<Response<Bytes>> {
     let (parts, body) = rsp.into_parts();
     let body = within("response body", body.collect()).await?.to_bytes();
@@ -328,16 +354,7 @@ async fn h2_backpressure_bounds_buffering() {
     .unwrap();
     let proxy = start_proxy(&[(WEB, &[backend])]).await.unwrap();
 
-    let mut h2 = within("h2 connect", h2_client::<Empty<Bytes>>(proxy.outbound))
-        .await
-        .unwrap();
-    let req = Request::get("http://web.test/big")
-        .body(Empty::new())
-        .unwrap();
-    let mut rsp = within("the response head", h2.send_request(req))
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), StatusCode::OK);
+    let (_h2, mut rsp) = h2_open(proxy.outbound, "http://web.test/big").await;
 
     // The body is not read: wait until production stops (unchanged for 5 polls in a row).
     let (mut last, mut still) = (u64::MAX, 0);
@@ -413,16 +430,7 @@ async fn client_cancel_reaches_the_backend() {
     .unwrap();
     let proxy = start_proxy(&[(WEB, &[backend])]).await.unwrap();
 
-    let mut h2 = within("h2 connect", h2_client::<Empty<Bytes>>(proxy.outbound))
-        .await
-        .unwrap();
-    let req = Request::get("http://web.test/stream")
-        .body(Empty::new())
-        .unwrap();
-    let mut rsp = within("the response head", h2.send_request(req))
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), StatusCode::OK);
+    let (h2, mut rsp) = h2_open(proxy.outbound, "http://web.test/stream").await;
     let frame = within("a first chunk", rsp.body_mut().frame()).await;
     assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), "tick\n");
 

@@ -123,14 +123,7 @@ where
     D::Key: Hash + Eq + Send,
     D::Error: std::fmt::Display,
     M: Fn(&Endpoint) -> S + Send + 'static,
-    S: tower::Service<http::Request<mesh_core::Body>, Response = http::Response<mesh_core::Body>>
-        + mesh_core::Availability
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<mesh_core::BoxError>,
-    S::Future: Send + 'static,
+    S: mesh_core::SharedHttpService + mesh_core::Availability,
 {
     type Service = Balancer<S>;
 

@@ -110,14 +110,7 @@ pub struct EndpointStatus {
 
 impl<S> Balancer<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>
-        + Availability
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: mesh_core::SharedHttpService + Availability,
 {
     /// Balances over the endpoints `discover` streams, making each endpoint's service with
     /// `make`. Spawns the task that follows discovery (it ends with the last clone): call it
@@ -375,14 +368,7 @@ where
 
 impl<S> Service<Request<Body>> for Balancer<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>
-        + Availability
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: mesh_core::SharedHttpService + Availability,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -435,14 +421,7 @@ async fn wait_for_endpoint<S>(
     req: Request<Body>,
 ) -> Result<Response<Body>, BoxError>
 where
-    S: Service<Request<Body>, Response = Response<Body>>
-        + Availability
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: mesh_core::SharedHttpService + Availability,
 {
     let shared = slot.0.clone();
     let timeout = shared.timing.config.failfast_timeout;

@@ -110,14 +110,7 @@ async fn balancer(endpoints: &[Scripted], config: BalancerConfig) -> Balancer<Sc
 
 async fn settle<S>(b: &Balancer<S>, n: usize)
 where
-    S: Service<Request<Body>, Response = Response<Body>>
-        + Availability
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: mesh_core::SharedHttpService + Availability,
 {
     for _ in 0..100 {
         if b.endpoints().len() == n {

@@ -66,6 +66,34 @@ impl Availability for client::EndpointClient {
 /// The error type between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An HTTP service that a stack can share between connections and erase: cheap to clone,
+/// `Send + Sync`, with a boxable error and a sendable future. Every stack service is one.
+pub trait SharedHttpService:
+    tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> SharedHttpService for S where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The erasure point of an HTTP stage: any stack below, as one cloneable type (see [`erase`]).
 ///
 /// Cloning is an `Arc` increment (tower's `BoxCloneSyncService` allocates on every clone, and a
@@ -84,13 +112,7 @@ trait ErasedStack: Send + Sync {
 
 impl<S> ErasedStack for S
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: SharedHttpService,
 {
     fn call(&self, req: http::Request<Body>) -> HttpFuture {
         use tower::ServiceExt;
@@ -126,13 +148,7 @@ impl std::fmt::Debug for HttpService {
 /// Erases a stack into an [`HttpService`]: readable type names and fast release builds.
 pub fn erase<S>(stack: S) -> HttpService
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
+    S: SharedHttpService,
 {
     HttpService(std::sync::Arc::new(stack))
 }
