@@ -38,12 +38,17 @@ pub struct ServerConfig {
     pub initial_stream_window: u32,
     /// HTTP/2: the per-connection receive window, in bytes.
     pub initial_connection_window: u32,
+    /// HTTP/2: ping a client this often when it is silent; no answer in as long again closes
+    /// the connection (a client that vanished without a FIN).
+    #[serde(with = "crate::config::duration")]
+    pub keep_alive_interval: Duration,
 }
 
 impl ServerConfig {
     /// Checks the values; the error names the field and the bound.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         check_duration("header_read_timeout", self.header_read_timeout)?;
+        check_duration("keep_alive_interval", self.keep_alive_interval)?;
         if self.max_header_bytes < 1024 {
             return Err(("max_header_bytes", "expected at least 1024".into()));
         }
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: 1000,
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
+            keep_alive_interval: Duration::from_secs(20),
         }
     }
 }
@@ -112,7 +118,9 @@ impl HttpServer {
             .max_header_list_size(config.max_header_bytes)
             .max_concurrent_streams(config.max_concurrent_streams)
             .initial_stream_window_size(config.initial_stream_window)
-            .initial_connection_window_size(config.initial_connection_window);
+            .initial_connection_window_size(config.initial_connection_window)
+            .keep_alive_interval(config.keep_alive_interval)
+            .keep_alive_timeout(config.keep_alive_interval);
         Self { h1, h2 }
     }
 

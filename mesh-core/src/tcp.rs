@@ -41,7 +41,21 @@ pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpS
     };
     // Latency matters more than packet count on this path.
     let _ = stream.set_nodelay(true);
+    keep_alive(&stream);
     Ok(stream)
+}
+
+/// Idle time before TCP keepalive probes start on a proxied connection.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Turns on TCP keepalive (probes after [`TCP_KEEPALIVE_IDLE`] of silence, every 10 s), so that
+/// a peer that vanished without a FIN does not hold a connection, its task and its buffers
+/// forever. Best effort: a socket that refuses is left as it is.
+pub fn keep_alive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 /// Connecting to an endpoint failed.
@@ -73,6 +87,15 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn keepalive_is_set_on_connected_sockets() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(addr, Duration::from_secs(1)).await.unwrap();
+        assert!(socket2::SockRef::from(&stream).keepalive().unwrap());
+        assert!(stream.nodelay().unwrap());
+    }
 
     #[tokio::test]
     async fn half_close_still_gets_the_answer() {

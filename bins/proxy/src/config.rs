@@ -302,6 +302,7 @@ fn server_value(c: &ServerConfig, field: &str) -> String {
         "max_concurrent_streams" => c.max_concurrent_streams.to_string(),
         "initial_stream_window" => c.initial_stream_window.to_string(),
         "initial_connection_window" => c.initial_connection_window.to_string(),
+        "keep_alive_interval" => core_config::format_duration(c.keep_alive_interval),
         _ => String::new(),
     }
 }

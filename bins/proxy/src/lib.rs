@@ -200,6 +200,7 @@ where
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    mesh_core::tcp::keep_alive(&stream);
                     drain.spawn(handle(stream, peer, drain.clone()));
                 }
                 Err(e) => {
