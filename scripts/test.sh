@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Passes the tests: formatting, lints, then every test of the workspace.
-# Installs the one thing the tests need beyond Rust when it is missing: Python grpcio, the
-# gRPC client we did not write, which the interop test drives through the proxy.
+# Installs what the tests need beyond Rust when it is missing: Python grpcio (the gRPC client
+# we did not write, which the interop test drives through the proxy) and promtool (which
+# checks the metrics exposition).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
     echo "installing Python grpcio and grpcio-tools for the interop test"
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+fi
+
+if ! command -v promtool >/dev/null; then
+    echo "installing promtool (Debian package prometheus) to check the metrics exposition"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
 fi
 
 # Debug info doubles the target directory and is not needed to run tests.

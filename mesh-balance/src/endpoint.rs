@@ -100,6 +100,8 @@ struct Accrual {
     until: AtomicU64,
     /// Ejections in a row, for the exponential backoff.
     ejections: AtomicU32,
+    /// Every ejection, for metrics.
+    ejections_total: AtomicU64,
 }
 
 /// How long a probe may take before another request may probe instead.
@@ -228,6 +230,10 @@ impl<S> EndpointState<S> {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn ejections_total(&self) -> u64 {
+        self.accrual.ejections_total.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_ejected(&self) -> bool {
         self.accrual.state.load(Ordering::Acquire) != ACTIVE
     }
@@ -269,6 +275,7 @@ impl<S> EndpointState<S> {
     fn eject(&self, why: &'static str) {
         let accrual = &self.accrual;
         let ejections = accrual.ejections.fetch_add(1, Ordering::Relaxed);
+        accrual.ejections_total.fetch_add(1, Ordering::Relaxed);
         let accrual_config = &self.timing.config.failure_accrual;
         let base = accrual_config
             .backoff_min

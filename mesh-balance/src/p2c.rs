@@ -106,6 +106,10 @@ pub struct EndpointStatus {
     pub rtt_estimate: Duration,
     /// Taken out of the choice by failure accrual.
     pub ejected: bool,
+    /// Ejections since the endpoint was discovered.
+    pub ejections_total: u64,
+    /// Requests in flight now.
+    pub in_flight: u32,
 }
 
 impl<S> Balancer<S>
@@ -166,6 +170,8 @@ where
                 endpoint: e.endpoint.clone(),
                 rtt_estimate: Duration::from_nanos(e.rtt_estimate(now) as u64),
                 ejected: e.is_ejected(),
+                ejections_total: e.ejections_total(),
+                in_flight: e.in_flight(),
             })
             .collect()
     }

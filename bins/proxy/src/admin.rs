@@ -1,5 +1,6 @@
 //! The admin listener: `/live` (the process answers), `/ready` (the proxy serves traffic),
-//! `/config` (the configuration in force, as TOML).
+//! `/config` (the configuration in force, as TOML), `/metrics` (OpenMetrics when the scraper
+//! asks for it, Prometheus text otherwise).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use mesh_core::Body;
 use mesh_core::detect::Protocol;
 use mesh_core::drain::Drain;
 use mesh_core::server::{HttpServer, ServerConfig};
+use mesh_metrics::{Format, Metrics};
 use tokio::net::TcpStream;
 
 use crate::Config;
@@ -20,15 +22,17 @@ use crate::Config;
 pub struct Admin {
     ready: Arc<AtomicBool>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     server: HttpServer,
 }
 
 impl Admin {
     /// Serves readiness from `ready`.
-    pub fn new(ready: Arc<AtomicBool>, config: Arc<Config>) -> Self {
+    pub fn new(ready: Arc<AtomicBool>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         Self {
             ready,
             config,
+            metrics,
             server: HttpServer::new(&ServerConfig::default()),
         }
     }
@@ -38,6 +42,7 @@ impl Admin {
         let handler = AdminService {
             ready: self.ready.clone(),
             config: self.config.clone(),
+            metrics: self.metrics.clone(),
         };
         if let Err(e) = self
             .server
@@ -53,6 +58,7 @@ impl Admin {
 struct AdminService {
     ready: Arc<AtomicBool>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for AdminService {
@@ -76,13 +82,31 @@ impl AdminService {
                 text(StatusCode::OK, "ready\n".into())
             }
             "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/metrics" => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|a| a.to_str().ok());
+                let format = Format::from_accept(accept);
+                match self.metrics.encode(format) {
+                    Ok(body) => {
+                        let mut rsp = text(StatusCode::OK, body);
+                        rsp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(format.content_type()),
+                        );
+                        rsp
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            }
             "/config" => match toml::to_string(&*self.config) {
                 Ok(body) => text(StatusCode::OK, body),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /ready, /live or /config\n".into(),
+                "not found: try /metrics, /ready, /live or /config\n".into(),
             ),
         }
     }

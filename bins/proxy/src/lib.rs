@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod config;
 pub mod inbound;
+pub mod metrics;
 pub mod opaque;
 pub mod outbound;
 
@@ -137,6 +138,7 @@ impl Proxy {
         let config = Arc::new(self.config);
 
         let outbound = outbound::Outbound::new(&config)?;
+        let metrics = Arc::new(metrics::registry(outbound.balancers().to_vec()));
         spawn_accept(
             self.outbound,
             drain.clone(),
@@ -158,7 +160,7 @@ impl Proxy {
                 forward.clone().serve(stream, peer)
             });
         }
-        let admin = admin::Admin::new(ready.clone(), config.clone());
+        let admin = admin::Admin::new(ready.clone(), config.clone(), metrics);
         spawn_accept(
             self.admin,
             drain.clone(),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use mesh_balance::{Balancer, fixed};
 use mesh_core::HttpService;
-use mesh_core::client::HttpClient;
+use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{self, PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::{Authority, Endpoint};
@@ -20,6 +20,7 @@ use crate::Config;
 #[derive(Clone, Debug)]
 pub struct Outbound {
     stack: Respond<AuthorityRouter<HttpService>>,
+    balancers: Vec<(String, Balancer<EndpointClient>)>,
     server: HttpServer,
     detect_timeout: std::time::Duration,
 }
@@ -29,6 +30,7 @@ impl Outbound {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let client = HttpClient::new(&config.client);
         let mut routes = Vec::new();
+        let mut balancers = Vec::new();
         for svc in config.outbound.services.iter().filter(|s| !s.opaque) {
             let authority = Authority::parse(&svc.authority, 80)
                 .with_context(|| format!("service {:?}", svc.authority))?;
@@ -38,13 +40,20 @@ impl Outbound {
                 fixed(svc.endpoints.iter().copied()),
                 move |endpoint: &Endpoint| client.endpoint(endpoint.addr),
             );
+            balancers.push((authority.to_string(), balancer.clone()));
             routes.push((authority, mesh_core::erase(balancer)));
         }
         Ok(Self {
             stack: Respond::new(AuthorityRouter::new(routes, 80)),
+            balancers,
             server: HttpServer::new(&config.server),
             detect_timeout: config.outbound.detect_timeout,
         })
+    }
+
+    /// Each service's balancer, by authority (for metrics).
+    pub fn balancers(&self) -> &[(String, Balancer<EndpointClient>)] {
+        &self.balancers
     }
 
     /// The stack, for composing it elsewhere (the ingress).
