@@ -334,12 +334,14 @@ impl<S> Drop for EndpointState<S> {
 
 /// The end of a response body (never a probe's: a probe is judged at its head).
 impl<S: Send + Sync> BodyObserver for EndpointState<S> {
-    fn on_end(&self, end: BodyEnd) {
+    fn on_end(&self, end: BodyEnd, _: http::StatusCode) {
         self.end_request();
         match end {
-            BodyEnd::Complete(Some(class)) => self.record(class, false),
+            BodyEnd::Complete {
+                class: Some(class), ..
+            } => self.record(class, false),
             BodyEnd::Failed => self.record(Class::Failure, false),
-            BodyEnd::Complete(None) | BodyEnd::Dropped => {}
+            BodyEnd::Complete { class: None, .. } | BodyEnd::Dropped => {}
         }
     }
 }

@@ -583,10 +583,22 @@ where
                     (None, true) => endpoint.record(Class::Success, true),
                     (None, false) => {}
                 }
+                let status = rsp.status();
                 Poll::Ready(Ok(rsp.map(|body| match body {
                     Body::Incoming(body) => {
                         let observer: Arc<dyn BodyObserver> = endpoint;
-                        Body::Observed(ObservedBody::new(body, observer, class.is_none()))
+                        Body::Observed(ObservedBody::new(body, observer, class.is_none(), status))
+                    }
+                    // A layer below already watches this body end (metrics): watch it too.
+                    Body::Observed(mut body) => {
+                        if class.is_none() {
+                            body.classify_grpc();
+                        }
+                        if let Err(observer) = body.observe(endpoint) {
+                            // No room: the request ends here for the balancer.
+                            observer.on_end(mesh_core::body::BodyEnd::Dropped, status);
+                        }
+                        Body::Observed(body)
                     }
                     other => {
                         endpoint.end_request();

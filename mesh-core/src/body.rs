@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::BoxError;
-use crate::classify::{Class, classify_end};
+use crate::classify::{Class, classify_end, grpc_status};
 
 /// A request or response body on the data path.
 #[derive(Debug, Default)]
@@ -36,9 +36,14 @@ pub enum Body {
 /// How a forwarded body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyEnd {
-    /// Read to its end; for a body observed to classify a gRPC response, the class its
-    /// trailers gave.
-    Complete(Option<Class>),
+    /// Read to its end. For a body observed to classify a gRPC response: the class and the
+    /// `grpc-status` its trailers gave.
+    Complete {
+        /// The class from the trailers, when classifying.
+        class: Option<Class>,
+        /// The `grpc-status` of the trailers, when classifying and present.
+        grpc_status: Option<u16>,
+    },
     /// The peer broke it off (reset, connection lost).
     Failed,
     /// Dropped before its end: the reader went away (a client cancelled).
@@ -47,36 +52,78 @@ pub enum BodyEnd {
 
 /// Told exactly once how a body ended.
 pub trait BodyObserver: Send + Sync {
-    /// The body ended this way.
-    fn on_end(&self, end: BodyEnd);
+    /// The body of a response with status `status` ended this way.
+    fn on_end(&self, end: BodyEnd, status: http::StatusCode);
 }
 
-/// A received body that tells an observer how it ended, without boxing: the observer is an
+/// How many observers one body carries: one per concern that watches bodies end (metrics,
+/// balancing), without boxing.
+const OBSERVERS: usize = 2;
+
+/// A received body that tells its observers how it ended, without boxing: each observer is an
 /// `Arc` the caller already has.
 pub struct ObservedBody {
     body: hyper::body::Incoming,
-    observer: Option<Arc<dyn BodyObserver>>,
+    observers: [Option<Arc<dyn BodyObserver>>; OBSERVERS],
     classify_grpc: bool,
+    status: http::StatusCode,
 }
 
 impl ObservedBody {
-    /// Observes `body`; with `classify_grpc`, the end reports the class its trailers give.
+    /// Observes `body`, the body of a response with status `status`; with `classify_grpc`,
+    /// the end reports the class and status its trailers give.
     pub fn new(
         body: hyper::body::Incoming,
         observer: Arc<dyn BodyObserver>,
         classify_grpc: bool,
+        status: http::StatusCode,
     ) -> Self {
         Self {
             body,
-            observer: Some(observer),
+            observers: [Some(observer), None],
             classify_grpc,
+            status,
         }
     }
 
-    fn finish(&mut self, end: BodyEnd) {
-        if let Some(observer) = self.observer.take() {
-            observer.on_end(end);
+    /// Adds an observer; gives it back when the body already has as many as it can carry.
+    pub fn observe(
+        &mut self,
+        observer: Arc<dyn BodyObserver>,
+    ) -> Result<(), Arc<dyn BodyObserver>> {
+        match self.observers.iter_mut().find(|o| o.is_none()) {
+            Some(slot) => {
+                *slot = Some(observer);
+                Ok(())
+            }
+            None => Err(observer),
         }
+    }
+
+    /// Also classify the end from the gRPC trailers.
+    pub fn classify_grpc(&mut self) {
+        self.classify_grpc = true;
+    }
+
+    fn finish(&mut self, end: BodyEnd) {
+        for observer in self.observers.iter_mut().filter_map(Option::take) {
+            observer.on_end(end, self.status);
+        }
+    }
+
+    fn complete(&mut self, trailers: Option<&http::HeaderMap>) {
+        let end = if self.classify_grpc {
+            BodyEnd::Complete {
+                class: Some(classify_end(trailers)),
+                grpc_status: trailers.and_then(grpc_status),
+            }
+        } else {
+            BodyEnd::Complete {
+                class: None,
+                grpc_status: None,
+            }
+        };
+        self.finish(end);
     }
 
     fn poll_frame(
@@ -87,14 +134,10 @@ impl ObservedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let class = self.classify_grpc.then(|| classify_end(Some(trailers)));
-                    self.finish(BodyEnd::Complete(class));
+                    self.complete(Some(trailers));
                 }
             }
-            Poll::Ready(None) => {
-                let class = self.classify_grpc.then(|| classify_end(None));
-                self.finish(BodyEnd::Complete(class));
-            }
+            Poll::Ready(None) => self.complete(None),
             Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
             Poll::Pending => {}
         }
@@ -113,6 +156,7 @@ impl std::fmt::Debug for ObservedBody {
         f.debug_struct("ObservedBody")
             .field("body", &self.body)
             .field("classify_grpc", &self.classify_grpc)
+            .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }

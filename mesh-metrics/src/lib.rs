@@ -20,6 +20,7 @@
 //! assert!(text.contains("demo_requests_total 1"));
 //! ```
 
+pub mod http;
 pub mod process;
 
 use prometheus_client::encoding::text::encode;

@@ -32,6 +32,9 @@ pub struct Config {
     pub log: String,
     /// `plain` or `json`.
     pub log_format: LogFormat,
+    /// The workload this proxy speaks for: the source of its outbound requests and the
+    /// destination of its inbound ones, in metrics.
+    pub workload: WorkloadConfig,
     /// The admin listener.
     pub admin: AdminConfig,
     /// The outbound listener and the services it knows.
@@ -55,6 +58,16 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// The workload a proxy speaks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Its name (a Deployment's, say).
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
 }
 
 /// The admin listener.
@@ -95,6 +108,12 @@ pub struct ServiceConfig {
     /// How requests are balanced over the endpoints.
     #[serde(default)]
     pub balancer: BalancerConfig,
+    /// The workload behind the service, for metrics.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    /// The namespace of that workload, for metrics.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// The inbound side.
@@ -143,6 +162,7 @@ impl Default for Config {
         Self {
             log: "info".to_owned(),
             log_format: LogFormat::Plain,
+            workload: WorkloadConfig::default(),
             admin: AdminConfig::default(),
             outbound: OutboundConfig::default(),
             inbound: None,

@@ -6,9 +6,12 @@ use std::time::Duration;
 use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{self, PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
+use mesh_core::endpoint::Direction;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::tcp;
+use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
 use tokio::net::TcpStream;
+use tower::ServiceBuilder;
 
 use crate::Config;
 use crate::config::InboundConfig;
@@ -16,7 +19,7 @@ use crate::config::InboundConfig;
 /// The inbound stack, shared by every inbound connection.
 #[derive(Clone, Debug)]
 pub struct Inbound {
-    stack: Respond<EndpointClient>,
+    stack: Respond<RequestMetrics<EndpointClient>>,
     server: HttpServer,
     app: SocketAddr,
     detect_timeout: Duration,
@@ -25,10 +28,23 @@ pub struct Inbound {
 
 impl Inbound {
     /// Builds the stack in front of `inbound.app`.
-    pub fn new(inbound: &InboundConfig, config: &Config) -> Self {
+    pub fn new(inbound: &InboundConfig, config: &Config, metrics: &HttpMetrics) -> Self {
         let client = HttpClient::new(&config.client);
+        // Until mTLS names the caller, inbound requests come from an unknown source.
+        let labels = RequestLabels {
+            direction: Direction::Inbound.as_str().to_owned(),
+            authority: inbound.app.to_string(),
+            dst_service: inbound.app.to_string(),
+            dst_namespace: config.workload.namespace.clone(),
+            dst_workload: config.workload.name.clone(),
+            tls: "false".to_owned(),
+            ..RequestLabels::default()
+        };
+        let app = ServiceBuilder::new()
+            .layer(metrics.layer(labels))
+            .service(client.endpoint(inbound.app));
         Self {
-            stack: Respond::new(client.endpoint(inbound.app)),
+            stack: Respond::new(app),
             server: HttpServer::new(&config.server),
             app: inbound.app,
             detect_timeout: inbound.detect_timeout,

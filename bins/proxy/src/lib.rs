@@ -137,8 +137,10 @@ impl Proxy {
         let ready = Arc::new(AtomicBool::new(false));
         let config = Arc::new(self.config);
 
-        let outbound = outbound::Outbound::new(&config)?;
-        let metrics = Arc::new(metrics::registry(outbound.balancers().to_vec()));
+        let mut registry = mesh_metrics::Metrics::new();
+        let http_metrics = mesh_metrics::http::HttpMetrics::register(registry.registry_mut());
+        let outbound = outbound::Outbound::new(&config, &http_metrics)?;
+        metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
         spawn_accept(
             self.outbound,
             drain.clone(),
@@ -146,7 +148,7 @@ impl Proxy {
             move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
         );
         if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
-            let inbound = inbound::Inbound::new(inbound_config, &config);
+            let inbound = inbound::Inbound::new(inbound_config, &config, &http_metrics);
             spawn_accept(
                 listener,
                 drain.clone(),
@@ -160,7 +162,7 @@ impl Proxy {
                 forward.clone().serve(stream, peer)
             });
         }
-        let admin = admin::Admin::new(ready.clone(), config.clone(), metrics);
+        let admin = admin::Admin::new(ready.clone(), config.clone(), Arc::new(registry));
         spawn_accept(
             self.admin,
             drain.clone(),

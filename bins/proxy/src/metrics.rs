@@ -1,8 +1,8 @@
-//! The proxy's metrics: the process, and each service's balancer (endpoints ready and
-//! ejected, ejections, requests in flight), read at scrape time.
+//! The proxy's metrics beyond requests: each service's balancer (endpoints ready and ejected,
+//! ejections, requests in flight), read at scrape time.
 
+use crate::outbound::Endpoint;
 use mesh_balance::Balancer;
-use mesh_core::client::EndpointClient;
 use mesh_metrics::Metrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -10,19 +10,17 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-/// The registry of a proxy, with its collectors.
-pub fn registry(balancers: Vec<(String, Balancer<EndpointClient>)>) -> Metrics {
-    let mut metrics = Metrics::new();
+/// Registers the balancers' metrics.
+pub fn register_balancers(metrics: &mut Metrics, balancers: Vec<(String, Balancer<Endpoint>)>) {
     metrics
         .registry_mut()
         .register_collector(Box::new(BalancerCollector { balancers }));
-    metrics
 }
 
 /// Reads every balancer's endpoints at scrape time: nothing on the request path.
 #[derive(Debug)]
 struct BalancerCollector {
-    balancers: Vec<(String, Balancer<EndpointClient>)>,
+    balancers: Vec<(String, Balancer<Endpoint>)>,
 }
 
 impl Collector for BalancerCollector {

@@ -9,25 +9,30 @@ use mesh_core::HttpService;
 use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{self, PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
-use mesh_core::endpoint::{Authority, Endpoint};
+use mesh_core::endpoint::{Authority, Direction};
 use mesh_core::router::AuthorityRouter;
 use mesh_core::server::{HttpServer, Respond};
+use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
 use tokio::net::TcpStream;
+use tower::ServiceBuilder;
 
 use crate::Config;
+
+/// One endpoint of an outbound service: its HTTP client, counted.
+pub type Endpoint = RequestMetrics<EndpointClient>;
 
 /// The outbound HTTP stack, shared by every outbound connection.
 #[derive(Clone, Debug)]
 pub struct Outbound {
     stack: Respond<AuthorityRouter<HttpService>>,
-    balancers: Vec<(String, Balancer<EndpointClient>)>,
+    balancers: Vec<(String, Balancer<Endpoint>)>,
     server: HttpServer,
     detect_timeout: std::time::Duration,
 }
 
 impl Outbound {
     /// Builds the stack for the configured HTTP services.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: &HttpMetrics) -> anyhow::Result<Self> {
         let client = HttpClient::new(&config.client);
         let mut routes = Vec::new();
         let mut balancers = Vec::new();
@@ -35,10 +40,26 @@ impl Outbound {
             let authority = Authority::parse(&svc.authority, 80)
                 .with_context(|| format!("service {:?}", svc.authority))?;
             let client = client.clone();
+            let labels = RequestLabels {
+                direction: Direction::Outbound.as_str().to_owned(),
+                authority: authority.to_string(),
+                src_workload: config.workload.name.clone(),
+                src_namespace: config.workload.namespace.clone(),
+                dst_service: authority.to_string(),
+                dst_namespace: svc.namespace.clone(),
+                dst_workload: svc.workload.clone(),
+                tls: "false".to_owned(),
+                peer_identity: String::new(),
+            };
+            let metrics = metrics.clone();
             let balancer = Balancer::new(
                 svc.balancer.clone(),
                 fixed(svc.endpoints.iter().copied()),
-                move |endpoint: &Endpoint| client.endpoint(endpoint.addr),
+                move |endpoint: &mesh_core::endpoint::Endpoint| {
+                    ServiceBuilder::new()
+                        .layer(metrics.layer(labels.clone()))
+                        .service(client.endpoint(endpoint.addr))
+                },
             );
             balancers.push((authority.to_string(), balancer.clone()));
             routes.push((authority, mesh_core::erase(balancer)));
@@ -52,7 +73,7 @@ impl Outbound {
     }
 
     /// Each service's balancer, by authority (for metrics).
-    pub fn balancers(&self) -> &[(String, Balancer<EndpointClient>)] {
+    pub fn balancers(&self) -> &[(String, Balancer<Endpoint>)] {
         &self.balancers
     }
 

@@ -1,0 +1,284 @@
+//! Request metrics, per endpoint: requests, responses by status, gRPC status and success or
+//! failure (mesh-core's one classifier), and response latency, labelled with who talks to whom.
+//!
+//! The layer wraps the service of one endpoint, so every label but the response's own is fixed
+//! when the endpoint is created: the request counter and the latency histogram are resolved
+//! once, and a response counter is looked up in a small per-endpoint cache. Nothing per request
+//! allocates or hashes a label set. gRPC statuses carried in trailers are read when the body
+//! ends (the body is observed, not boxed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use mesh_core::body::{Body, BodyEnd, BodyObserver, ObservedBody};
+use mesh_core::classify::{Class, classify_head, grpc_status};
+use mesh_core::error::is_grpc;
+use mesh_core::{Availability, BoxError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Who talks to whom: the labels of every request metric.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The service as clients name it (`host:port`).
+    pub authority: String,
+    /// The calling workload.
+    pub src_workload: String,
+    /// The calling workload's namespace.
+    pub src_namespace: String,
+    /// The called service.
+    pub dst_service: String,
+    /// The called workload's namespace.
+    pub dst_namespace: String,
+    /// The called workload.
+    pub dst_workload: String,
+    /// `true` when the hop is mutual TLS.
+    pub tls: String,
+    /// The peer's identity, when TLS proved one.
+    pub peer_identity: String,
+}
+
+/// The labels of a response: the request's, and what came back.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: String,
+    grpc_status: String,
+    classification: &'static str,
+}
+
+/// The latency buckets, in seconds: 1 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The request metric families, registered once per proxy.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+impl HttpMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        registry.register(
+            "request",
+            "Requests sent to an endpoint",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "response",
+            "Responses, by HTTP status, gRPC status and classification (success or failure)",
+            metrics.responses.clone(),
+        );
+        registry.register(
+            "response_latency_seconds",
+            "Time from a request to its response head",
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+
+    /// The layer for one endpoint with these labels.
+    pub fn layer(&self, labels: RequestLabels) -> RequestMetricsLayer {
+        RequestMetricsLayer {
+            endpoint: Arc::new(EndpointMetrics {
+                requests: self.requests.get_or_create(&labels).clone(),
+                latency: self.latency.get_or_create(&labels).clone(),
+                responses: self.responses.clone(),
+                cache: Mutex::new(Vec::new()),
+                labels,
+            }),
+        }
+    }
+}
+
+/// The metric handles of one endpoint.
+struct EndpointMetrics {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
+    responses: Family<ResponseLabels, Counter>,
+    /// (status, gRPC status, success) -> counter: a handful per endpoint.
+    cache: Mutex<Vec<(ResponseKey, Counter)>>,
+}
+
+/// HTTP status (0: none), gRPC status, success.
+type ResponseKey = (u16, Option<u16>, bool);
+
+impl std::fmt::Debug for EndpointMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointMetrics")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointMetrics {
+    fn response(&self, status: Option<StatusCode>, grpc: Option<u16>, class: Class) {
+        let key = (
+            status.map_or(0, |s| s.as_u16()),
+            grpc,
+            class == Class::Success,
+        );
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter)) = cache.iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let labels = ResponseLabels {
+            request: self.labels.clone(),
+            status_code: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            grpc_status: grpc.map(|g| g.to_string()).unwrap_or_default(),
+            classification: if key.2 { "success" } else { "failure" },
+        };
+        let counter = self.responses.get_or_create(&labels).clone();
+        counter.inc();
+        cache.push((key, counter));
+    }
+}
+
+impl BodyObserver for EndpointMetrics {
+    fn on_end(&self, end: BodyEnd, status: StatusCode) {
+        match end {
+            BodyEnd::Complete {
+                class: Some(class),
+                grpc_status,
+            } => self.response(Some(status), grpc_status, class),
+            BodyEnd::Failed => self.response(Some(status), None, Class::Failure),
+            // Not classified at the end (decided at the head), or the caller went away.
+            BodyEnd::Complete { class: None, .. } | BodyEnd::Dropped => {}
+        }
+    }
+}
+
+/// Counts requests, responses and latency for one endpoint's service.
+#[derive(Clone, Debug)]
+pub struct RequestMetricsLayer {
+    endpoint: Arc<EndpointMetrics>,
+}
+
+impl<S> tower::Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> RequestMetrics<S> {
+        RequestMetrics {
+            inner,
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+/// See [`RequestMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestMetrics<S> {
+    inner: S,
+    endpoint: Arc<EndpointMetrics>,
+}
+
+impl<S: Availability> Availability for RequestMetrics<S> {
+    fn is_available(&self) -> bool {
+        self.inner.is_available()
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for RequestMetrics<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        self.endpoint.requests.inc();
+        let grpc = is_grpc(&req);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            endpoint: self.endpoint.clone(),
+            start: Instant::now(),
+            grpc,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestMetrics`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        endpoint: Arc<EndpointMetrics>,
+        start: Instant,
+        grpc: bool,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("grpc", &self.grpc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let endpoint = &*this.endpoint;
+        match result {
+            Ok(rsp) => {
+                endpoint.latency.observe(this.start.elapsed().as_secs_f64());
+                let status = rsp.status();
+                let Some(class) = classify_head(*this.grpc, &rsp) else {
+                    // gRPC: the trailers will tell.
+                    let observer: Arc<dyn BodyObserver> = this.endpoint.clone();
+                    return Poll::Ready(Ok(rsp.map(|body| match body {
+                        Body::Incoming(body) => {
+                            Body::Observed(ObservedBody::new(body, observer, true, status))
+                        }
+                        other => other,
+                    })));
+                };
+                endpoint.response(Some(status), grpc_status(rsp.headers()), class);
+                Poll::Ready(Ok(rsp))
+            }
+            Err(e) => {
+                endpoint.response(None, None, Class::Failure);
+                Poll::Ready(Err(e.into()))
+            }
+        }
+    }
+}
