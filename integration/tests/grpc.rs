@@ -16,13 +16,19 @@ use mesh_examples::pb::HelloRequest;
 
 const AUTHORITY: &str = "greeter.demo.svc.cluster.local:50051";
 
+/// The tests of this file run one at a time: each drives a mesh, and the spread test counts
+/// where latency-aware balancing sends calls, which a neighbour loading the CPU would skew.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Mesh {
     outbound: SocketAddr,
     replicas: Vec<Replica>,
     _stop: tokio::sync::oneshot::Sender<()>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn mesh_with_three_greeters() -> Mesh {
+    let serial = ONE_AT_A_TIME.lock().await;
     let mut replicas = Vec::new();
     for i in 0..3 {
         let greeter = Greeter::new(GreeterConfig::new(format!("greeter-{i}")));
@@ -48,6 +54,7 @@ async fn mesh_with_three_greeters() -> Mesh {
         outbound,
         replicas,
         _stop: stop,
+        _serial: serial,
     }
 }
 

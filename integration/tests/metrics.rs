@@ -178,3 +178,35 @@ async fn grpc_statuses_in_trailers_are_classified() {
     assert!(requests.ends_with(" 5"), "{requests}");
     assert!(text.contains("response_latency_seconds_bucket{"), "{text}");
 }
+
+#[tokio::test]
+async fn ten_thousand_hosts_leave_the_exposition_small() {
+    let backend =
+        start_backend(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
+            .await
+            .unwrap();
+    let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
+    let (_, before) = scrape(proxy.admin, None).await;
+    let mut h2 = mesh_integration::h2_client::<Empty<Bytes>>(proxy.outbound)
+        .await
+        .unwrap();
+    for i in 0..10_000 {
+        let req = Request::get(format!("http://host-{i}.test/"))
+            .body(Empty::new())
+            .unwrap();
+        let rsp = h2.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let _ = rsp.into_body().collect().await;
+    }
+    let (_, after) = scrape(proxy.admin, None).await;
+    assert!(
+        !after.contains("host-"),
+        "an unknown authority became a label"
+    );
+    assert!(
+        after.len() < before.len() + 4096,
+        "the exposition grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}

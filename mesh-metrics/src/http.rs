@@ -100,16 +100,21 @@ impl HttpMetrics {
         metrics
     }
 
+    /// A layer that counts nothing: the service as it is, for measuring what metrics cost.
+    pub fn disabled() -> RequestMetricsLayer {
+        RequestMetricsLayer { endpoint: None }
+    }
+
     /// The layer for one endpoint with these labels.
     pub fn layer(&self, labels: RequestLabels) -> RequestMetricsLayer {
         RequestMetricsLayer {
-            endpoint: Arc::new(EndpointMetrics {
+            endpoint: Some(Arc::new(EndpointMetrics {
                 requests: self.requests.get_or_create(&labels).clone(),
                 latency: self.latency.get_or_create(&labels).clone(),
                 responses: self.responses.clone(),
                 cache: Mutex::new(Vec::new()),
                 labels,
-            }),
+            })),
         }
     }
 }
@@ -176,7 +181,7 @@ impl BodyObserver for EndpointMetrics {
 /// Counts requests, responses and latency for one endpoint's service.
 #[derive(Clone, Debug)]
 pub struct RequestMetricsLayer {
-    endpoint: Arc<EndpointMetrics>,
+    endpoint: Option<Arc<EndpointMetrics>>,
 }
 
 impl<S> tower::Layer<S> for RequestMetricsLayer {
@@ -194,7 +199,7 @@ impl<S> tower::Layer<S> for RequestMetricsLayer {
 #[derive(Clone, Debug)]
 pub struct RequestMetrics<S> {
     inner: S,
-    endpoint: Arc<EndpointMetrics>,
+    endpoint: Option<Arc<EndpointMetrics>>,
 }
 
 impl<S: Availability> Availability for RequestMetrics<S> {
@@ -217,7 +222,9 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        self.endpoint.requests.inc();
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.requests.inc();
+        }
         let grpc = is_grpc(&req);
         ResponseFuture {
             inner: self.inner.call(req),
@@ -233,7 +240,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        endpoint: Arc<EndpointMetrics>,
+        endpoint: Option<Arc<EndpointMetrics>>,
         start: Instant,
         grpc: bool,
     }
@@ -257,14 +264,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let endpoint = &*this.endpoint;
+        let Some(endpoint) = this.endpoint.as_deref() else {
+            return Poll::Ready(result.map_err(Into::into));
+        };
         match result {
             Ok(rsp) => {
                 endpoint.latency.observe(this.start.elapsed().as_secs_f64());
                 let status = rsp.status();
                 let Some(class) = classify_head(*this.grpc, &rsp) else {
                     // gRPC: the trailers will tell.
-                    let observer: Arc<dyn BodyObserver> = this.endpoint.clone();
+                    let observer: Arc<dyn BodyObserver> = match this.endpoint.clone() {
+                        Some(endpoint) => endpoint,
+                        None => return Poll::Ready(Ok(rsp)),
+                    };
                     return Poll::Ready(Ok(rsp.map(|body| match body {
                         Body::Incoming(body) => {
                             Body::Observed(ObservedBody::new(body, observer, true, status))

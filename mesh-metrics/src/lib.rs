@@ -1,10 +1,17 @@
 //! Metrics for the mesh, exported for the Prometheus that users already run.
 //!
-//! Today: the registry every metric of a proxy lives in ([`Metrics`]), its exposition in the
-//! format the scraper asks for ([`Metrics::encode`]: OpenMetrics text when the `Accept` header
-//! names it, Prometheus text 0.0.4 otherwise), and the process metrics every Prometheus
-//! dashboard expects ([`process`]: CPU seconds, resident memory, open file descriptors,
-//! start time). Request, TCP and balancer metrics register into the same registry.
+//! - [`http`]: a tower layer per endpoint counting requests, responses (HTTP status, gRPC
+//!   status from headers or trailers, success or failure by mesh-core's one classifier) and
+//!   response latency, labelled with who talks to whom (direction, authority, source and
+//!   destination workload and namespace, TLS, peer identity). Label sets are fixed per
+//!   endpoint, so an unknown `Host` never becomes a series.
+//! - [`tcp`]: per listener, connections opened and open, closes by error kind, bytes.
+//! - [`process`]: CPU seconds, resident memory, open file descriptors, start time.
+//! - [`Metrics`]: the registry they live in, and its exposition in the format the scraper asks
+//!   for ([`Metrics::encode`]: OpenMetrics text when the `Accept` header names it, Prometheus
+//!   text 0.0.4 otherwise).
+//!
+//! Metric names and what each label means: `deploy/README.md`.
 //!
 //! # Composing
 //!
@@ -22,6 +29,7 @@
 
 pub mod http;
 pub mod process;
+pub mod tcp;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;

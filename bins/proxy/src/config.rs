@@ -35,6 +35,8 @@ pub struct Config {
     /// The workload this proxy speaks for: the source of its outbound requests and the
     /// destination of its inbound ones, in metrics.
     pub workload: WorkloadConfig,
+    /// What is measured.
+    pub metrics: MetricsConfig,
     /// The admin listener.
     pub admin: AdminConfig,
     /// The outbound listener and the services it knows.
@@ -70,12 +72,29 @@ pub struct WorkloadConfig {
     pub namespace: String,
 }
 
+/// What is measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Count requests, responses and latency per endpoint (on by default; off only to measure
+    /// what the counting costs).
+    pub requests: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { requests: true }
+    }
+}
+
 /// The admin listener.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where `/ready`, `/live` and `/config` are served.
+    /// Where `/ready`, `/live`, `/metrics`, `/config` and `/log-level` are served.
     pub listen: SocketAddr,
+    /// Accept `POST /shutdown` (from loopback only).
+    pub enable_shutdown: bool,
 }
 
 /// The outbound side.
@@ -163,6 +182,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: LogFormat::Plain,
             workload: WorkloadConfig::default(),
+            metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
             outbound: OutboundConfig::default(),
             inbound: None,
@@ -177,6 +197,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: addr(DEFAULT_ADMIN_LISTEN),
+            enable_shutdown: false,
         }
     }
 }

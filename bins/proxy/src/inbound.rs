@@ -10,7 +10,7 @@ use mesh_core::endpoint::Direction;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::tcp;
 use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceBuilder;
 
 use crate::Config;
@@ -41,7 +41,11 @@ impl Inbound {
             ..RequestLabels::default()
         };
         let app = ServiceBuilder::new()
-            .layer(metrics.layer(labels))
+            .layer(if config.metrics.requests {
+                metrics.layer(labels)
+            } else {
+                HttpMetrics::disabled()
+            })
             .service(client.endpoint(inbound.app));
         Self {
             stack: Respond::new(app),
@@ -53,7 +57,10 @@ impl Inbound {
     }
 
     /// Serves one accepted connection: HTTP through the stack, anything else as bytes.
-    pub async fn serve(self, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+    pub async fn serve<I>(self, mut stream: I, peer: SocketAddr, drain: Drain)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
             Ok(detected) => detected,
             Err(e) => {

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_core::drain::Drain;
+use mesh_metrics::tcp::{ListenerMetrics, MeteredIo};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use config::Config;
@@ -61,6 +62,7 @@ pub struct Proxy {
     outbound: TcpListener,
     inbound: Option<TcpListener>,
     opaque: Vec<(TcpListener, config::ServiceConfig)>,
+    log: Option<Arc<admin::LogControl>>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -96,7 +98,14 @@ impl Proxy {
             outbound,
             inbound,
             opaque,
+            log: None,
         })
+    }
+
+    /// Lets the admin listener read and change the log filter (`/log-level`).
+    pub fn with_log_control(mut self, log: admin::LogControl) -> Self {
+        self.log = Some(Arc::new(log));
+        self
     }
 
     /// The outbound listener's address.
@@ -139,12 +148,14 @@ impl Proxy {
 
         let mut registry = mesh_metrics::Metrics::new();
         let http_metrics = mesh_metrics::http::HttpMetrics::register(registry.registry_mut());
+        let tcp_metrics = mesh_metrics::tcp::TcpMetrics::register(registry.registry_mut());
         let outbound = outbound::Outbound::new(&config, &http_metrics)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
         spawn_accept(
             self.outbound,
             drain.clone(),
             "outbound",
+            tcp_metrics.listener("outbound", "outbound"),
             move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
         );
         if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
@@ -153,26 +164,51 @@ impl Proxy {
                 listener,
                 drain.clone(),
                 "inbound",
+                tcp_metrics.listener("inbound", "inbound"),
                 move |stream, peer, drain| inbound.clone().serve(stream, peer, drain),
             );
         }
         for (listener, svc) in self.opaque {
             let forward = opaque::OpaqueService::new(&svc, config.client.connect_timeout)?;
-            spawn_accept(listener, drain.clone(), "opaque", move |stream, peer, _| {
-                forward.clone().serve(stream, peer)
-            });
+            let listener_metrics = tcp_metrics.listener("outbound", &svc.authority);
+            spawn_accept(
+                listener,
+                drain.clone(),
+                "opaque",
+                listener_metrics,
+                move |stream, peer, _| forward.clone().serve(stream, peer),
+            );
         }
-        let admin = admin::Admin::new(ready.clone(), config.clone(), Arc::new(registry));
+        let shutdown_requested = config
+            .admin
+            .enable_shutdown
+            .then(|| Arc::new(tokio::sync::Notify::new()));
+        let admin = admin::Admin::new(
+            ready.clone(),
+            config.clone(),
+            Arc::new(registry),
+            self.log.clone(),
+            shutdown_requested.clone(),
+        );
         spawn_accept(
             self.admin,
             drain.clone(),
             "admin",
-            move |stream, _, drain| admin.clone().serve(stream, drain),
+            tcp_metrics.listener("inbound", "admin"),
+            move |stream, peer, drain| admin.clone().serve(stream, peer, drain),
         );
 
         ready.store(true, Ordering::Release);
         tracing::info!("proxy ready");
-        shutdown.await;
+        match shutdown_requested {
+            Some(requested) => {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = requested.notified() => {}
+                }
+            }
+            None => shutdown.await,
+        }
         ready.store(false, Ordering::Release);
         let grace = config.runtime.shutdown_grace;
         tracing::info!(
@@ -189,9 +225,14 @@ impl Proxy {
 }
 
 /// Accepts until draining starts, then drops the listener so new connections are refused.
-fn spawn_accept<F, Fut>(listener: TcpListener, drain: Drain, name: &'static str, mut handle: F)
-where
-    F: FnMut(TcpStream, SocketAddr, Drain) -> Fut + Send + 'static,
+fn spawn_accept<F, Fut>(
+    listener: TcpListener,
+    drain: Drain,
+    name: &'static str,
+    metrics: ListenerMetrics,
+    mut handle: F,
+) where
+    F: FnMut(MeteredIo<TcpStream>, SocketAddr, Drain) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
@@ -205,7 +246,7 @@ where
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     mesh_core::tcp::keep_alive(&stream);
-                    drain.spawn(handle(stream, peer, drain.clone()));
+                    drain.spawn(handle(metrics.accepted(stream), peer, drain.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.

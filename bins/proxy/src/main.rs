@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mesh_proxy::Proxy;
+use mesh_proxy::admin::LogControl;
 use mesh_proxy::config::{Config, LogFormat};
 
 /// The mesh sidecar proxy.
@@ -43,8 +44,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    init_logging(&config);
-    match run(config) {
+    let log = init_logging(&config);
+    match run(config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -53,19 +54,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Installs the subscriber; returns the control that `/log-level` uses to change the filter.
+fn init_logging(config: &Config) -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.log_format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
+    LogControl::new(config.log.clone(), move |text| {
+        let filter = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let threads = match config.runtime.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -82,7 +90,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(async move {
-        let proxy = Proxy::bind(config).await?;
+        let proxy = Proxy::bind(config).await?.with_log_control(log);
         tracing::info!(
             outbound = %proxy.outbound_addr(),
             inbound = ?proxy.inbound_addr(),

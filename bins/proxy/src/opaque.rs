@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mesh_core::tcp;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ServiceConfig;
 
@@ -37,7 +37,10 @@ impl OpaqueService {
     }
 
     /// Forwards one connection; an endpoint that refuses is skipped for the next one in turn.
-    pub async fn serve(self, mut client: TcpStream, peer: SocketAddr) {
+    pub async fn serve<I>(self, mut client: I, peer: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut upstream = None;
         for i in 0..self.endpoints.len() {

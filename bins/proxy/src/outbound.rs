@@ -13,7 +13,7 @@ use mesh_core::endpoint::{Authority, Direction};
 use mesh_core::router::AuthorityRouter;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceBuilder;
 
 use crate::Config;
@@ -52,12 +52,17 @@ impl Outbound {
                 peer_identity: String::new(),
             };
             let metrics = metrics.clone();
+            let requests_metrics = config.metrics.requests;
             let balancer = Balancer::new(
                 svc.balancer.clone(),
                 fixed(svc.endpoints.iter().copied()),
                 move |endpoint: &mesh_core::endpoint::Endpoint| {
                     ServiceBuilder::new()
-                        .layer(metrics.layer(labels.clone()))
+                        .layer(if requests_metrics {
+                            metrics.layer(labels.clone())
+                        } else {
+                            HttpMetrics::disabled()
+                        })
                         .service(client.endpoint(endpoint.addr))
                 },
             );
@@ -83,7 +88,10 @@ impl Outbound {
     }
 
     /// Serves one accepted connection.
-    pub async fn serve(self, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+    pub async fn serve<I>(self, mut stream: I, peer: SocketAddr, drain: Drain)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
             Ok(detected) => detected,
             Err(e) => {

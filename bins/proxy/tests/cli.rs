@@ -239,3 +239,66 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0
     assert_eq!(status.code(), Some(0));
     let _ = std::io::stderr().flush();
 }
+
+async fn admin_request(admin: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("no answer from the admin listener")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn admin_changes_the_log_level_and_shuts_down_on_request() {
+    let (outbound, admin) = (free_port(), free_port());
+    let file = write_config(&format!(
+        "[admin]\nlisten = \"{admin}\"\nenable_shutdown = true\n[outbound]\nlisten = \"{outbound}\"\n[runtime]\nthreads = 1\n"
+    ));
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proxy = Proxy(child);
+    wait_ready(admin).await;
+
+    let got = admin_request(admin, "GET", "/log-level", "").await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("info\n"),
+        "{got}"
+    );
+    let set = admin_request(admin, "PUT", "/log-level", "mesh_proxy=debug,info").await;
+    assert!(set.starts_with("HTTP/1.1 200"), "{set}");
+    let got = admin_request(admin, "GET", "/log-level", "").await;
+    assert!(got.ends_with("mesh_proxy=debug,info\n"), "{got}");
+    let bad = admin_request(admin, "PUT", "/log-level", "mesh_proxy=loud").await;
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains("invalid log filter"),
+        "{bad}"
+    );
+
+    let done = admin_request(admin, "POST", "/shutdown", "").await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    let mut status = None;
+    for _ in 0..400 {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the proxy did not exit after /shutdown"
+    );
+}

@@ -1,0 +1,501 @@
+//! What `stat` and `edges` ask, and how the answers become table rows.
+//!
+//! Both sources answer the same few queries (a sum of per-second rates by some labels, or a
+//! latency quantile by some labels), so the rows are built the same way whether the numbers
+//! come from two scrapes of the proxies or from Prometheus.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::text::Labels;
+use crate::{prom, scrape};
+
+/// Which side of a call the series were recorded on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Direction {
+    /// By the calling proxy: what the client saw.
+    Outbound,
+    /// By the called proxy.
+    Inbound,
+}
+
+impl Direction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// One question, asked of the series of one direction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Query {
+    /// `sum by (by) (rate(metric[window]))`.
+    Sum {
+        metric: &'static str,
+        by: &'static [&'static str],
+    },
+    /// `histogram_quantile(q, sum by (le, by) (rate(response_latency_seconds_bucket[window])))`.
+    Quantile { q: f64, by: &'static [&'static str] },
+}
+
+/// The latency histogram's bucket series.
+pub(crate) const LATENCY_BUCKET: &str = "response_latency_seconds_bucket";
+const REQUESTS: &str = "request_total";
+const RESPONSES: &str = "response_total";
+
+const DST: &[&str] = &["dst_namespace", "dst_workload"];
+const DST_CLASS: &[&str] = &["dst_namespace", "dst_workload", "classification"];
+const EDGE_TLS: &[&str] = &[
+    "src_namespace",
+    "src_workload",
+    "dst_namespace",
+    "dst_workload",
+    "tls",
+    "peer_identity",
+];
+const EDGE_CLASS: &[&str] = &[
+    "src_namespace",
+    "src_workload",
+    "dst_namespace",
+    "dst_workload",
+    "classification",
+];
+
+/// The answer to a query: one value per combination of the `by` labels.
+pub(crate) type Vector = Vec<(Labels, f64)>;
+
+/// Where the numbers come from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// Rates from two scrapes of the proxies.
+    Scraped(scrape::Rates),
+    /// Prometheus's query API.
+    Prometheus(prom::Prometheus),
+}
+
+impl Source {
+    async fn eval(&self, query: Query, direction: Direction) -> anyhow::Result<Vector> {
+        match self {
+            Self::Scraped(rates) => Ok(rates.eval(query, direction)),
+            Self::Prometheus(prom) => prom.eval(query, direction).await,
+        }
+    }
+}
+
+/// A row of `stat`: one destination workload.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct StatRow {
+    pub(crate) namespace: String,
+    pub(crate) workload: String,
+    /// Successes per response, NaN without responses.
+    pub(crate) success: f64,
+    pub(crate) rps: f64,
+    /// p50, p95, p99 in seconds; NaN when unknown.
+    pub(crate) latency: [f64; 3],
+}
+
+/// A row of `edges`: one source workload calling one destination workload.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct EdgeRow {
+    pub(crate) src: String,
+    pub(crate) dst: String,
+    pub(crate) rps: f64,
+    pub(crate) success: f64,
+    /// The share of requests over mTLS, 0 to 1.
+    pub(crate) tls: f64,
+    pub(crate) identities: BTreeSet<String>,
+}
+
+fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
+    labels.get(name).map_or("", String::as_str)
+}
+
+/// Rates that count: NaN (no data) and negatives (none in a rate) are left out.
+fn usable(value: f64) -> bool {
+    value.is_finite() && value > 0.0
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    rps: f64,
+    ok: f64,
+    responses: f64,
+}
+
+impl Counts {
+    fn add_response(&mut self, labels: &Labels, value: f64) {
+        if usable(value) {
+            self.responses += value;
+            if label(labels, "classification") == "success" {
+                self.ok += value;
+            }
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.rps > 0.0 || self.responses > 0.0
+    }
+
+    fn success(&self) -> f64 {
+        if self.responses > 0.0 {
+            self.ok / self.responses
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// Success rate, RPS and latency per destination workload, sorted by namespace and workload;
+/// workloads without traffic in the window are left out.
+pub(crate) async fn stat(source: &Source, direction: Direction) -> anyhow::Result<Vec<StatRow>> {
+    let (requests, responses, p50, p95, p99) = tokio::try_join!(
+        source.eval(
+            Query::Sum {
+                metric: REQUESTS,
+                by: DST
+            },
+            direction
+        ),
+        source.eval(
+            Query::Sum {
+                metric: RESPONSES,
+                by: DST_CLASS
+            },
+            direction
+        ),
+        source.eval(Query::Quantile { q: 0.5, by: DST }, direction),
+        source.eval(Query::Quantile { q: 0.95, by: DST }, direction),
+        source.eval(Query::Quantile { q: 0.99, by: DST }, direction),
+    )?;
+    Ok(build_stat(&requests, &responses, [&p50, &p95, &p99]))
+}
+
+fn build_stat(requests: &Vector, responses: &Vector, quantiles: [&Vector; 3]) -> Vec<StatRow> {
+    type Key = (String, String);
+    let key = |labels: &Labels| -> Key {
+        (
+            label(labels, "dst_namespace").to_owned(),
+            label(labels, "dst_workload").to_owned(),
+        )
+    };
+    let mut rows: BTreeMap<Key, (Counts, [f64; 3])> = BTreeMap::new();
+    let blank = || (Counts::default(), [f64::NAN; 3]);
+    for (labels, value) in requests {
+        if usable(*value) {
+            rows.entry(key(labels)).or_insert_with(blank).0.rps += value;
+        }
+    }
+    for (labels, value) in responses {
+        rows.entry(key(labels))
+            .or_insert_with(blank)
+            .0
+            .add_response(labels, *value);
+    }
+    for (i, vector) in quantiles.into_iter().enumerate() {
+        for (labels, value) in vector {
+            if let Some(row) = rows.get_mut(&key(labels)) {
+                row.1[i] = *value;
+            }
+        }
+    }
+    rows.into_iter()
+        .filter(|(_, (counts, _))| counts.seen())
+        .map(|((namespace, workload), (counts, latency))| StatRow {
+            namespace,
+            workload,
+            success: counts.success(),
+            rps: counts.rps,
+            latency,
+        })
+        .collect()
+}
+
+/// RPS, success rate and mTLS per (source, destination) workload pair, sorted; pairs without
+/// traffic in the window are left out.
+pub(crate) async fn edges(source: &Source, direction: Direction) -> anyhow::Result<Vec<EdgeRow>> {
+    let (requests, responses) = tokio::try_join!(
+        source.eval(
+            Query::Sum {
+                metric: REQUESTS,
+                by: EDGE_TLS
+            },
+            direction
+        ),
+        source.eval(
+            Query::Sum {
+                metric: RESPONSES,
+                by: EDGE_CLASS
+            },
+            direction
+        ),
+    )?;
+    Ok(build_edges(&requests, &responses))
+}
+
+/// `namespace/workload`, `-` for an empty part, or just `-` when both are empty (an
+/// unmeshed caller, say).
+pub(crate) fn workload_name(namespace: &str, workload: &str) -> String {
+    if namespace.is_empty() && workload.is_empty() {
+        return "-".to_owned();
+    }
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    format!("{}/{}", or_dash(namespace), or_dash(workload))
+}
+
+fn build_edges(requests: &Vector, responses: &Vector) -> Vec<EdgeRow> {
+    type Key = (String, String);
+    let key = |labels: &Labels| -> Key {
+        (
+            workload_name(
+                label(labels, "src_namespace"),
+                label(labels, "src_workload"),
+            ),
+            workload_name(
+                label(labels, "dst_namespace"),
+                label(labels, "dst_workload"),
+            ),
+        )
+    };
+    #[derive(Default)]
+    struct Edge {
+        counts: Counts,
+        tls_rps: f64,
+        identities: BTreeSet<String>,
+    }
+    let mut edges: BTreeMap<Key, Edge> = BTreeMap::new();
+    for (labels, value) in requests {
+        if !usable(*value) {
+            continue;
+        }
+        let edge = edges.entry(key(labels)).or_default();
+        edge.counts.rps += value;
+        if label(labels, "tls") == "true" {
+            edge.tls_rps += value;
+        }
+        let identity = label(labels, "peer_identity");
+        if !identity.is_empty() {
+            edge.identities.insert(identity.to_owned());
+        }
+    }
+    for (labels, value) in responses {
+        edges
+            .entry(key(labels))
+            .or_default()
+            .counts
+            .add_response(labels, *value);
+    }
+    edges
+        .into_iter()
+        .filter(|(_, edge)| edge.counts.seen())
+        .map(|((src, dst), edge)| EdgeRow {
+            src,
+            dst,
+            rps: edge.counts.rps,
+            success: edge.counts.success(),
+            tls: if edge.counts.rps > 0.0 {
+                (edge.tls_rps / edge.counts.rps).clamp(0.0, 1.0)
+            } else {
+                f64::NAN
+            },
+            identities: edge.identities,
+        })
+        .collect()
+}
+
+/// `90.00%`, or `-` when unknown.
+pub(crate) fn fmt_percent(share: f64) -> String {
+    if share.is_finite() {
+        format!("{:.2}%", share * 100.0)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// Requests per second with two decimals.
+pub(crate) fn fmt_rps(rps: f64) -> String {
+    format!("{rps:.2}")
+}
+
+/// A latency in seconds as `0.85ms`, `12.3ms`, `250ms` or `1.50s`; `-` when unknown.
+pub(crate) fn fmt_latency(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "-".to_owned();
+    }
+    let ms = seconds * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1}ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{seconds:.2}s")
+    }
+}
+
+/// `yes` (all requests over mTLS), `no` (none), else the share; `-` when unknown.
+pub(crate) fn fmt_tls(share: f64) -> String {
+    if !share.is_finite() {
+        "-".to_owned()
+    } else if share >= 1.0 - 1e-9 {
+        "yes".to_owned()
+    } else if share <= 1e-9 {
+        "no".to_owned()
+    } else {
+        format!("{:.0}%", share * 100.0)
+    }
+}
+
+/// The stat table.
+pub(crate) fn stat_table(rows: &[StatRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let or_dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.to_owned()
+                }
+            };
+            vec![
+                or_dash(&r.namespace),
+                or_dash(&r.workload),
+                fmt_percent(r.success),
+                fmt_rps(r.rps),
+                fmt_latency(r.latency[0]),
+                fmt_latency(r.latency[1]),
+                fmt_latency(r.latency[2]),
+            ]
+        })
+        .collect();
+    crate::table::render(
+        &[
+            "NAMESPACE",
+            "WORKLOAD",
+            "SUCCESS",
+            "RPS",
+            "P50",
+            "P95",
+            "P99",
+        ],
+        &cells,
+    )
+}
+
+/// The edges table.
+pub(crate) fn edges_table(rows: &[EdgeRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let identity = if r.identities.is_empty() {
+                "-".to_owned()
+            } else {
+                r.identities.iter().cloned().collect::<Vec<_>>().join(",")
+            };
+            vec![
+                r.src.clone(),
+                r.dst.clone(),
+                fmt_rps(r.rps),
+                fmt_percent(r.success),
+                fmt_tls(r.tls),
+                identity,
+            ]
+        })
+        .collect();
+    crate::table::render(&["SRC", "DST", "RPS", "SUCCESS", "TLS", "IDENTITY"], &cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn stat_rows_join_the_answers() {
+        let api = [("dst_namespace", "demo"), ("dst_workload", "api")];
+        let requests = vec![
+            (labels(&api), 10.0),
+            (labels(&[("dst_workload", "idle")]), 0.0),
+        ];
+        let responses = vec![
+            (
+                labels(&[api[0], api[1], ("classification", "success")]),
+                9.0,
+            ),
+            (
+                labels(&[api[0], api[1], ("classification", "failure")]),
+                1.0,
+            ),
+        ];
+        let p = vec![(labels(&api), 0.002)];
+        let rows = build_stat(&requests, &responses, [&p, &p, &p]);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].namespace, "demo");
+        assert_eq!(rows[0].workload, "api");
+        assert!((rows[0].success - 0.9).abs() < 1e-12);
+        assert_eq!(rows[0].rps, 10.0);
+        assert_eq!(rows[0].latency, [0.002; 3]);
+        let table = stat_table(&rows);
+        assert_eq!(
+            table,
+            "NAMESPACE  WORKLOAD  SUCCESS  RPS    P50     P95     P99\n\
+             demo       api       90.00%   10.00  2.00ms  2.00ms  2.00ms\n"
+        );
+    }
+
+    #[test]
+    fn edges_sum_tls_and_identities() {
+        let edge = |tls: &str, id: &str| {
+            labels(&[
+                ("src_namespace", "demo"),
+                ("src_workload", "web"),
+                ("dst_namespace", "demo"),
+                ("dst_workload", "api"),
+                ("tls", tls),
+                ("peer_identity", id),
+            ])
+        };
+        let requests = vec![
+            (edge("true", "api.demo"), 3.0),
+            (edge("false", ""), 1.0),
+            (labels(&[("dst_workload", "x"), ("tls", "false")]), 2.0),
+        ];
+        let rows = build_edges(&requests, &Vec::new());
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].src, "-");
+        assert_eq!(rows[0].dst, "-/x");
+        assert_eq!(fmt_tls(rows[0].tls), "no");
+        assert_eq!(rows[1].src, "demo/web");
+        assert_eq!(rows[1].rps, 4.0);
+        assert_eq!(fmt_tls(rows[1].tls), "75%");
+        assert!(rows[1].success.is_nan());
+        assert_eq!(rows[1].identities.len(), 1);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_latency(0.00085), "0.85ms");
+        assert_eq!(fmt_latency(0.0123), "12.3ms");
+        assert_eq!(fmt_latency(0.25), "250ms");
+        assert_eq!(fmt_latency(1.5), "1.50s");
+        assert_eq!(fmt_latency(f64::NAN), "-");
+        assert_eq!(fmt_percent(f64::NAN), "-");
+        assert_eq!(fmt_percent(1.0), "100.00%");
+        assert_eq!(fmt_tls(1.0), "yes");
+        assert_eq!(fmt_tls(0.0), "no");
+    }
+}
