@@ -7,11 +7,15 @@
 //! allocates or hashes a label set. gRPC statuses carried in trailers are read when the body
 //! ends (the body is observed, not boxed).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use mesh_core::body::{Body, BodyEnd, BodyObserver, ObservedBody};
@@ -72,6 +76,18 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Every label set in use, for dropping the idle ones.
+    series: Arc<Mutex<HashMap<RequestLabels, Arc<Series>>>>,
+    epoch: Instant,
+}
+
+/// The series of one label set: when it was last used, and how many times it was dropped
+/// (endpoints holding handles from an older generation resolve them again).
+#[derive(Debug, Default)]
+struct Series {
+    last_used_ms: AtomicU64,
+    generation: AtomicU64,
+    responses: Mutex<Vec<ResponseLabels>>,
 }
 
 impl HttpMetrics {
@@ -81,6 +97,8 @@ impl HttpMetrics {
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            series: Arc::default(),
+            epoch: Instant::now(),
         };
         registry.register(
             "request",
@@ -107,26 +125,79 @@ impl HttpMetrics {
 
     /// The layer for one endpoint with these labels.
     pub fn layer(&self, labels: RequestLabels) -> RequestMetricsLayer {
+        let series = {
+            let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(labels.clone()).or_default().clone()
+        };
+        let handles = self.resolve(&labels, series.generation.load(Ordering::Acquire));
         RequestMetricsLayer {
             endpoint: Some(Arc::new(EndpointMetrics {
-                requests: self.requests.get_or_create(&labels).clone(),
-                latency: self.latency.get_or_create(&labels).clone(),
-                responses: self.responses.clone(),
-                cache: Mutex::new(Vec::new()),
+                families: self.clone(),
+                handles: Mutex::new(handles),
+                series,
                 labels,
             })),
         }
     }
+
+    fn resolve(&self, labels: &RequestLabels, generation: u64) -> Handles {
+        Handles {
+            generation,
+            requests: self.requests.get_or_create(labels).clone(),
+            latency: self.latency.get_or_create(labels).clone(),
+            responses: Vec::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Drops the series of every label set unused for `idle`: endpoints that are gone, or
+    /// quiet. A label set used again starts its series anew. Returns how many were dropped.
+    pub fn drop_idle(&self, idle: Duration) -> usize {
+        let now = self.now_ms();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = 0;
+        all.retain(|labels, series| {
+            if now.saturating_sub(series.last_used_ms.load(Ordering::Acquire)) < idle_ms {
+                return true;
+            }
+            series.generation.fetch_add(1, Ordering::AcqRel);
+            self.requests.remove(labels);
+            self.latency.remove(labels);
+            for response in series
+                .responses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+            {
+                self.responses.remove(&response);
+            }
+            dropped += 1;
+            // Still held by a live endpoint: keep tracking it, with nothing exported.
+            Arc::strong_count(series) > 1
+        });
+        dropped
+    }
 }
 
-/// The metric handles of one endpoint.
+/// The metrics of one endpoint.
 struct EndpointMetrics {
     labels: RequestLabels,
+    families: HttpMetrics,
+    series: Arc<Series>,
+    handles: Mutex<Handles>,
+}
+
+/// Resolved series of one endpoint, valid for one generation of its label set.
+struct Handles {
+    generation: u64,
     requests: Counter,
     latency: Histogram,
-    responses: Family<ResponseLabels, Counter>,
     /// (status, gRPC status, success) -> counter: a handful per endpoint.
-    cache: Mutex<Vec<(ResponseKey, Counter)>>,
+    responses: Vec<(ResponseKey, Counter)>,
 }
 
 /// HTTP status (0: none), gRPC status, success.
@@ -141,14 +212,35 @@ impl std::fmt::Debug for EndpointMetrics {
 }
 
 impl EndpointMetrics {
+    /// The handles of the current generation, resolving them again after a drop.
+    fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.series.generation.load(Ordering::Acquire);
+        if handles.generation != generation {
+            *handles = self.families.resolve(&self.labels, generation);
+        }
+        handles
+    }
+
+    fn request(&self) {
+        self.series
+            .last_used_ms
+            .store(self.families.now_ms(), Ordering::Release);
+        self.handles().requests.inc();
+    }
+
+    fn latency(&self, seconds: f64) {
+        self.handles().latency.observe(seconds);
+    }
+
     fn response(&self, status: Option<StatusCode>, grpc: Option<u16>, class: Class) {
         let key = (
             status.map_or(0, |s| s.as_u16()),
             grpc,
             class == Class::Success,
         );
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, counter)) = cache.iter().find(|(k, _)| *k == key) {
+        let mut handles = self.handles();
+        if let Some((_, counter)) = handles.responses.iter().find(|(k, _)| *k == key) {
             counter.inc();
             return;
         }
@@ -158,9 +250,17 @@ impl EndpointMetrics {
             grpc_status: grpc.map(|g| g.to_string()).unwrap_or_default(),
             classification: if key.2 { "success" } else { "failure" },
         };
-        let counter = self.responses.get_or_create(&labels).clone();
+        let counter = self.families.responses.get_or_create(&labels).clone();
         counter.inc();
-        cache.push((key, counter));
+        handles.responses.push((key, counter));
+        let mut seen = self
+            .series
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&labels) {
+            seen.push(labels);
+        }
     }
 }
 
@@ -223,7 +323,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if let Some(endpoint) = &self.endpoint {
-            endpoint.requests.inc();
+            endpoint.request();
         }
         let grpc = is_grpc(&req);
         ResponseFuture {
@@ -269,7 +369,7 @@ where
         };
         match result {
             Ok(rsp) => {
-                endpoint.latency.observe(this.start.elapsed().as_secs_f64());
+                endpoint.latency(this.start.elapsed().as_secs_f64());
                 let status = rsp.status();
                 let Some(class) = classify_head(*this.grpc, &rsp) else {
                     // gRPC: the trailers will tell.
@@ -292,5 +392,83 @@ where
                 Poll::Ready(Err(e.into()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, ServiceExt};
+
+    fn labels() -> RequestLabels {
+        RequestLabels {
+            direction: "outbound".into(),
+            authority: "web.test:80".into(),
+            dst_workload: "web".into(),
+            tls: "false".into(),
+            ..RequestLabels::default()
+        }
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    async fn send(
+        svc: &RequestMetrics<
+            impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
+        >,
+        status: u16,
+    ) {
+        let rsp = svc
+            .clone()
+            .oneshot(Request::new(Body::Empty))
+            .await
+            .unwrap();
+        assert_eq!(rsp.status().as_u16(), status);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_and_drops_idle_series() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        let backend = tower::service_fn(|_req: Request<Body>| async {
+            let mut rsp = Response::new(Body::Empty);
+            *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, BoxError>(rsp)
+        });
+        let svc = metrics.layer(labels()).layer(backend);
+        for _ in 0..3 {
+            send(&svc, 503).await;
+        }
+        let text = exposition(&registry);
+        assert!(
+            text.contains("request_total{direction=\"outbound\",authority=\"web.test:80\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("status_code=\"503\",grpc_status=\"\",classification=\"failure\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("response_latency_seconds_count{"), "{text}");
+
+        // Used five minutes ago: kept.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(metrics.drop_idle(Duration::from_secs(600)), 0);
+
+        // Idle for ten minutes: dropped from the exposition.
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(metrics.drop_idle(Duration::from_secs(600)), 1);
+        let text = exposition(&registry);
+        assert!(!text.contains("request_total{"), "{text}");
+        assert!(!text.contains("response_total{"), "{text}");
+
+        // Used again: its series start anew.
+        send(&svc, 503).await;
+        let text = exposition(&registry);
+        assert!(text.contains("classification=\"failure\"} 1"), "{text}");
+        assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",tls=\"false\",peer_identity=\"\"} 1"), "{text}");
     }
 }

@@ -79,11 +79,18 @@ pub struct MetricsConfig {
     /// Count requests, responses and latency per endpoint (on by default; off only to measure
     /// what the counting costs).
     pub requests: bool,
+    /// Request series unused this long are dropped from the exposition (they come back when
+    /// used again): gone endpoints do not pile up.
+    #[serde(with = "mesh_core::config::duration")]
+    pub idle_series_ttl: Duration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { requests: true }
+        Self {
+            requests: true,
+            idle_series_ttl: Duration::from_secs(600),
+        }
     }
 }
 
@@ -259,6 +266,15 @@ impl Config {
                 "log".into(),
                 format!("{:?}", self.log),
                 &e.to_string(),
+            ));
+        }
+        if self.metrics.idle_series_ttl < Duration::from_secs(1)
+            || self.metrics.idle_series_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(invalid(
+                "metrics.idle_series_ttl".into(),
+                core_config::format_duration(self.metrics.idle_series_ttl),
+                "expected 1s to 7 days",
             ));
         }
         if self.runtime.threads > 1024 {

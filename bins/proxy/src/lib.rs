@@ -149,6 +149,11 @@ impl Proxy {
         let mut registry = mesh_metrics::Metrics::new();
         let http_metrics = mesh_metrics::http::HttpMetrics::register(registry.registry_mut());
         let tcp_metrics = mesh_metrics::tcp::TcpMetrics::register(registry.registry_mut());
+        spawn_idle_series_sweep(
+            http_metrics.clone(),
+            config.metrics.idle_series_ttl,
+            drain.clone(),
+        );
         let outbound = outbound::Outbound::new(&config, &http_metrics)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
         spawn_accept(
@@ -222,6 +227,26 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Drops request series unused for `ttl`, checking every half of it (at most every minute).
+fn spawn_idle_series_sweep(metrics: mesh_metrics::http::HttpMetrics, ttl: Duration, drain: Drain) {
+    let every = (ttl / 2).min(Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = drain.signaled() => return,
+                _ = ticks.tick() => {
+                    let dropped = metrics.drop_idle(ttl);
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "idle request series dropped");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Accepts until draining starts, then drops the listener so new connections are refused.
