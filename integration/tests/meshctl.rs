@@ -1,6 +1,7 @@
 //! `meshctl`, the real binary, against a real proxy: `stat` and `edges` read the proxy's
-//! admin `/metrics` while traffic flows through it, and `--prometheus` reads a stand-in for
-//! Prometheus's query API.
+//! admin `/metrics` while traffic flows through it, and with `--prometheus` they read a real
+//! Prometheus server that scrapes that proxy. A stand-in for Prometheus's query API checks
+//! what only a fixed answer can: the exact queries sent and the exact table printed.
 //!
 //! Finding the binary: `CARGO_BIN_EXE_meshctl` is only set for the tests of the package that
 //! owns the binary, and a dev-dependency on `meshctl` would not build its binary either. A
@@ -28,10 +29,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use mesh_integration::{h1_client, start_backend, start_proxy_toml};
+use mesh_integration::prometheus::Prometheus;
+use mesh_integration::{RunningProxy, h1_client, start_backend, start_proxy_toml};
 
 /// The service's authority, as the app names it.
 const API: &str = "api.demo.svc.cluster.local:80";
+/// `--window` with the real Prometheus, in seconds: room for several of its 1 s scrapes.
+const PROMETHEUS_WINDOW: &str = "10";
+/// The bounds of waiting for Prometheus to hold two scrapes of the traffic in the window.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
+const PROMETHEUS_POLLS: u32 = 120;
+const PROMETHEUS_POLL: Duration = Duration::from_millis(500);
 
 /// The meshctl executable, built (if stale) once per test process.
 fn meshctl() -> &'static PathBuf {
@@ -162,12 +170,8 @@ fn send_traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::Joi
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_and_edges_from_a_live_proxy() {
-    // Build first, so the build's time does not count against anything below.
-    tokio::task::spawn_blocking(meshctl).await.unwrap();
-
-    let (backend, served) = one_in_ten_fails().await;
+/// The proxy of workload web/demo, calling service workload api/demo at `backend`.
+async fn web_proxy(backend: SocketAddr) -> RunningProxy {
     let toml = format!(
         "[workload]\nname = \"web\"\nnamespace = \"demo\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[runtime]\nshutdown_grace = \"1s\"\n\
@@ -175,36 +179,26 @@ async fn stat_and_edges_from_a_live_proxy() {
          [[outbound.services]]\nauthority = \"{API}\"\nendpoints = [\"{backend}\"]\n\
          workload = \"api\"\nnamespace = \"demo\"\n"
     );
-    let proxy = start_proxy_toml(&toml).await.unwrap();
-    let admin = proxy.admin.to_string();
+    start_proxy_toml(&toml).await.unwrap()
+}
 
-    // Before any traffic: nothing to show, exit code 1.
-    let out = run_meshctl(&["stat", "--proxy", &admin, "--window", "0.2"]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        text(&out.stderr).contains("no traffic seen"),
-        "{}",
-        text(&out.stderr)
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = send_traffic(proxy.outbound, stop.clone());
-    let warm = Instant::now();
-    while served.load(Ordering::Relaxed) < 50 {
+/// Waits (at most 10 s) until the backend has served `count` requests.
+async fn wait_served(served: &AtomicU64, count: u64) {
+    let start = Instant::now();
+    while served.load(Ordering::Relaxed) < count {
         assert!(
-            warm.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(10),
             "no traffic reaches the backend"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
 
-    let stat = run_meshctl(&["stat", "--proxy", &admin, "--window", "1"]).await;
-    let edges = run_meshctl(&["edges", "--proxy", &admin, "--window", "1"]).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = traffic.await.unwrap();
-
+/// `meshctl stat` succeeded and shows demo/api at 85–95% success, a positive RPS and
+/// latencies.
+fn check_stat(stat: &Output) {
     let stdout = text(&stat.stdout);
-    println!("meshctl stat ({sent} requests sent):\n{stdout}");
+    println!("meshctl stat:\n{stdout}");
     assert!(stat.status.success(), "{stat:?}");
     let table = rows(&stdout);
     assert_eq!(
@@ -233,7 +227,11 @@ async fn stat_and_edges_from_a_live_proxy() {
             "{stdout}"
         );
     }
+}
 
+/// `meshctl edges` succeeded and shows demo/web -> demo/api with a positive RPS, 85–95%
+/// success, no TLS and no identity.
+fn check_edges(edges: &Output) {
     let stdout = text(&edges.stdout);
     println!("meshctl edges:\n{stdout}");
     assert!(edges.status.success(), "{edges:?}");
@@ -251,6 +249,94 @@ async fn stat_and_edges_from_a_live_proxy() {
     assert!((85.0..=95.0).contains(&success), "success {success}%");
     assert_eq!(edge[4], "no", "{stdout}");
     assert_eq!(edge[5], "-", "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_and_edges_from_a_live_proxy() {
+    // Build first, so the build's time does not count against anything below.
+    tokio::task::spawn_blocking(meshctl).await.unwrap();
+
+    let (backend, served) = one_in_ten_fails().await;
+    let proxy = web_proxy(backend).await;
+    let admin = proxy.admin.to_string();
+
+    // Before any traffic: nothing to show, exit code 1.
+    let out = run_meshctl(&["stat", "--proxy", &admin, "--window", "0.2"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no traffic seen"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = send_traffic(proxy.outbound, stop.clone());
+    wait_served(&served, 50).await;
+
+    let stat = run_meshctl(&["stat", "--proxy", &admin, "--window", "1"]).await;
+    let edges = run_meshctl(&["edges", "--proxy", &admin, "--window", "1"]).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+
+    println!("{sent} requests sent");
+    check_stat(&stat);
+    check_edges(&edges);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_and_edges_from_a_real_prometheus() {
+    // Build first, so the build's time does not count against anything below.
+    tokio::task::spawn_blocking(meshctl).await.unwrap();
+
+    let (backend, served) = one_in_ten_fails().await;
+    let proxy = web_proxy(backend).await;
+
+    // The traffic starts before Prometheus, and runs until the end: past 50 requests the
+    // proxy holds both the success and the failure series, so every scrape has both and
+    // their rates over the window cover the same samples.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = send_traffic(proxy.outbound, stop.clone());
+    wait_served(&served, 50).await;
+
+    let prometheus = Prometheus::start(&[proxy.admin])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    prometheus
+        .wait_for_targets(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = format!("http://{}", prometheus.addr());
+
+    // A rate needs two scrapes inside the window: until then meshctl sees no traffic.
+    let args = ["stat", "--prometheus", &url, "--window", PROMETHEUS_WINDOW];
+    let deadline = Instant::now() + PROMETHEUS_WAIT;
+    let mut polls = 0;
+    let stat = loop {
+        let out = run_meshctl(&args).await;
+        polls += 1;
+        let stderr = text(&out.stderr);
+        if out.status.success() || !stderr.contains("no traffic seen") {
+            break out;
+        }
+        assert!(
+            polls < PROMETHEUS_POLLS && Instant::now() < deadline,
+            "still no traffic in Prometheus after {polls} polls: {stderr}\n\
+             Prometheus log:\n{}",
+            prometheus.log_tail()
+        );
+        tokio::time::sleep(PROMETHEUS_POLL).await;
+    };
+    let edges = run_meshctl(&["edges", "--prometheus", &url, "--window", PROMETHEUS_WINDOW]).await;
+    // A wrong base URL: Prometheus's own 404, named; exit code 1.
+    let wrong = run_meshctl(&["stat", "--prometheus", &format!("{url}/nope")]).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+
+    println!("{sent} requests sent, {polls} polls of Prometheus");
+    check_stat(&stat);
+    check_edges(&edges);
+    assert_eq!(wrong.status.code(), Some(1), "{wrong:?}");
+    assert!(text(&wrong.stderr).contains("404 Not Found"), "{wrong:?}");
 }
 
 /// A stand-in for Prometheus's query API: `demo/api` at 10 RPS, 90% success, 4.2 ms at every
@@ -290,8 +376,10 @@ async fn fake_prometheus() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     (addr, queries)
 }
 
+/// What a fixed answer pins down and the real server cannot: the five queries and their
+/// window, and the exact table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_from_prometheus_api() {
+async fn stat_from_a_stand_in_prometheus_api() {
     let (prom, queries) = fake_prometheus().await;
     let url = format!("http://{prom}");
     let out = run_meshctl(&["stat", "--prometheus", &url, "--window", "30"]).await;
@@ -310,11 +398,6 @@ async fn stat_from_prometheus_api() {
             .all(|q| q.starts_with("query=") && q.contains("%5B30000ms%5D")),
         "{queries:?}"
     );
-
-    // A wrong base URL: Prometheus's 404 named, exit code 1.
-    let out = run_meshctl(&["stat", "--prometheus", &format!("{url}/nope")]).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(text(&out.stderr).contains("404 Not Found"), "{out:?}");
 }
 
 #[tokio::test]

@@ -134,15 +134,20 @@ where
 
 /// A fixed set of endpoints as a discovery stream: each inserted once, then nothing changes.
 pub fn fixed(addrs: impl IntoIterator<Item = SocketAddr>) -> Fixed {
+    fixed_endpoints(addrs.into_iter().map(Endpoint::new))
+}
+
+/// [`fixed`], for endpoints that carry metadata.
+pub fn fixed_endpoints(endpoints: impl IntoIterator<Item = Endpoint>) -> Fixed {
     Fixed {
-        pending: addrs.into_iter().collect(),
+        pending: endpoints.into_iter().collect(),
     }
 }
 
 /// See [`fixed`].
 #[derive(Clone, Debug)]
 pub struct Fixed {
-    pending: std::collections::VecDeque<SocketAddr>,
+    pending: std::collections::VecDeque<Endpoint>,
 }
 
 impl Stream for Fixed {
@@ -153,8 +158,8 @@ impl Stream for Fixed {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         match self.pending.pop_front() {
-            Some(addr) => {
-                std::task::Poll::Ready(Some(Ok(Change::Insert(addr, Endpoint::new(addr)))))
+            Some(endpoint) => {
+                std::task::Poll::Ready(Some(Ok(Change::Insert(endpoint.addr, endpoint))))
             }
             // Never ends: the endpoints stay.
             None => std::task::Poll::Pending,

@@ -55,6 +55,23 @@ impl Endpoint {
             meta: Arc::default(),
         }
     }
+
+    /// An endpoint with these metadata labels.
+    pub fn with_labels(addr: SocketAddr, labels: Vec<(String, String)>) -> Self {
+        Self {
+            addr,
+            meta: Arc::new(EndpointMeta { labels }),
+        }
+    }
+
+    /// The value of a metadata label.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.meta
+            .labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A logical service name as clients write it: `host:port`, host lowercased, port explicit.

@@ -45,6 +45,8 @@ pub struct RequestLabels {
     pub dst_namespace: String,
     /// The called workload.
     pub dst_workload: String,
+    /// The called pod (or the endpoint's address, when discovery names no pod).
+    pub dst_pod: String,
     /// `true` when the hop is mutual TLS.
     pub tls: String,
     /// The peer's identity, when TLS proved one.
@@ -469,6 +471,6 @@ mod tests {
         send(&svc, 503).await;
         let text = exposition(&registry);
         assert!(text.contains("classification=\"failure\"} 1"), "{text}");
-        assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",tls=\"false\",peer_identity=\"\"} 1"), "{text}");
+        assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",dst_pod=\"\",tls=\"false\",peer_identity=\"\"} 1"), "{text}");
     }
 }

@@ -123,8 +123,9 @@ pub struct OutboundConfig {
 pub struct ServiceConfig {
     /// `host:port` as clients name it (`:authority` / `Host`).
     pub authority: String,
-    /// Its endpoints.
-    pub endpoints: Vec<SocketAddr>,
+    /// Its endpoints: `"ip:port"`, or `{ addr = "ip:port", pod = "name" }` to name the pod
+    /// behind it in metrics.
+    pub endpoints: Vec<EndpointConfig>,
     /// Forward bytes instead of HTTP, on a listener of its own.
     #[serde(default)]
     pub opaque: bool,
@@ -140,6 +141,47 @@ pub struct ServiceConfig {
     /// The namespace of that workload, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+}
+
+/// One endpoint of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// Just the address.
+    Addr(SocketAddr),
+    /// The address and the pod behind it.
+    Named {
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The pod's name, for metrics (`dst_pod`).
+        pod: String,
+    },
+}
+
+impl EndpointConfig {
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            EndpointConfig::Addr(addr) | EndpointConfig::Named { addr, .. } => *addr,
+        }
+    }
+
+    /// As discovery would name it.
+    pub fn endpoint(&self) -> mesh_core::endpoint::Endpoint {
+        match self {
+            EndpointConfig::Addr(addr) => mesh_core::endpoint::Endpoint::new(*addr),
+            EndpointConfig::Named { addr, pod } => mesh_core::endpoint::Endpoint::with_labels(
+                *addr,
+                vec![("pod".to_owned(), pod.clone())],
+            ),
+        }
+    }
+}
+
+impl From<SocketAddr> for EndpointConfig {
+    fn from(addr: SocketAddr) -> Self {
+        EndpointConfig::Addr(addr)
+    }
 }
 
 /// The inbound side.
@@ -402,6 +444,14 @@ app = "127.0.0.1:8080"
         let c = Config::from_toml_str_with_env(EXAMPLE, no_env()).unwrap();
         assert_eq!(c.outbound.services.len(), 1);
         assert_eq!(c.outbound.services[0].endpoints.len(), 3);
+        let named = EXAMPLE.replace(
+            "\"127.0.0.1:9002\"",
+            "{ addr = \"127.0.0.1:9002\", pod = \"greeter-1\" }",
+        );
+        let c = Config::from_toml_str_with_env(&named, no_env()).unwrap();
+        let endpoint = c.outbound.services[0].endpoints[1].endpoint();
+        assert_eq!(endpoint.label("pod"), Some("greeter-1"));
+        assert_eq!(endpoint.addr, addr("127.0.0.1:9002"));
         assert_eq!(
             c.inbound.as_ref().map(|i| i.app),
             Some(addr("127.0.0.1:8080"))

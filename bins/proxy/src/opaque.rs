@@ -30,7 +30,7 @@ impl OpaqueService {
         );
         Ok(Self {
             authority: svc.authority.as_str().into(),
-            endpoints: svc.endpoints.iter().copied().collect(),
+            endpoints: svc.endpoints.iter().map(|e| e.addr()).collect(),
             next: Arc::new(AtomicUsize::new(0)),
             connect_timeout,
         })

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use mesh_balance::{Balancer, fixed};
+use mesh_balance::{Balancer, fixed_endpoints};
 use mesh_core::HttpService;
 use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{self, PrefixedIo, Protocol};
@@ -48,6 +48,7 @@ impl Outbound {
                 dst_service: authority.to_string(),
                 dst_namespace: svc.namespace.clone(),
                 dst_workload: svc.workload.clone(),
+                dst_pod: String::new(),
                 tls: "false".to_owned(),
                 peer_identity: String::new(),
             };
@@ -55,8 +56,13 @@ impl Outbound {
             let requests_metrics = config.metrics.requests;
             let balancer = Balancer::new(
                 svc.balancer.clone(),
-                fixed(svc.endpoints.iter().copied()),
+                fixed_endpoints(svc.endpoints.iter().map(|e| e.endpoint())),
                 move |endpoint: &mesh_core::endpoint::Endpoint| {
+                    let mut labels = labels.clone();
+                    labels.dst_pod = match endpoint.label("pod") {
+                        Some(pod) => pod.to_owned(),
+                        None => endpoint.addr.to_string(),
+                    };
                     ServiceBuilder::new()
                         .layer(if requests_metrics {
                             metrics.layer(labels.clone())
