@@ -142,3 +142,43 @@ where
     tokio::spawn(conn);
     Ok(tx)
 }
+
+/// A backend answering every request `200 hello`.
+pub async fn hello_backend() -> anyhow::Result<SocketAddr> {
+    start_backend(|_req| async {
+        Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"hello",
+        )))
+    })
+    .await
+}
+
+/// Scrapes `/metrics` from an admin listener, asking for `accept` if given: the content type
+/// and the exposition.
+pub async fn scrape_metrics(
+    admin: SocketAddr,
+    accept: Option<&str>,
+) -> anyhow::Result<(String, String)> {
+    use http_body_util::BodyExt;
+    let mut client = h1_client::<http_body_util::Empty<bytes::Bytes>>(admin).await?;
+    let mut req = Request::get("/metrics").header("host", "admin");
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let rsp = client
+        .send_request(req.body(http_body_util::Empty::new())?)
+        .await?;
+    anyhow::ensure!(
+        rsp.status().is_success(),
+        "/metrics answered {}",
+        rsp.status()
+    );
+    let content_type = rsp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = rsp.into_body().collect().await?.to_bytes();
+    Ok((content_type, String::from_utf8(body.to_vec())?))
+}

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use mesh_integration::{h1_client, start_backend, start_proxy};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use mesh_integration::{h1_client, start_proxy};
 
 /// The metric families a scrape exposes, with the sample names of histograms.
 fn exported(exposition: &str) -> BTreeSet<String> {
@@ -63,10 +63,7 @@ fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn every_dashboard_query_names_an_exported_metric() {
-    let backend =
-        start_backend(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
-            .await
-            .unwrap();
+    let backend = mesh_integration::hello_backend().await.unwrap();
     let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
     let mut client = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
     client.ready().await.unwrap();
@@ -81,20 +78,10 @@ async fn every_dashboard_query_names_an_exported_metric() {
         .into_body()
         .collect()
         .await;
-    let mut admin = h1_client::<Empty<Bytes>>(proxy.admin).await.unwrap();
-    let req = Request::get("/metrics")
-        .header("host", "admin")
-        .body(Empty::new())
-        .unwrap();
-    let body = admin
-        .send_request(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
+    let (_, exposition) = mesh_integration::scrape_metrics(proxy.admin, None)
         .await
         .unwrap();
-    let names = exported(std::str::from_utf8(&body.to_bytes()).unwrap());
+    let names = exported(&exposition);
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
     let mut dashboards = 0;

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body, Frame};
 use mesh_integration::{
-    h1_client, h2_client, proxy_toml, start_backend, start_proxy, start_proxy_toml,
+    h1_client, h2_client, hello_backend, proxy_toml, start_backend, start_proxy, start_proxy_toml,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,11 +40,6 @@ async fn within<F: Future>(what: &str, f: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("timed out after {WAIT:?}: {what}"),
     }
-}
-
-/// A backend that answers `hello` to everything.
-async fn hello_backend() -> anyhow::Result<SocketAddr> {
-    start_backend(|_req| async { Response::new(Full::new(Bytes::from_static(b"hello"))) }).await
 }
 
 /// A listener that accepts connections, counts them and never answers: it stands for an

@@ -12,31 +12,18 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use mesh_integration::{h1_client, start_backend, start_proxy};
 
 async fn scrape(admin: std::net::SocketAddr, accept: Option<&str>) -> (String, String) {
-    let mut client = h1_client::<Empty<Bytes>>(admin).await.unwrap();
-    let mut req = Request::get("/metrics").header("host", "admin");
-    if let Some(accept) = accept {
-        req = req.header("accept", accept);
-    }
-    let rsp = client
-        .send_request(req.body(Empty::new()).unwrap())
+    mesh_integration::scrape_metrics(admin, accept)
         .await
-        .unwrap();
-    assert_eq!(rsp.status(), StatusCode::OK);
-    let content_type = rsp.headers()["content-type"].to_str().unwrap().to_owned();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (content_type, String::from_utf8(body.to_vec()).unwrap())
+        .unwrap()
 }
 
 #[tokio::test]
 async fn metrics_pass_promtool_in_both_formats() {
-    let backend =
-        start_backend(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
-            .await
-            .unwrap();
+    let backend = mesh_integration::hello_backend().await.unwrap();
     let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
     let mut client = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
     for _ in 0..5 {
@@ -181,10 +168,7 @@ async fn grpc_statuses_in_trailers_are_classified() {
 
 #[tokio::test]
 async fn ten_thousand_hosts_leave_the_exposition_small() {
-    let backend =
-        start_backend(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
-            .await
-            .unwrap();
+    let backend = mesh_integration::hello_backend().await.unwrap();
     let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
     let (_, before) = scrape(proxy.admin, None).await;
     let mut h2 = mesh_integration::h2_client::<Empty<Bytes>>(proxy.outbound)

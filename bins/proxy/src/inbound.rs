@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_core::client::{EndpointClient, HttpClient};
-use mesh_core::detect::{self, PrefixedIo, Protocol};
+use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
 use mesh_core::server::{HttpServer, Respond};
@@ -61,12 +61,10 @@ impl Inbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
-            Ok(detected) => detected,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "inbound connection closed during detection");
-                return;
-            }
+        let Some((protocol, prefix)) =
+            crate::detect_protocol(&mut stream, self.detect_timeout, peer, "inbound").await
+        else {
+            return;
         };
         let mut io = PrefixedIo::new(prefix, stream);
         if protocol == Protocol::Opaque {

@@ -229,6 +229,25 @@ impl Proxy {
     }
 }
 
+/// Detects what a client speaks; `None` (logged) when it closed before saying anything.
+async fn detect_protocol<I>(
+    stream: &mut I,
+    timeout: Duration,
+    peer: SocketAddr,
+    side: &'static str,
+) -> Option<(mesh_core::detect::Protocol, bytes::Bytes)>
+where
+    I: tokio::io::AsyncRead + Unpin,
+{
+    match mesh_core::detect::detect(stream, timeout).await {
+        Ok(detected) => Some(detected),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, side, "connection closed during detection");
+            None
+        }
+    }
+}
+
 /// Drops request series unused for `ttl`, checking every half of it (at most every minute).
 fn spawn_idle_series_sweep(metrics: mesh_metrics::http::HttpMetrics, ttl: Duration, drain: Drain) {
     let every = (ttl / 2).min(Duration::from_secs(60));

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use mesh_balance::{Balancer, fixed_endpoints};
 use mesh_core::HttpService;
 use mesh_core::client::{EndpointClient, HttpClient};
-use mesh_core::detect::{self, PrefixedIo, Protocol};
+use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::{Authority, Direction};
 use mesh_core::router::AuthorityRouter;
@@ -98,12 +98,10 @@ impl Outbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (protocol, prefix) = match detect::detect(&mut stream, self.detect_timeout).await {
-            Ok(detected) => detected,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "outbound connection closed during detection");
-                return;
-            }
+        let Some((protocol, prefix)) =
+            crate::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound").await
+        else {
+            return;
         };
         if protocol == Protocol::Opaque {
             tracing::info!(

@@ -6,7 +6,6 @@
     reason = "a test fails loudly on any error"
 )]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -114,6 +113,31 @@ fn free_port() -> SocketAddr {
 
 struct Proxy(Child);
 
+/// Starts the binary on `config` and waits until `/ready` answers 200 on `admin`.
+async fn start(config: &tempfile_path::TempPath, admin: SocketAddr) -> Proxy {
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy = Proxy(child);
+    wait_ready(admin).await;
+    proxy
+}
+
+/// Waits (bounded) for the process to exit; its exit code.
+async fn exit_code(proxy: &mut Proxy) -> Option<i32> {
+    for _ in 0..400 {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            return status.code();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -174,15 +198,7 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0
         "[admin]\nlisten = \"{admin}\"\n[outbound]\nlisten = \"{outbound}\"\n[[outbound.services]]\n\
          authority = \"slow.test:80\"\nendpoints = [\"{backend_addr}\"]\n[runtime]\nthreads = 1\nshutdown_grace = \"20s\"\n"
     ));
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&file.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut proxy = Proxy(child);
-    wait_ready(admin).await;
+    let mut proxy = start(&file, admin).await;
 
     let mut client = TcpStream::connect(outbound).await.unwrap();
     client
@@ -227,17 +243,11 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_connections_and_exits_0
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("finished"), "{answer}");
 
-    let mut status = None;
-    for _ in 0..400 {
-        if let Some(s) = proxy.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let status = status.expect("the proxy did not exit after draining");
-    assert_eq!(status.code(), Some(0));
-    let _ = std::io::stderr().flush();
+    assert_eq!(
+        exit_code(&mut proxy).await,
+        Some(0),
+        "the proxy did not exit 0 after draining"
+    );
 }
 
 async fn admin_request(admin: SocketAddr, method: &str, path: &str, body: &str) -> String {
@@ -261,15 +271,7 @@ async fn admin_changes_the_log_level_and_shuts_down_on_request() {
     let file = write_config(&format!(
         "[admin]\nlisten = \"{admin}\"\nenable_shutdown = true\n[outbound]\nlisten = \"{outbound}\"\n[runtime]\nthreads = 1\n"
     ));
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&file.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut proxy = Proxy(child);
-    wait_ready(admin).await;
+    let mut proxy = start(&file, admin).await;
 
     let got = admin_request(admin, "GET", "/log-level", "").await;
     assert!(
@@ -288,17 +290,9 @@ async fn admin_changes_the_log_level_and_shuts_down_on_request() {
 
     let done = admin_request(admin, "POST", "/shutdown", "").await;
     assert!(done.starts_with("HTTP/1.1 200"), "{done}");
-    let mut status = None;
-    for _ in 0..400 {
-        if let Some(s) = proxy.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     assert_eq!(
-        status.and_then(|s| s.code()),
+        exit_code(&mut proxy).await,
         Some(0),
-        "the proxy did not exit after /shutdown"
+        "the proxy did not exit 0 after /shutdown"
     );
 }
