@@ -9,7 +9,7 @@
 //!
 //! The `mesh-demo` binary (`src/bin/mesh-demo.rs`) runs the whole demo in one
 //! process: the replicas, a `mesh-proxy`, and a load generator that prints what
-//! each replica served.
+//! each replica served, as the proxy's metrics tell it ([`stats`]).
 //!
 //! ```no_run
 //! use mesh_examples::demo::{self, Greeter, GreeterConfig, Replica};

@@ -1,348 +1,334 @@
-//! Per-replica request statistics for the demo's load generator: request rate,
-//! success rate and latency percentiles, rendered as a table.
+//! Per-replica statistics for the demo, read from the proxy's own metrics: requests per
+//! second, share, success rate and latency percentiles, rendered as a table.
 //!
-//! Each outcome is attributed to the replica that produced it: a reply names it
-//! (`HelloReply.replica`); a failure names it in its status message ("replica
-//! greeter-1 is failing"); anything else (for example an error from the proxy
-//! itself) goes to the [`UNATTRIBUTED`] row.
+//! [`Scraper`] reads the proxy's admin `/metrics` and keeps the outbound series of one
+//! workload as a [`Snapshot`]; [`Stats::between`] two snapshots turns the counter deltas into
+//! one row per replica (the `dst_pod` label): requests per second from `response_total`,
+//! success rate from its `classification="success"` share, and p50/p99 from the deltas of
+//! `response_latency_seconds_bucket`, interpolated inside a bucket as Prometheus's
+//! `histogram_quantile` does.
+//!
+//! A series missing from the earlier snapshot counts from zero (the proxy creates a series
+//! on its first use), and so does a counter that went down (a reset).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use tonic::{Code, Status};
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mesh_metrics::exposition::{self, Labels, histogram_quantile};
 
-use crate::pb::HelloReply;
+/// Responses, by status and classification.
+const RESPONSES: &str = "response_total";
+/// The latency histogram's cumulative buckets.
+const LATENCY_BUCKET: &str = "response_latency_seconds_bucket";
+/// How long a scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The row of failures that name no replica.
-pub const UNATTRIBUTED: &str = "(unattributed)";
-
-/// The result of one call, attributed to a replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The replica that answered, or [`UNATTRIBUTED`].
-    pub replica: String,
-    /// The status code: `Ok` for a reply.
-    pub code: Code,
-    /// From sending the request to receiving the whole response.
-    pub latency: Duration,
+/// Reads a proxy's admin `/metrics` over HTTP/1.1, keeping the connection between scrapes.
+#[derive(Debug)]
+pub struct Scraper {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    uri: http::Uri,
+    workload: String,
+    namespace: String,
 }
 
-impl Outcome {
-    /// Attributes the result of a `SayHello` call.
-    pub fn of(result: &Result<HelloReply, Status>, latency: Duration) -> Self {
-        match result {
-            Ok(reply) => Self {
-                replica: reply.replica.clone(),
-                code: Code::Ok,
-                latency,
-            },
-            Err(status) => Self {
-                replica: replica_of(status.message())
-                    .unwrap_or(UNATTRIBUTED)
-                    .to_owned(),
-                code: status.code(),
-                latency,
-            },
-        }
-    }
-}
-
-/// The replica a status message names: the word after "replica ", as in
-/// "replica greeter-1 is failing" or "replica greeter-0: names lookup failed".
-fn replica_of(message: &str) -> Option<&str> {
-    let rest = message.split_once("replica ")?.1;
-    let name = rest
-        .split(|c: char| c.is_whitespace() || c == ':')
-        .next()
-        .filter(|name| !name.is_empty())?;
-    Some(name)
-}
-
-/// A latency histogram with 32 linear buckets per power of two of microseconds:
-/// constant memory, and a percentile within about 3% of the exact value.
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-/// Values below `2^SUB_BITS` µs have a bucket each; above, each power of two has
-/// `2^(SUB_BITS - 1)` buckets.
-const SUB_BITS: u32 = 6;
-
-impl Histogram {
-    /// Records one latency (saturating at about 71 minutes).
-    pub fn record(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .min(u64::from(u32::MAX));
-        let index = bucket(micros);
-        if self.counts.len() <= index {
-            self.counts.resize(index + 1, 0);
-        }
-        self.counts[index] += 1;
-        self.total += 1;
+impl Scraper {
+    /// A scraper of the proxy whose admin server is `admin`, keeping the outbound series of
+    /// the calls to `workload` in `namespace`.
+    pub fn new(admin: SocketAddr, workload: &str, namespace: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            uri: format!("http://{admin}/metrics")
+                .parse()
+                .context("admin address")?,
+            workload: workload.to_owned(),
+            namespace: namespace.to_owned(),
+        })
     }
 
-    /// How many latencies were recorded.
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// The latency at quantile `q` (`0.0..=1.0`, nearest rank), or `None` if empty.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
-        // Nearest rank: the smallest value with at least q * total values at or below it.
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (index, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Duration::from_micros(midpoint(index)));
+    /// Scrapes the proxy now.
+    pub async fn scrape(&self) -> anyhow::Result<Snapshot> {
+        let taken = Instant::now();
+        let text = tokio::time::timeout(SCRAPE_TIMEOUT, async {
+            let response = self
+                .client
+                .get(self.uri.clone())
+                .await
+                .with_context(|| format!("cannot scrape {}", self.uri))?;
+            if !response.status().is_success() {
+                bail!("{} answered {}", self.uri, response.status());
             }
-        }
-        None
-    }
-
-    /// Adds the latencies of `other`.
-    pub fn merge(&mut self, other: &Self) {
-        if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-        }
-        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
-            *mine += theirs;
-        }
-        self.total += other.total;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("reading {}", self.uri))?
+                .to_bytes();
+            anyhow::Ok(String::from_utf8_lossy(&body).into_owned())
+        })
+        .await
+        .map_err(|_| anyhow!("{} took over {SCRAPE_TIMEOUT:?}", self.uri))??;
+        Ok(Snapshot::parse(
+            &text,
+            &self.workload,
+            &self.namespace,
+            taken,
+        ))
     }
 }
 
-fn bucket(micros: u64) -> usize {
-    if micros < 1 << SUB_BITS {
-        return micros as usize;
-    }
-    let shift = (63 - micros.leading_zeros()) - (SUB_BITS - 1);
-    ((shift << (SUB_BITS - 1)) as usize) + (micros >> shift) as usize
+/// The response and latency counters of the outbound calls to one workload, at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    series: BTreeMap<(String, Labels), f64>,
+    taken: Instant,
 }
 
-/// The middle of the bucket at `index`, in microseconds.
-fn midpoint(index: usize) -> u64 {
-    let index = index as u64;
-    if index < 1 << SUB_BITS {
-        return index;
+impl Snapshot {
+    /// The series of a Prometheus text exposition read at `taken` that count outbound calls
+    /// to `workload` in `namespace`.
+    pub fn parse(text: &str, workload: &str, namespace: &str, taken: Instant) -> Self {
+        let series = exposition::parse(text)
+            .into_iter()
+            .filter(|s| {
+                let label = |name: &str| s.labels.get(name).map(String::as_str);
+                (s.name == RESPONSES || s.name == LATENCY_BUCKET)
+                    && label("direction") == Some("outbound")
+                    && label("dst_workload") == Some(workload)
+                    && label("dst_namespace") == Some(namespace)
+            })
+            .map(|s| ((s.name, s.labels), s.value))
+            .collect();
+        Self { series, taken }
     }
-    let shift = (index >> (SUB_BITS - 1)) - 1;
-    let mantissa = index - (shift << (SUB_BITS - 1));
-    (mantissa << shift) + (1 << shift) / 2
 }
 
-/// Counts for one replica.
+/// Counts for one replica over a window.
 #[derive(Debug, Clone, Default)]
 struct Row {
-    requests: u64,
-    successes: u64,
-    latency: Histogram,
+    responses: f64,
+    successes: f64,
+    /// Cumulative latency buckets `(upper bound, count)`, one per series and bound.
+    buckets: Vec<(f64, f64)>,
 }
 
 impl Row {
     fn merge(&mut self, other: &Self) {
-        self.requests += other.requests;
+        self.responses += other.responses;
         self.successes += other.successes;
-        self.latency.merge(&other.latency);
+        self.buckets.extend_from_slice(&other.buckets);
     }
 }
 
-/// Outcomes per replica, and the table they make.
-#[derive(Debug, Clone, Default)]
+/// What each replica served between two snapshots, and the table it makes.
+#[derive(Debug, Clone)]
 pub struct Stats {
     rows: BTreeMap<String, Row>,
+    elapsed: Duration,
 }
 
 impl Stats {
-    /// Empty statistics that always show a row for each of `replicas`, so that a
-    /// replica that serves nothing still appears.
-    pub fn with_replicas<'a>(replicas: impl IntoIterator<Item = &'a str>) -> Self {
-        let rows = replicas
+    /// The counter deltas from `before` to `after`, per replica. Each of `replicas` gets a
+    /// row even if it served nothing.
+    pub fn between<'a>(
+        before: &Snapshot,
+        after: &Snapshot,
+        replicas: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut rows: BTreeMap<String, Row> = replicas
             .into_iter()
             .map(|name| (name.to_owned(), Row::default()))
             .collect();
-        Self { rows }
-    }
-
-    /// Counts one outcome.
-    pub fn record(&mut self, outcome: &Outcome) {
-        let row = self.rows.entry(outcome.replica.clone()).or_default();
-        row.requests += 1;
-        if outcome.code == Code::Ok {
-            row.successes += 1;
+        for (key @ (name, labels), &value) in &after.series {
+            let delta = match before.series.get(key) {
+                Some(&old) if value >= old => value - old,
+                _ => value,
+            };
+            let pod = labels.get("dst_pod").cloned().unwrap_or_default();
+            let row = rows.entry(pod).or_default();
+            if name == RESPONSES {
+                row.responses += delta;
+                if labels.get("classification").map(String::as_str) == Some("success") {
+                    row.successes += delta;
+                }
+            } else if let Some(le) = labels.get("le").and_then(|le| exposition::parse_value(le)) {
+                row.buckets.push((le, delta));
+            }
         }
-        row.latency.record(outcome.latency);
-    }
-
-    /// Forgets the counts, keeping the rows.
-    pub fn clear(&mut self) {
-        for row in self.rows.values_mut() {
-            *row = Row::default();
+        Self {
+            rows,
+            elapsed: after.taken.saturating_duration_since(before.taken),
         }
     }
 
-    /// How many outcomes were counted.
+    /// How many responses were counted.
     pub fn requests(&self) -> u64 {
-        self.rows.values().map(|row| row.requests).sum()
+        self.rows
+            .values()
+            .map(|row| row.responses)
+            .sum::<f64>()
+            .round() as u64
     }
 
-    /// The table of these counts, gathered over `elapsed`: one line per replica
-    /// (the unattributed row only when it has failures), then a total.
-    pub fn table(&self, elapsed: Duration) -> String {
-        let mut total = Row::default();
+    /// How long the window lasted.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// The table: one line per replica, then a total.
+    pub fn table(&self) -> String {
         let mut out = format!(
             "{:<16} {:>8} {:>7} {:>9} {:>9} {:>9}\n",
             "REPLICA", "RPS", "SHARE", "SUCCESS", "P50", "P99"
         );
-        let all = self.requests();
-        for (name, row) in &self.rows {
+        let mut total = Row::default();
+        for row in self.rows.values() {
             total.merge(row);
-            if name == UNATTRIBUTED && row.requests == 0 {
-                continue;
-            }
-            line(&mut out, name, row, all, elapsed);
         }
-        line(&mut out, "TOTAL", &total, all, elapsed);
+        for (name, row) in &self.rows {
+            self.line(&mut out, name, row, total.responses);
+        }
+        self.line(&mut out, "TOTAL", &total, total.responses);
         out
     }
-}
 
-fn line(out: &mut String, name: &str, row: &Row, all: u64, elapsed: Duration) {
-    let secs = elapsed.as_secs_f64().max(f64::EPSILON);
-    let percent = |part: u64, whole: u64| {
-        if whole == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.2}%", 100.0 * part as f64 / whole as f64)
-        }
-    };
-    let millis = |latency: Option<Duration>| {
-        latency.map_or_else(
-            || "-".to_owned(),
-            |latency| format!("{:.1}ms", latency.as_secs_f64() * 1e3),
-        )
-    };
-    let share = if all == 0 {
-        "-".to_owned()
-    } else {
-        format!("{:.1}%", 100.0 * row.requests as f64 / all as f64)
-    };
-    let _ = writeln!(
-        out,
-        "{:<16} {:>8.1} {:>7} {:>9} {:>9} {:>9}",
-        name,
-        row.requests as f64 / secs,
-        share,
-        percent(row.successes, row.requests),
-        millis(row.latency.quantile(0.5)),
-        millis(row.latency.quantile(0.99)),
-    );
+    fn line(&self, out: &mut String, name: &str, row: &Row, all: f64) {
+        let percent = |part: f64, whole: f64, digits: usize| {
+            if whole > 0.0 {
+                format!("{:.digits$}%", 100.0 * part / whole)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let millis = |q: f64| {
+            let seconds = histogram_quantile(q, &row.buckets);
+            if seconds.is_finite() {
+                format!("{:.1}ms", seconds * 1e3)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8.1} {:>7} {:>9} {:>9} {:>9}",
+            name,
+            row.responses / self.elapsed.as_secs_f64().max(f64::EPSILON),
+            percent(row.responses, all, 1),
+            percent(row.successes, row.responses, 2),
+            millis(0.5),
+            millis(0.99),
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use tonic::{Code, Status};
+    use super::{Snapshot, Stats};
 
-    use super::{Histogram, Outcome, Stats, UNATTRIBUTED, bucket, midpoint, replica_of};
-    use crate::pb::HelloReply;
-
-    #[test]
-    fn attributes_failures_by_message() {
-        assert_eq!(
-            replica_of("replica greeter-1 is failing"),
-            Some("greeter-1")
+    /// One outbound response series and its latency buckets, as the proxy exposes them.
+    fn exposition(pod: &str, workload: &str, success: u64, failure: u64, le_2ms: u64) -> String {
+        let labels = format!(
+            "direction=\"outbound\",authority=\"{workload}.demo:50051\",src_workload=\"loadgen\",\
+             src_namespace=\"demo\",dst_service=\"\",dst_namespace=\"demo\",\
+             dst_workload=\"{workload}\",dst_pod=\"{pod}\",tls=\"false\",peer_identity=\"\""
         );
-        assert_eq!(
-            replica_of("replica greeter-0: names lookup failed: x"),
-            Some("greeter-0")
-        );
-        assert_eq!(replica_of("no endpoints"), None);
-        let ms = Duration::from_millis(1);
-        let failing = Outcome::of(&Err(Status::unavailable("replica g-1 is failing")), ms);
-        assert_eq!(
-            (failing.replica.as_str(), failing.code),
-            ("g-1", Code::Unavailable)
-        );
-        let other = Outcome::of(&Err(Status::unavailable("no endpoints")), ms);
-        assert_eq!(other.replica, UNATTRIBUTED);
-        let reply = HelloReply {
-            replica: "g-2".into(),
-            ..HelloReply::default()
-        };
-        assert_eq!(Outcome::of(&Ok(reply), ms).replica, "g-2");
+        let all = success + failure;
+        format!(
+            "# TYPE response counter\n\
+             response_total{{{labels},status_code=\"200\",grpc_status=\"0\",classification=\"success\"}} {success}\n\
+             response_total{{{labels},status_code=\"200\",grpc_status=\"14\",classification=\"failure\"}} {failure}\n\
+             request_total{{{labels}}} {all}\n\
+             response_latency_seconds_bucket{{{labels},le=\"0.001\"}} 0\n\
+             response_latency_seconds_bucket{{{labels},le=\"0.002\"}} {le_2ms}\n\
+             response_latency_seconds_bucket{{{labels},le=\"0.005\"}} {all}\n\
+             response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {all}\n"
+        )
     }
 
     #[test]
-    fn buckets_are_contiguous_and_tight() {
-        let mut previous = 0;
-        for micros in 0..200_000_u64 {
-            let index = bucket(micros);
-            assert!(index == previous || index == previous + 1, "{micros}");
-            previous = index;
-            let mid = midpoint(index);
-            assert!(
-                mid.abs_diff(micros) as f64 <= 0.035 * micros as f64 + 1.0,
-                "{micros} {mid}"
-            );
-        }
-        assert!(bucket(u64::from(u32::MAX)) < 1000);
-    }
-
-    #[test]
-    fn quantiles() {
-        let mut histogram = Histogram::default();
-        assert_eq!(histogram.quantile(0.5), None);
-        for millis in 1..=100 {
-            histogram.record(Duration::from_millis(millis));
-        }
-        let near = |q: f64, millis: f64| {
-            let got = histogram.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
-            (got - millis).abs() <= millis * 0.035
-        };
-        assert!(near(0.5, 50.0));
-        assert!(near(0.99, 99.0));
-        assert!(near(1.0, 100.0));
-    }
-
-    #[test]
-    fn table_has_a_row_per_replica_and_a_total() {
-        let mut stats = Stats::with_replicas(["a", "b"]);
-        let ms = Duration::from_millis(2);
-        stats.record(&Outcome {
-            replica: "a".into(),
-            code: Code::Ok,
-            latency: ms,
-        });
-        stats.record(&Outcome {
-            replica: "a".into(),
-            code: Code::Unavailable,
-            latency: ms,
-        });
-        let table = stats.table(Duration::from_secs(1));
+    fn rows_from_counter_deltas() {
+        let t0 = Instant::now();
+        let before = Snapshot::parse(
+            &(exposition("greeter-0", "greeter", 10, 0, 10) + &exposition("n-0", "names", 5, 0, 5)),
+            "greeter",
+            "demo",
+            t0,
+        );
+        // greeter-0: 90 more successes, 10 more failures, half of them under 2 ms; greeter-1
+        // appears with 100 successes; the names series are not the greeter's.
+        let after = Snapshot::parse(
+            &(exposition("greeter-0", "greeter", 100, 10, 60)
+                + &exposition("greeter-1", "greeter", 100, 0, 0)
+                + &exposition("n-0", "names", 500, 0, 500)),
+            "greeter",
+            "demo",
+            t0 + Duration::from_secs(2),
+        );
+        let stats = Stats::between(&before, &after, ["greeter-0", "greeter-1", "greeter-2"]);
+        assert_eq!(stats.requests(), 200);
+        assert_eq!(stats.elapsed(), Duration::from_secs(2));
+        let table = stats.table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 4, "{table}");
-        assert!(
-            lines[1].starts_with('a') && lines[1].contains("50.00%"),
+        assert_eq!(lines.len(), 5, "{table}");
+        let fields =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_owned).collect() };
+        // 100 in 2 s, half of all, 90% success; p50 at the 2 ms bound (rank 50 of 100, 50
+        // under 2 ms), p99 at 0.002 + 0.003 * 49/50.
+        assert_eq!(
+            fields(lines[1]),
+            ["greeter-0", "50.0", "50.0%", "90.00%", "2.0ms", "4.9ms"],
             "{table}"
         );
-        assert!(
-            lines[2].starts_with('b') && lines[2].contains('-'),
+        // All 100 in (2, 5] ms: p50 half way through.
+        assert_eq!(
+            fields(lines[2]),
+            ["greeter-1", "50.0", "50.0%", "100.00%", "3.5ms", "5.0ms"],
             "{table}"
         );
-        assert!(
-            lines[3].starts_with("TOTAL") && lines[3].contains("2.0"),
+        assert_eq!(
+            fields(lines[3]),
+            ["greeter-2", "0.0", "0.0%", "-", "-", "-"],
             "{table}"
         );
-        stats.clear();
-        assert_eq!(stats.requests(), 0);
+        assert_eq!(
+            fields(lines[4])[..4],
+            ["TOTAL", "100.0", "100.0%", "95.00%"]
+        );
+    }
+
+    #[test]
+    fn a_reset_counts_from_zero_and_nothing_shows_dashes() {
+        let t0 = Instant::now();
+        let before = Snapshot::parse(
+            &exposition("g-0", "greeter", 50, 0, 50),
+            "greeter",
+            "demo",
+            t0,
+        );
+        let after = Snapshot::parse(
+            &exposition("g-0", "greeter", 5, 0, 5),
+            "greeter",
+            "demo",
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(Stats::between(&before, &after, ["g-0"]).requests(), 5);
+        let same = Stats::between(&after, &after, ["g-0"]);
+        assert_eq!(same.requests(), 0);
+        let table = same.table();
+        let total = table.lines().last().unwrap_or_default();
+        assert_eq!(
+            total.split_whitespace().collect::<Vec<_>>(),
+            ["TOTAL", "0.0", "-", "-", "-", "-"]
+        );
     }
 }

@@ -63,9 +63,10 @@ struct ResponseLabels {
     classification: &'static str,
 }
 
-/// The latency buckets, in seconds: 1 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
+/// The latency buckets, in seconds: 100 µs (a proxied call on loopback) to 30 s.
+const LATENCY_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0,
+    3.0, 5.0, 10.0, 30.0,
 ];
 
 fn latency_histogram() -> Histogram {

@@ -10,6 +10,8 @@
 //! - [`Metrics`]: the registry they live in, and its exposition in the format the scraper asks
 //!   for ([`Metrics::encode`]: OpenMetrics text when the `Accept` header names it, Prometheus
 //!   text 0.0.4 otherwise).
+//! - [`exposition`]: the other side, for those who read the metrics (meshctl, the demo):
+//!   Prometheus text parsed into samples, and quantiles from histogram buckets.
 //!
 //! Metric names and what each label means: `deploy/README.md`.
 //!
@@ -27,6 +29,7 @@
 //! assert!(text.contains("demo_requests_total 1"));
 //! ```
 
+pub mod exposition;
 pub mod http;
 pub mod process;
 pub mod tcp;

@@ -48,11 +48,9 @@
 
 mod http;
 mod prom;
-mod quantile;
 mod report;
 mod scrape;
 mod table;
-mod text;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -4,10 +4,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use mesh_metrics::exposition::{self, Labels};
 use serde::Deserialize;
 
 use crate::report::{Direction, LATENCY_BUCKET, Query, Vector};
-use crate::text::{self, Labels};
 
 /// A Prometheus server's query API.
 #[derive(Debug)]
@@ -168,7 +168,7 @@ pub(crate) fn parse_response(status: http::StatusCode, body: &[u8]) -> anyhow::R
     samples
         .into_iter()
         .map(|s| {
-            let value = text::parse_value(&s.value.1)
+            let value = exposition::parse_value(&s.value.1)
                 .ok_or_else(|| anyhow!("bad sample value {:?}", s.value.1))?;
             Ok((s.metric, value))
         })

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::text::Labels;
+use mesh_metrics::exposition::Labels;
+
 use crate::{prom, scrape};
 
 /// Which side of a call the series were recorded on.

@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mesh_metrics::exposition::{self, Labels, Sample, histogram_quantile};
 
-use crate::quantile::histogram_quantile;
 use crate::report::{Direction, LATENCY_BUCKET, Query, Vector};
-use crate::text::{self, Labels, Sample};
 
 /// The Prometheus text format, which the proxy serves unless asked for OpenMetrics.
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
@@ -80,7 +79,7 @@ async fn scrape(authority: &str) -> anyhow::Result<(Vec<Sample>, tokio::time::In
         bail!("http://{authority}/metrics answered {}", fetched.status);
     }
     let text = String::from_utf8_lossy(&fetched.body);
-    let samples = text::parse(&text)
+    let samples = exposition::parse(&text)
         .into_iter()
         .filter(|s| WANTED.contains(&s.name.as_str()))
         .collect();
@@ -149,7 +148,11 @@ impl Rates {
             Query::Quantile { q, by } => {
                 let mut histograms: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
                 for s in of(LATENCY_BUCKET) {
-                    let Some(le) = s.labels.get("le").and_then(|le| text::parse_value(le)) else {
+                    let Some(le) = s
+                        .labels
+                        .get("le")
+                        .and_then(|le| exposition::parse_value(le))
+                    else {
                         continue;
                     };
                     histograms
@@ -172,7 +175,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Vec<Sample> {
-        text::parse(text)
+        exposition::parse(text)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The mesh demo: a gRPC service balanced per request by an in-process
-//! `mesh-proxy`, with a live table of what each replica served.
+//! `mesh-proxy`, with a live table of what each replica served, read from the
+//! proxy's own metrics.
 //!
 //! One process runs everything on ephemeral ports of 127.0.0.1:
 //!
@@ -7,17 +8,22 @@
 //!   UNAVAILABLE and, every 10 s, has a 4 s outage (every call fails); greeter-2,
 //!   25 ms slower than the others;
 //! - 2 `names` replicas, which the greeters call through the mesh to pick a name;
-//! - a `mesh-proxy` whose outbound listener routes `:authority`
-//!   `greeter.demo.svc.cluster.local:50051` and `names.demo.svc.cluster.local:50051`
-//!   to those replicas ([`DEFAULT_CONFIG`]);
+//! - a `mesh-proxy`, the sidecar of workload `loadgen`, whose outbound listener
+//!   routes `:authority` `greeter.demo.svc.cluster.local:50051` and
+//!   `names.demo.svc.cluster.local:50051` to those replicas, each endpoint named by
+//!   its pod ([`DEFAULT_CONFIG`]);
 //! - a load generator: one gRPC client, one HTTP/2 connection to the proxy,
 //!   200 requests/s with at most 8 in flight.
 //!
-//! Every second it prints, per greeter replica (from `HelloReply.replica`, or
-//! for a failure from its status message): requests/s, share of requests,
-//! success rate, p50 and p99 latency as the client sees them. Over one HTTP/2
-//! connection, an L4 balancer would send everything to one replica; the proxy
-//! balances each request across the three.
+//! Every second it scrapes the proxy's admin `/metrics` and prints, per greeter
+//! replica (the `dst_pod` label of the `direction="outbound"` series of workload
+//! `greeter`), from the counter deltas since the last scrape: requests/s
+//! (`response_total`), share of requests, success rate (its
+//! `classification="success"` share), p50 and p99 latency (the deltas of
+//! `response_latency_seconds_bucket`, interpolated inside a bucket as Prometheus's
+//! `histogram_quantile` does, so they are as fine as the buckets: 100 µs, 250 µs,
+//! 500 µs, 1 ms...). Over one HTTP/2 connection, an L4 balancer would send everything
+//! to one replica; the proxy balances each request across the three.
 //!
 //! # Run
 //!
@@ -29,30 +35,26 @@
 //! It runs until Ctrl-C, or for `--duration SECS` (env `DEMO_DURATION`). `--rps`
 //! (`DEMO_RPS`) and `--concurrency` (`DEMO_CONCURRENCY`) shape the load. The
 //! proxy's configuration takes `MESH_*` environment overrides; its admin
-//! port (printed at start) serves `/ready`, `/live` and the effective `/config`.
+//! port (printed at start) serves `/metrics` (what the table is made of), `/ready`,
+//! `/live` and the effective `/config`.
 //! Logs go to stderr (`RUST_LOG`, default `warn`).
 //!
 //! # Expected output
 //!
 //! ```text
-//! mesh-demo: proxy outbound 127.0.0.1:40213, admin 127.0.0.1:38701
-//!   greeter-0 127.0.0.1:35121   greeter-1 127.0.0.1:41955   greeter-2 127.0.0.1:44107
-//!   names-0 127.0.0.1:33813   names-1 127.0.0.1:39287
-//!   200 requests/s, at most 8 in flight, to greeter.demo.svc.cluster.local:50051
-//!
 //! t=5s
 //! REPLICA               RPS   SHARE   SUCCESS       P50       P99
-//! greeter-0            99.0   49.5%   100.00%     0.5ms     0.9ms
-//! greeter-1           101.0   50.5%    98.02%     0.4ms     1.2ms
+//! greeter-0           109.0   54.5%   100.00%     0.2ms     1.0ms
+//! greeter-1            91.0   45.5%    97.80%     0.2ms     0.8ms
 //! greeter-2             0.0    0.0%         -         -         -
-//! TOTAL               200.0  100.0%    99.00%     0.5ms     0.9ms
+//! TOTAL               200.0  100.0%    99.00%     0.2ms     0.8ms
 //!
 //! t=12s
 //! REPLICA               RPS   SHARE   SUCCESS       P50       P99
-//! greeter-0           199.0   99.5%   100.00%     0.5ms     0.8ms
-//! greeter-1             1.0    0.5%     0.00%     0.3ms     0.3ms
-//! greeter-2             0.0    0.0%         -         -         -
-//! TOTAL               200.0  100.0%    99.50%     0.5ms     0.8ms
+//! greeter-0           198.0   99.0%   100.00%     0.2ms     0.5ms
+//! greeter-1             1.0    0.5%     0.00%     0.1ms     0.1ms
+//! greeter-2             1.0    0.5%   100.00%    35.0ms    49.7ms
+//! TOTAL               200.0  100.0%    99.50%     0.2ms     0.5ms
 //! ```
 //!
 //! The numbers vary with the machine. What to look for: the slow replica
@@ -61,7 +63,8 @@
 //! during greeter-1's outage, after 7 failures in a row, the proxy ejects it and
 //! only probes it now and then (one request after 1 s, 2 s, 4 s...), so the
 //! success rate barely moves; a successful probe readmits it. A summary of the
-//! whole run follows at the end.
+//! whole run (the deltas from the first scrape to the last) follows at the end.
+//! On a terminal each table replaces the previous one.
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -77,16 +80,21 @@ use mesh_examples::demo::{
 };
 use mesh_examples::pb::HelloRequest;
 use mesh_examples::pb::greeter_client::GreeterClient;
-use mesh_examples::stats::{Outcome, Stats};
+use mesh_examples::stats::{Scraper, Snapshot, Stats};
 use mesh_proxy::{Config, Proxy};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::Channel;
 
-/// The proxy's configuration: one sidecar whose outbound listener knows the two
-/// services of the demo. The replicas listen on ephemeral ports, so the
-/// `$..._ENDPOINTS` placeholders are replaced with their addresses at start.
+/// The proxy's configuration: one sidecar (of the `loadgen` workload) whose outbound
+/// listener knows the two services of the demo. The replicas listen on ephemeral ports,
+/// so the `$..._ENDPOINTS` placeholders are replaced at start with their addresses, each
+/// named by its pod (the `dst_pod` label of the metrics the table is made of).
 const DEFAULT_CONFIG: &str = r#"
+[workload]
+name = "loadgen"
+namespace = "demo"
+
 [admin]
 listen = "127.0.0.1:0"
 
@@ -95,10 +103,14 @@ listen = "127.0.0.1:0"
 
 [[outbound.services]]
 authority = "greeter.demo.svc.cluster.local:50051"
+workload = "greeter"
+namespace = "demo"
 endpoints = [$GREETER_ENDPOINTS]
 
 [[outbound.services]]
 authority = "names.demo.svc.cluster.local:50051"
+workload = "names"
+namespace = "demo"
 endpoints = [$NAMES_ENDPOINTS]
 "#;
 
@@ -117,10 +129,14 @@ const OUTAGE_LASTING: Duration = Duration::from_secs(4);
 /// The names replicas.
 const NAMES: &[&str] = &["names-0", "names-1"];
 
+/// The workload and namespace of the greeter service, as the proxy's metrics label it.
+const GREETER_WORKLOAD: &str = "greeter";
+const NAMESPACE: &str = "demo";
+
 /// The client's deadline for one call, so that a stuck call cannot stall the load.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often the table is printed.
+/// How often the proxy's metrics are read and the table printed.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The mesh demo: replicas, an in-process mesh-proxy, and a load generator.
@@ -161,13 +177,17 @@ async fn main() -> anyhow::Result<()> {
     for name in NAMES {
         names.push(Replica::spawn_names(Names::new(*name)).await?);
     }
-    let greeter_addrs: Vec<SocketAddr> = greeter_listeners
+    let greeter_pods: Vec<(&str, SocketAddr)> = GREETERS
         .iter()
-        .map(ReplicaListener::addr)
+        .zip(&greeter_listeners)
+        .map(|((name, ..), listener)| (*name, listener.addr()))
         .collect();
-    let names_addrs: Vec<SocketAddr> = names.iter().map(Replica::addr).collect();
+    let names_pods: Vec<(&str, SocketAddr)> = names
+        .iter()
+        .map(|replica| (replica.name(), replica.addr()))
+        .collect();
 
-    let config = Config::from_toml_str(&render_config(&greeter_addrs, &names_addrs))
+    let config = Config::from_toml_str(&render_config(&greeter_pods, &names_pods))
         .context("invalid proxy configuration")?;
     let proxy = Proxy::bind(config)
         .await
@@ -201,13 +221,16 @@ async fn main() -> anyhow::Result<()> {
 
     let client = demo::greeter_client(demo::mesh_channel(outbound, GREETER_AUTHORITY)?);
     let stop = stop_signal(args.duration.map(Duration::from_secs));
-    let (outcomes, reports) = mpsc::channel(1024);
+    let scraper = Scraper::new(admin, GREETER_WORKLOAD, NAMESPACE)?;
+    let (stop_report, report_stopped) = oneshot::channel::<()>();
     let reporter = tokio::spawn(report(
-        reports,
+        scraper,
         greeters.iter().map(|g| g.name().to_owned()).collect(),
+        report_stopped,
     ));
-    generate_load(client, &args, outcomes, stop).await;
-    reporter.await?;
+    generate_load(client, &args, stop).await;
+    let _ = stop_report.send(());
+    let reported = reporter.await.context("the report task panicked")?;
 
     // Stop the proxy first, so that the replicas have no client left.
     let _ = stop_proxy.send(());
@@ -217,15 +240,15 @@ async fn main() -> anyhow::Result<()> {
         stopped = stopped.and(replica.shutdown().await);
     }
     proxied.context("the proxy failed")?;
+    reported.context("cannot read the proxy's metrics")?;
     stopped
 }
 
-/// [`DEFAULT_CONFIG`] with the replicas' addresses.
-fn render_config(greeters: &[SocketAddr], names: &[SocketAddr]) -> String {
-    let list = |addrs: &[SocketAddr]| {
-        addrs
-            .iter()
-            .map(|addr| format!("\"{addr}\""))
+/// [`DEFAULT_CONFIG`] with the replicas' pod names and addresses.
+fn render_config(greeters: &[(&str, SocketAddr)], names: &[(&str, SocketAddr)]) -> String {
+    let list = |pods: &[(&str, SocketAddr)]| {
+        pods.iter()
+            .map(|(pod, addr)| format!("{{ addr = \"{addr}\", pod = \"{pod}\" }}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -266,7 +289,6 @@ async fn stop_signal(duration: Option<Duration>) {
 async fn generate_load(
     client: GreeterClient<Channel>,
     args: &Args,
-    outcomes: mpsc::Sender<Outcome>,
     stop: impl Future<Output = ()>,
 ) {
     let in_flight = Arc::new(Semaphore::new(args.concurrency as usize));
@@ -284,66 +306,67 @@ async fn generate_load(
         };
         let Ok(permit) = permit else { break };
         let mut client = client.clone();
-        let outcomes = outcomes.clone();
         tokio::spawn(async move {
             // An empty name: each greeting also calls the names service through the mesh.
+            // The outcome is the proxy's to count: the table comes from its metrics.
             let mut request = tonic::Request::new(HelloRequest::default());
             request.set_timeout(CALL_TIMEOUT);
-            let started = Instant::now();
-            let result = client
-                .say_hello(request)
-                .await
-                .map(tonic::Response::into_inner);
-            let _ = outcomes.send(Outcome::of(&result, started.elapsed())).await;
+            let _ = client.say_hello(request).await;
             drop(permit);
         });
     }
-    // Every call in flight holds a permit (and a sender): wait for them all.
+    // Every call in flight holds a permit: wait for them all.
     let _ = in_flight.acquire_many(args.concurrency).await;
 }
 
-/// Prints the table of the last second, every second, until every sender is
-/// gone; then a summary of the whole run.
-async fn report(mut outcomes: mpsc::Receiver<Outcome>, replicas: Vec<String>) {
+/// Every second until `stop`, scrapes the proxy's metrics and prints the table of
+/// the last second; then a summary of the whole run. Fails only if the proxy cannot be
+/// scraped at start or at the end; a failed scrape in between is skipped.
+async fn report(
+    scraper: Scraper,
+    replicas: Vec<String>,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let replicas = || replicas.iter().map(String::as_str);
+    let first = scraper.scrape().await?;
     let started = Instant::now();
-    let mut window = Stats::with_replicas(replicas.iter().map(String::as_str));
-    let mut total = window.clone();
-    let mut window_started = started;
+    let mut previous: Snapshot = first.clone();
     let mut ticks = tokio::time::interval_at(started + REPORT_EVERY, REPORT_EVERY);
     let redraw = std::io::stdout().is_terminal();
     let mut printed_lines = 0;
     loop {
-        tokio::select! {
-            outcome = outcomes.recv() => match outcome {
-                Some(outcome) => {
-                    window.record(&outcome);
-                    total.record(&outcome);
-                }
-                None => break,
-            },
-            now = ticks.tick() => {
-                let table = format!(
-                    "\nt={}s\n{}",
-                    (now - started).as_secs(),
-                    window.table(now - window_started)
+        let now = tokio::select! {
+            _ = &mut stop => break,
+            now = ticks.tick() => now,
+        };
+        let snapshot = match scraper.scrape().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot read the proxy's metrics"
                 );
-                let mut stdout = std::io::stdout().lock();
-                if redraw && printed_lines > 0 {
-                    // Move up over the previous table and clear to the end of the screen.
-                    let _ = write!(stdout, "\x1b[{printed_lines}A\r\x1b[J");
-                }
-                let _ = write!(stdout, "{table}");
-                let _ = stdout.flush();
-                printed_lines = table.lines().count();
-                window.clear();
-                window_started = now;
+                continue;
             }
+        };
+        let window = Stats::between(&previous, &snapshot, replicas());
+        previous = snapshot;
+        let table = format!("\nt={}s\n{}", (now - started).as_secs(), window.table());
+        let mut stdout = std::io::stdout().lock();
+        if redraw && printed_lines > 0 {
+            // Move up over the previous table and clear to the end of the screen.
+            let _ = write!(stdout, "\x1b[{printed_lines}A\r\x1b[J");
         }
+        let _ = write!(stdout, "{table}");
+        let _ = stdout.flush();
+        printed_lines = table.lines().count();
     }
+    let total = Stats::between(&first, &scraper.scrape().await?, replicas());
     println!(
         "\nwhole run: {} requests in {:.1}s\n{}",
         total.requests(),
-        started.elapsed().as_secs_f64(),
-        total.table(started.elapsed())
+        total.elapsed().as_secs_f64(),
+        total.table()
     );
+    Ok(())
 }
