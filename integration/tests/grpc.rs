@@ -212,13 +212,10 @@ async fn a_dead_replica_fails_its_calls_cleanly() {
             }
         }
     }
-    // Round robin alone would fail every third call (10). The dead replica fails a call, then
-    // backs off and is stepped over; it is only tried again when a backoff (100 ms, doubling)
-    // runs out.
-    assert!(unavailable >= 1, "the dead replica was never tried");
-    assert!(
-        unavailable < 10,
-        "{unavailable} of 30 calls failed: the dead replica was not stepped over"
-    );
+    // How many calls the dead replica costs depends on the clock (its backoff is time-based),
+    // so this test only asserts that every failure is a clean UNAVAILABLE naming the proxy's
+    // reason and that the live replicas serve; that a failing endpoint is stepped over is
+    // asserted with paused time in mesh-balance's tests.
+    assert!(ok > 0, "no call succeeded through the two live replicas");
     assert_eq!(ok + unavailable, 30);
 }
