@@ -4,6 +4,10 @@
 //! (a lock-free load of the live connection on the hot path; a connect lock only while
 //! (re)connecting). HTTP/1.1 requests use a keep-alive pool per endpoint (hyper-util's pool).
 //! The protocol follows the request: h2 end to end for h2 clients, HTTP/1.1 for HTTP/1.1.
+//!
+//! An endpoint with an identity is reached over mutual TLS when the client has a
+//! [`TlsConnect`] (`HttpClient::with_tls`): the TLS connector verifies that the server proves
+//! exactly that identity, and ALPN says h2 or http/1.1.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::identity::Identity;
+use crate::transport::{Alpn, BoxedIo, TlsConnect};
 use crate::{BoxError, tcp};
 
 /// Settings of the client side, toward endpoints.
@@ -81,6 +87,9 @@ pub struct HttpClient {
     h1: legacy::Client<HttpConnector, Body>,
     h2: Arc<http2::Builder<TokioExecutor>>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_endpoint: usize,
+    tls: Option<Arc<dyn TlsConnect>>,
 }
 
 impl HttpClient {
@@ -106,12 +115,48 @@ impl HttpClient {
             h1,
             h2: Arc::new(h2),
             connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            max_idle_per_endpoint: config.max_idle_per_endpoint,
+            tls: None,
         }
     }
 
-    /// A service that sends requests to `addr`.
+    /// Reaches endpoints that have an identity over mutual TLS made by `tls`.
+    pub fn with_tls(mut self, tls: Arc<dyn TlsConnect>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A service that sends requests to `addr`, in plaintext.
     pub fn endpoint(&self, addr: SocketAddr) -> EndpointClient {
+        self.meshed_endpoint(addr, None)
+    }
+
+    /// A service that sends requests to `addr`, over mutual TLS when `identity` names what the
+    /// endpoint must prove and this client has TLS; in plaintext otherwise.
+    pub fn meshed_endpoint(&self, addr: SocketAddr, identity: Option<&Identity>) -> EndpointClient {
         let authority = Authority::try_from(addr.to_string().as_str()).ok();
+        let tls = match (identity, &self.tls) {
+            (Some(identity), Some(tls)) => Some(TlsTarget {
+                identity: identity.clone(),
+                tls: tls.clone(),
+            }),
+            _ => None,
+        };
+        let h1 = match &tls {
+            None => H1Client::Plain(self.h1.clone()),
+            Some(target) => H1Client::Tls(
+                legacy::Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(self.idle_timeout)
+                    .pool_max_idle_per_host(self.max_idle_per_endpoint)
+                    .build(TlsH1Connector {
+                        addr,
+                        target: target.clone(),
+                        connect_timeout: self.connect_timeout,
+                    }),
+            ),
+        };
         EndpointClient {
             inner: Arc::new(Inner {
                 addr,
@@ -120,8 +165,119 @@ impl HttpClient {
                 connecting: Arc::new(tokio::sync::Mutex::new(())),
                 failure: ArcSwapOption::empty(),
                 client: self.clone(),
+                tls,
+                h1,
             }),
         }
+    }
+}
+
+/// Where TLS goes: the identity to verify and the connector that does it.
+#[derive(Clone, Debug)]
+struct TlsTarget {
+    identity: Identity,
+    tls: Arc<dyn TlsConnect>,
+}
+
+impl TlsTarget {
+    async fn secure(&self, tcp: tokio::net::TcpStream, alpn: Alpn) -> Result<BoxedIo, ProxyError> {
+        self.tls
+            .connect(tcp, &self.identity, alpn)
+            .await
+            .map_err(|e| ProxyError::bad_gateway("tls-handshake", TlsFailed(e)))
+    }
+}
+
+/// The TLS handshake with an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed: {0}")]
+struct TlsFailed(#[source] BoxError);
+
+#[derive(Clone, Debug)]
+enum H1Client {
+    Plain(legacy::Client<HttpConnector, Body>),
+    Tls(legacy::Client<TlsH1Connector, Body>),
+}
+
+/// Connects HTTP/1.1 pool connections to one meshed endpoint over TLS.
+#[derive(Clone, Debug)]
+struct TlsH1Connector {
+    addr: SocketAddr,
+    target: TlsTarget,
+    connect_timeout: Duration,
+}
+
+impl tower::Service<Uri> for TlsH1Connector {
+    type Response = TokioIo<SecuredIo>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tcp::connect(this.addr, this.connect_timeout).await?;
+            let io = this.target.secure(tcp, Alpn::Http1).await?;
+            Ok(TokioIo::new(SecuredIo(io)))
+        })
+    }
+}
+
+/// A TLS stream in hyper-util's pool.
+struct SecuredIo(BoxedIo);
+
+impl std::fmt::Debug for SecuredIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecuredIo")
+    }
+}
+
+impl legacy::connect::Connection for SecuredIo {
+    fn connected(&self) -> legacy::connect::Connected {
+        legacy::connect::Connected::new()
+    }
+}
+
+impl tokio::io::AsyncRead for SecuredIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SecuredIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 
@@ -142,6 +298,8 @@ struct Inner {
     /// The last connect failure, while its backoff runs: requests fail at once meanwhile.
     failure: ArcSwapOption<ConnectFailure>,
     client: HttpClient,
+    tls: Option<TlsTarget>,
+    h1: H1Client,
 }
 
 #[derive(Debug)]
@@ -184,6 +342,11 @@ impl EndpointClient {
     pub fn is_available(&self) -> bool {
         self.inner.backing_off().is_none()
     }
+
+    /// The identity the endpoint proves over mutual TLS, when it is reached that way.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.tls.as_ref().map(|t| &t.identity)
+    }
 }
 
 impl tower::Service<Request<Body>> for EndpointClient {
@@ -224,6 +387,8 @@ impl Inner {
 
     fn record_failure(&self, error: &dyn std::fmt::Display) {
         let consecutive = self.failure.load().as_ref().map_or(0, |f| f.consecutive) + 1;
+        // Once per attempt, and attempts back off: the log cannot flood.
+        tracing::info!(addr = %self.addr, consecutive, %error, "endpoint connect failed; backing off");
         let backoff = CONNECT_BACKOFF_MIN
             .saturating_mul(1 << (consecutive - 1).min(16))
             .min(CONNECT_BACKOFF_MAX);
@@ -269,12 +434,32 @@ impl Inner {
 
     async fn connect_h2(&self) -> Result<Arc<H2Connection>, ProxyError> {
         let result = async {
-            let io = tcp::connect(self.addr, self.client.connect_timeout).await?;
-            self.client
-                .h2
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| ProxyError::bad_gateway("h2-handshake", e))
+            let tcp = tcp::connect(self.addr, self.client.connect_timeout).await?;
+            let h2_failed = |e| ProxyError::bad_gateway("h2-handshake", e);
+            // The connection task is boxed so that plain and TLS connections share one type.
+            let handshake: (_, Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) =
+                match &self.tls {
+                    None => {
+                        let (tx, conn) = self
+                            .client
+                            .h2
+                            .handshake(TokioIo::new(tcp))
+                            .await
+                            .map_err(h2_failed)?;
+                        (tx, Box::pin(conn))
+                    }
+                    Some(target) => {
+                        let io = target.secure(tcp, Alpn::H2).await?;
+                        let (tx, conn) = self
+                            .client
+                            .h2
+                            .handshake(TokioIo::new(io))
+                            .await
+                            .map_err(h2_failed)?;
+                        (tx, Box::pin(conn))
+                    }
+                };
+            Ok(handshake)
         }
         .await;
         let (tx, conn) = match result {
@@ -339,7 +524,11 @@ impl Inner {
         parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::bad_gateway("endpoint-uri", e))?;
         strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, body);
-        match self.client.h1.request(req).await {
+        let sent = match &self.h1 {
+            H1Client::Plain(client) => client.request(req).await,
+            H1Client::Tls(client) => client.request(req).await,
+        };
+        match sent {
             Ok(rsp) => {
                 self.record_success();
                 let (mut parts, body) = rsp.into_parts();

@@ -145,7 +145,7 @@ fn from_config_error(e: config::ConfigError, merged: Option<&config::Config>) ->
     }
 }
 
-/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"1.5s"`.
+/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"365d"`, `"1.5s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -160,9 +160,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         _ => {
             return Err(format!(
-                "{text:?} has no unit (expected ms, s, m or h, e.g. \"10s\")"
+                "{text:?} has no unit (expected ms, s, m, h or d, e.g. \"10s\")"
             ));
         }
     };

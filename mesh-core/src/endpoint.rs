@@ -34,6 +34,8 @@ impl fmt::Display for Direction {
 pub struct EndpointMeta {
     /// Labels such as pod, workload, namespace, zone.
     pub labels: Vec<(String, String)>,
+    /// The identity a meshed endpoint must prove (mutual TLS); `None`: plaintext.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// One concrete address of a logical service, with its metadata.
@@ -60,8 +62,28 @@ impl Endpoint {
     pub fn with_labels(addr: SocketAddr, labels: Vec<(String, String)>) -> Self {
         Self {
             addr,
-            meta: Arc::new(EndpointMeta { labels }),
+            meta: Arc::new(EndpointMeta {
+                labels,
+                identity: None,
+            }),
         }
+    }
+
+    /// An endpoint with these labels that must prove `identity` (or plaintext on `None`).
+    pub fn meshed(
+        addr: SocketAddr,
+        labels: Vec<(String, String)>,
+        identity: Option<crate::identity::Identity>,
+    ) -> Self {
+        Self {
+            addr,
+            meta: Arc::new(EndpointMeta { labels, identity }),
+        }
+    }
+
+    /// The identity the endpoint must prove, when it is meshed.
+    pub fn identity(&self) -> Option<&crate::identity::Identity> {
+        self.meta.identity.as_ref()
     }
 
     /// The value of a metadata label.

@@ -23,6 +23,8 @@ pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
 pub const GRPC_UNAVAILABLE: u16 = 14;
 /// gRPC status code DEADLINE_EXCEEDED.
 pub const GRPC_DEADLINE_EXCEEDED: u16 = 4;
+/// gRPC status code PERMISSION_DENIED.
+pub const GRPC_PERMISSION_DENIED: u16 = 7;
 
 /// What kind of failure an error is, which decides the response status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +35,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request ran out of time (504).
     GatewayTimeout,
+    /// The caller may not call this (403): authorization denied it.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -42,6 +46,7 @@ impl ErrorKind {
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -50,6 +55,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadGateway | ErrorKind::Unavailable => GRPC_UNAVAILABLE,
             ErrorKind::GatewayTimeout => GRPC_DEADLINE_EXCEEDED,
+            ErrorKind::Forbidden => GRPC_PERMISSION_DENIED,
         }
     }
 }
@@ -85,6 +91,11 @@ impl ProxyError {
     /// A 504: out of time.
     pub fn timeout(reason: &'static str, source: impl Into<BoxError>) -> Self {
         Self::new(ErrorKind::GatewayTimeout, reason, source)
+    }
+
+    /// A 403: authorization denied the caller.
+    pub fn forbidden(reason: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Forbidden, reason, source)
     }
 
     /// The classification.

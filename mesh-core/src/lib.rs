@@ -10,6 +10,8 @@
 //!   [`Respond`](server::Respond) layer that answers errors;
 //! - [`router`]: routing by `:authority` / `Host`;
 //! - [`tcp`]: opaque forwarding with half-close;
+//! - [`identity`]: workload identities (SPIFFE) and what a connection proved;
+//! - [`transport`]: the seam where mesh-tls secures a client connection;
 //! - [`drain`]: graceful shutdown;
 //! - [`config`]: file + environment configuration;
 //! - [`Body`] and the erasure aliases [`HttpService`].
@@ -44,9 +46,11 @@ pub mod detect;
 pub mod drain;
 pub mod endpoint;
 pub mod error;
+pub mod identity;
 pub mod router;
 pub mod server;
 pub mod tcp;
+pub mod transport;
 
 pub use body::Body;
 

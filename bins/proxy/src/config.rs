@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mesh_balance::BalancerConfig;
 use mesh_core::client::ClientConfig;
 use mesh_core::config::{self as core_config, ConfigError, Source};
 use mesh_core::endpoint::Authority;
+use mesh_core::identity::Identity;
 use mesh_core::server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// The inbound listener, when the proxy fronts an app.
     pub inbound: Option<InboundConfig>,
+    /// The workload's identity and mutual TLS; without it every hop is plaintext.
+    pub identity: Option<IdentityConfig>,
     /// Threads and shutdown.
     pub runtime: RuntimeConfig,
     /// HTTP server settings of every listener.
@@ -149,12 +152,17 @@ pub struct ServiceConfig {
 pub enum EndpointConfig {
     /// Just the address.
     Addr(SocketAddr),
-    /// The address and the pod behind it.
+    /// The address and what is known of it.
     Named {
         /// Where to connect.
         addr: SocketAddr,
         /// The pod's name, for metrics (`dst_pod`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         pod: String,
+        /// The identity a meshed endpoint proves: reached over mutual TLS, verified to be
+        /// exactly this identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<Identity>,
     },
 }
 
@@ -166,14 +174,30 @@ impl EndpointConfig {
         }
     }
 
+    /// The identity the endpoint proves, when it is meshed.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            EndpointConfig::Addr(_) => None,
+            EndpointConfig::Named { identity, .. } => identity.as_ref(),
+        }
+    }
+
     /// As discovery would name it.
     pub fn endpoint(&self) -> mesh_core::endpoint::Endpoint {
         match self {
             EndpointConfig::Addr(addr) => mesh_core::endpoint::Endpoint::new(*addr),
-            EndpointConfig::Named { addr, pod } => mesh_core::endpoint::Endpoint::with_labels(
-                *addr,
-                vec![("pod".to_owned(), pod.clone())],
-            ),
+            EndpointConfig::Named {
+                addr,
+                pod,
+                identity,
+            } => {
+                let labels = if pod.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![("pod".to_owned(), pod.clone())]
+                };
+                mesh_core::endpoint::Endpoint::meshed(*addr, labels, identity.clone())
+            }
         }
     }
 }
@@ -199,6 +223,107 @@ pub struct InboundConfig {
         with = "mesh_core::config::duration"
     )]
     pub detect_timeout: Duration,
+    /// Who may call the app, unless `ports` says otherwise for the app's port. Default:
+    /// `all-authenticated` when the proxy has an identity, `all-unauthenticated` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// Policies of particular app ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortPolicy>,
+}
+
+/// Who may call a port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Policy {
+    /// `all-authenticated` (any meshed workload, over mutual TLS) or `all-unauthenticated`
+    /// (anyone, plaintext too).
+    Named(NamedPolicy),
+    /// Only these identities, over mutual TLS.
+    Allow(Vec<Identity>),
+}
+
+/// The policies with a name.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedPolicy {
+    /// Mutual TLS from any workload the trust anchors vouch for.
+    AllAuthenticated,
+    /// Anyone, plaintext included.
+    AllUnauthenticated,
+}
+
+/// The policy of one app port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortPolicy {
+    /// The app's port (the connection's original destination port).
+    pub port: u16,
+    /// Who may call it.
+    pub policy: Policy,
+}
+
+/// Where the workload's certificate comes from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// The controller's identity service (a CSR and a token over TLS).
+    Controller,
+    /// Issuer files on disk, no controller: development and tests.
+    Local,
+}
+
+/// The workload's identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`.
+    pub name: Identity,
+    /// A PEM bundle of the roots that vouch for every workload (one or several).
+    pub trust_anchors: PathBuf,
+    /// `controller` (default) or `local`.
+    #[serde(default = "default_identity_mode")]
+    pub mode: IdentityMode,
+    /// The identity service's address (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<SocketAddr>,
+    /// The identity the controller proves (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_identity: Option<Identity>,
+    /// The token that proves our identity to the controller: a projected ServiceAccount
+    /// token in Kubernetes (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The issuer's certificate (local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_cert: Option<PathBuf>,
+    /// The issuer's key (local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_key: Option<PathBuf>,
+    /// The lifetime of leaves the local issuer signs (local mode).
+    #[serde(
+        default = "default_leaf_lifetime",
+        with = "mesh_core::config::duration"
+    )]
+    pub lifetime: Duration,
+    /// How long a call to the identity service may take.
+    #[serde(
+        default = "default_certify_timeout",
+        with = "mesh_core::config::duration"
+    )]
+    pub certify_timeout: Duration,
+}
+
+fn default_identity_mode() -> IdentityMode {
+    IdentityMode::Controller
+}
+
+fn default_leaf_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_certify_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Threads and shutdown.
@@ -235,6 +360,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             outbound: OutboundConfig::default(),
             inbound: None,
+            identity: None,
             runtime: RuntimeConfig::default(),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
@@ -339,6 +465,62 @@ impl Config {
                 client_value(&self.client, field),
                 &message,
             ));
+        }
+        if let Some(identity) = &self.identity {
+            let missing = |key: &str, mode: &str| {
+                invalid(
+                    format!("identity.{key}"),
+                    "(missing)".into(),
+                    &format!("mode = \"{mode}\" needs it"),
+                )
+            };
+            match identity.mode {
+                IdentityMode::Local => {
+                    if identity.issuer_cert.is_none() {
+                        return Err(missing("issuer_cert", "local"));
+                    }
+                    if identity.issuer_key.is_none() {
+                        return Err(missing("issuer_key", "local"));
+                    }
+                }
+                IdentityMode::Controller => {
+                    if identity.controller.is_none() {
+                        return Err(missing("controller", "controller"));
+                    }
+                    if identity.controller_identity.is_none() {
+                        return Err(missing("controller_identity", "controller"));
+                    }
+                    if identity.token_file.is_none() {
+                        return Err(missing("token_file", "controller"));
+                    }
+                }
+            }
+            if identity.lifetime < Duration::from_secs(1) {
+                return Err(invalid(
+                    "identity.lifetime".into(),
+                    core_config::format_duration(identity.lifetime),
+                    "expected at least 1s",
+                ));
+            }
+        }
+        if let Some(inbound) = &self.inbound
+            && self.identity.is_none()
+        {
+            let needs_identity = |p: &Policy| p != &Policy::Named(NamedPolicy::AllUnauthenticated);
+            if let Some(policy) = inbound.policy.as_ref().filter(|p| needs_identity(p)) {
+                return Err(invalid(
+                    "inbound.policy".into(),
+                    format!("{policy:?}"),
+                    "only a proxy with an identity (an [identity] section) can authenticate callers",
+                ));
+            }
+            if let Some(i) = inbound.ports.iter().position(|p| needs_identity(&p.policy)) {
+                return Err(invalid(
+                    format!("inbound.ports[{i}].policy"),
+                    format!("{:?}", inbound.ports[i].policy),
+                    "only a proxy with an identity (an [identity] section) can authenticate callers",
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for (i, svc) in self.outbound.services.iter().enumerate() {

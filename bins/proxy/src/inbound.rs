@@ -1,36 +1,108 @@
 //! The inbound stack: other services' calls, forwarded to the local app.
+//!
+//! ```text
+//! accept -> peek the ClientHello (bounded bytes and time)
+//!   SNI = our identity -> terminate mTLS (client certificate required) -> caller's identity
+//!   another SNI        -> the app's own TLS: opaque bytes
+//!   no TLS             -> plaintext
+//! -> authorize (the app port's policy) -> denied: HTTP 403 / gRPC PERMISSION_DENIED, or close
+//! -> detect HTTP -> metrics (labelled with the caller) -> the app; opaque: TCP forward
+//! ```
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
 use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
+use mesh_core::error::ProxyError;
+use mesh_core::identity::PeerTls;
 use mesh_core::server::{HttpServer, Respond};
-use mesh_core::tcp;
-use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
+use mesh_core::{Body, BoxError, tcp};
+use mesh_metrics::http::{HttpMetrics, RequestLabels};
+use mesh_tls::accept::{Accepted, accept};
+use mesh_tls::local::LocalIdentity;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tower::ServiceBuilder;
+use tower::Layer;
 
 use crate::Config;
-use crate::config::InboundConfig;
+use crate::config::{InboundConfig, NamedPolicy, Policy};
 
 /// The inbound stack, shared by every inbound connection.
 #[derive(Clone, Debug)]
 pub struct Inbound {
-    stack: Respond<RequestMetrics<EndpointClient>>,
+    app: EndpointClient,
+    app_addr: SocketAddr,
     server: HttpServer,
-    app: SocketAddr,
     detect_timeout: Duration,
     connect_timeout: Duration,
+    identity: Option<LocalIdentity>,
+    policy: Arc<Policy>,
+    metrics: HttpMetrics,
+    count_requests: bool,
+    labels: RequestLabels,
+    counters: InboundCounters,
+}
+
+/// Counters of refused inbound connections and requests.
+#[derive(Clone, Debug, Default)]
+pub struct InboundCounters {
+    denied: Family<DenyLabels, Counter>,
+    tls_failures: Family<TlsFailureLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenyLabels {
+    /// `http` or `tcp`.
+    protocol: &'static str,
+    /// `true` (mTLS), `false` (plaintext) or `passthrough`.
+    tls: &'static str,
+    /// The app port whose policy refused.
+    port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsFailureLabels {
+    reason: &'static str,
+}
+
+impl InboundCounters {
+    /// Registers `inbound_authz_denied_total` and `inbound_tls_handshake_failures_total`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let counters = Self::default();
+        registry.register(
+            "inbound_authz_denied",
+            "Inbound connections (tcp) and requests (http) that the port's policy refused",
+            counters.denied.clone(),
+        );
+        registry.register(
+            "inbound_tls_handshake_failures",
+            "Inbound mutual TLS handshakes that failed (bad or missing client certificate, ...)",
+            counters.tls_failures.clone(),
+        );
+        counters
+    }
 }
 
 impl Inbound {
     /// Builds the stack in front of `inbound.app`.
-    pub fn new(inbound: &InboundConfig, config: &Config, metrics: &HttpMetrics) -> Self {
-        let client = HttpClient::new(&config.client);
-        // Until mTLS names the caller, inbound requests come from an unknown source.
+    pub fn new(
+        inbound: &InboundConfig,
+        config: &Config,
+        client: &HttpClient,
+        metrics: &HttpMetrics,
+        identity: Option<LocalIdentity>,
+        counters: InboundCounters,
+    ) -> Self {
         let labels = RequestLabels {
             direction: Direction::Inbound.as_str().to_owned(),
             authority: inbound.app.to_string(),
@@ -40,35 +112,125 @@ impl Inbound {
             tls: "false".to_owned(),
             ..RequestLabels::default()
         };
-        let app = ServiceBuilder::new()
-            .layer(if config.metrics.requests {
-                metrics.layer(labels)
-            } else {
-                HttpMetrics::disabled()
-            })
-            .service(client.endpoint(inbound.app));
+        let default_policy =
+            inbound
+                .policy
+                .clone()
+                .unwrap_or(Policy::Named(if identity.is_some() {
+                    NamedPolicy::AllAuthenticated
+                } else {
+                    NamedPolicy::AllUnauthenticated
+                }));
+        // Today the inbound side fronts one app port; its policy is the port's own, if any.
+        let policy = inbound
+            .ports
+            .iter()
+            .find(|p| p.port == inbound.app.port())
+            .map_or(default_policy, |p| p.policy.clone());
         Self {
-            stack: Respond::new(app),
+            app: client.endpoint(inbound.app),
+            app_addr: inbound.app,
             server: HttpServer::new(&config.server),
-            app: inbound.app,
             detect_timeout: inbound.detect_timeout,
             connect_timeout: config.client.connect_timeout,
+            identity,
+            policy: Arc::new(policy),
+            metrics: metrics.clone(),
+            count_requests: config.metrics.requests,
+            labels,
+            counters,
         }
     }
 
-    /// Serves one accepted connection: HTTP through the stack, anything else as bytes.
-    pub async fn serve<I>(self, mut stream: I, peer: SocketAddr, drain: Drain)
+    /// Serves one accepted connection.
+    pub async fn serve<I>(self, stream: I, peer: SocketAddr, drain: Drain)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some((protocol, prefix)) =
-            crate::detect_protocol(&mut stream, self.detect_timeout, peer, "inbound").await
-        else {
-            return;
+        let Some(identity) = self.identity.clone() else {
+            let io = PrefixedIo::new(Bytes::new(), stream);
+            return self
+                .serve_authenticated(io, PeerTls::Plaintext, peer, drain)
+                .await;
         };
-        let mut io = PrefixedIo::new(prefix, stream);
+        match accept(stream, &identity, self.detect_timeout).await {
+            Ok(Accepted::Terminated { io, peer: client }) => {
+                self.serve_authenticated(io, PeerTls::Authenticated(client), peer, drain)
+                    .await
+            }
+            Ok(Accepted::Passthrough { io, sni }) => {
+                tracing::debug!(%peer, ?sni, "TLS for another name: passed through");
+                self.serve_authenticated(io, PeerTls::Passthrough, peer, drain)
+                    .await
+            }
+            Ok(Accepted::Plaintext(io)) => {
+                self.serve_authenticated(io, PeerTls::Plaintext, peer, drain)
+                    .await
+            }
+            Err(e) => {
+                let reason = match &e {
+                    mesh_tls::accept::AcceptError::Read(_) => "read",
+                    mesh_tls::accept::AcceptError::Handshake(_) => "handshake",
+                    mesh_tls::accept::AcceptError::NoIdentity(_) => "no-identity",
+                };
+                if reason != "read" {
+                    self.counters
+                        .tls_failures
+                        .get_or_create(&TlsFailureLabels { reason })
+                        .inc();
+                }
+                tracing::info!(%peer, error = %e, "inbound connection refused");
+            }
+        }
+    }
+
+    /// Why `tls` may not call the app, if it may not.
+    fn denial(&self, tls: &PeerTls) -> Option<String> {
+        let port = self.app_addr.port();
+        match (&*self.policy, tls) {
+            (Policy::Named(NamedPolicy::AllUnauthenticated), _) => None,
+            (_, PeerTls::Plaintext) => Some(format!(
+                "plaintext on port {port}, whose policy requires mutual TLS"
+            )),
+            (_, PeerTls::Passthrough) => Some(format!(
+                "TLS not terminated by the mesh on port {port}, whose policy requires mutual TLS"
+            )),
+            (Policy::Named(NamedPolicy::AllAuthenticated), PeerTls::Authenticated(_)) => None,
+            (Policy::Allow(allowed), PeerTls::Authenticated(id)) => (!allowed.contains(id))
+                .then(|| format!("{id} is not on the allow list of port {port}")),
+        }
+    }
+
+    async fn serve_authenticated<I>(self, mut io: I, tls: PeerTls, peer: SocketAddr, drain: Drain)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let denial = self.denial(&tls);
+        let port = self.app_addr.port();
+        // TLS that is not ours is opaque by definition: no HTTP detection inside it.
+        let (protocol, prefix) = if tls == PeerTls::Passthrough {
+            (Protocol::Opaque, Bytes::new())
+        } else {
+            match crate::detect_protocol(&mut io, self.detect_timeout, peer, "inbound").await {
+                Some(detected) => detected,
+                None => return,
+            }
+        };
+        let mut io = PrefixedIo::new(prefix, io);
         if protocol == Protocol::Opaque {
-            let mut app = match tcp::connect(self.app, self.connect_timeout).await {
+            if let Some(why) = denial {
+                self.counters
+                    .denied
+                    .get_or_create(&DenyLabels {
+                        protocol: "tcp",
+                        tls: tls.label(),
+                        port,
+                    })
+                    .inc();
+                tracing::warn!(%peer, client = ?tls.identity().map(|i| i.uri()), "inbound connection denied: {why}");
+                return;
+            }
+            let mut app = match tcp::connect(self.app_addr, self.connect_timeout).await {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "inbound opaque connection: app unreachable");
@@ -80,8 +242,105 @@ impl Inbound {
             }
             return;
         }
-        if let Err(e) = self.server.serve(io, protocol, self.stack, &drain).await {
+        let served = match denial {
+            Some(why) => {
+                tracing::warn!(%peer, client = ?tls.identity().map(|i| i.uri()), "inbound requests denied: {why}");
+                let deny = Deny {
+                    why: Arc::from(why),
+                    counter: self
+                        .counters
+                        .denied
+                        .get_or_create(&DenyLabels {
+                            protocol: "http",
+                            tls: tls.label(),
+                            port,
+                        })
+                        .clone(),
+                };
+                self.server
+                    .serve(io, protocol, Respond::new(deny), &drain)
+                    .await
+            }
+            None => {
+                let mut labels = self.labels.clone();
+                labels.tls = tls.label().to_owned();
+                if let Some(id) = tls.identity() {
+                    labels.peer_identity = id.uri().to_owned();
+                }
+                let metrics = if self.count_requests {
+                    self.metrics.layer(labels)
+                } else {
+                    HttpMetrics::disabled()
+                };
+                let app = WithPeer {
+                    inner: metrics.layer(self.app.clone()),
+                    peer: tls.identity().map(|_| tls.clone()),
+                };
+                self.server
+                    .serve(io, protocol, Respond::new(app), &drain)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::debug!(%peer, error = %e, "inbound connection ended with an error");
         }
+    }
+}
+
+/// Puts the caller's identity in each request's extensions, for the layers and apps after it.
+#[derive(Clone, Debug)]
+struct WithPeer<S> {
+    inner: S,
+    peer: Option<PeerTls>,
+}
+
+impl<S> tower::Service<Request<Body>> for WithPeer<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> S::Future {
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Answers every request of a denied connection with 403 (gRPC: PERMISSION_DENIED).
+#[derive(Clone, Debug)]
+struct Deny {
+    why: Arc<str>,
+    counter: Counter,
+}
+
+/// Authorization refused the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unauthorized(Arc<str>);
+
+impl tower::Service<Request<Body>> for Deny {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        self.counter.inc();
+        std::future::ready(Err(ProxyError::forbidden(
+            "unauthorized",
+            Unauthorized(self.why.clone()),
+        )
+        .into()))
     }
 }

@@ -10,11 +10,17 @@
 //! ```text
 //! outbound: accept -> detect (HTTP/1 | HTTP/2 | opaque: closed with a logged reason)
 //!           -> hyper server -> Respond (errors -> 502/503/504 or grpc-status)
-//!           -> AuthorityRouter (:authority / Host) -> [HttpService] -> Balancer (P2C, peak-EWMA) -> EndpointClient
-//! inbound:  accept -> detect -> HTTP: hyper server -> Respond -> EndpointClient(app)
-//!                            -> opaque: TCP forward to the app
-//! opaque:   accept -> round robin per connection -> TCP forward, half-close preserved
+//!           -> AuthorityRouter (:authority / Host) -> [HttpService] -> Balancer (P2C, peak-EWMA)
+//!           -> EndpointClient (mTLS verifying the endpoint's identity, when it has one)
+//! inbound:  accept -> peek ClientHello: our SNI -> mTLS (caller's identity) | other SNI | plaintext
+//!           -> authorize (port policy) -> detect -> HTTP: hyper server -> Respond -> metrics -> app
+//!                                               -> opaque: TCP forward to the app
+//! opaque:   accept -> round robin per connection -> (mTLS) -> TCP forward, half-close preserved
 //! ```
+//!
+//! With an `[identity]` section the proxy makes its key in memory, sends a CSR (to the
+//! controller, or to a local issuer in `local` mode), is not `/ready` until it holds a
+//! certificate, and renews it in the background (mesh-tls).
 //!
 //! # Example
 //!
@@ -63,6 +69,10 @@ pub struct Proxy {
     inbound: Option<TcpListener>,
     opaque: Vec<(TcpListener, config::ServiceConfig)>,
     log: Option<Arc<admin::LogControl>>,
+    identity: Option<(
+        mesh_tls::local::LocalIdentity,
+        Arc<dyn mesh_tls::local::Certify>,
+    )>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -86,6 +96,10 @@ impl Proxy {
             Some(inbound) => Some(bind(inbound.listen, "inbound.listen").await?),
             None => None,
         };
+        let identity = match &config.identity {
+            Some(c) => Some(identity(c)?),
+            None => None,
+        };
         let mut opaque = Vec::new();
         for svc in config.outbound.services.iter().filter(|s| s.opaque) {
             if let Some(listen) = svc.listen {
@@ -99,6 +113,7 @@ impl Proxy {
             inbound,
             opaque,
             log: None,
+            identity,
         })
     }
 
@@ -154,7 +169,21 @@ impl Proxy {
             config.metrics.idle_series_ttl,
             drain.clone(),
         );
-        let outbound = outbound::Outbound::new(&config, &http_metrics)?;
+        let mut client = mesh_core::client::HttpClient::new(&config.client);
+        let mut tls = None;
+        let identity = match self.identity {
+            Some((identity, ca)) => {
+                let metrics = mesh_tls::metrics::IdentityMetrics::register(registry.registry_mut());
+                tokio::spawn(identity.clone().renew_forever(ca, metrics));
+                let connector = mesh_tls::connect::connector(&identity);
+                client = client.with_tls(connector.clone());
+                tls = Some(connector);
+                Some(identity)
+            }
+            None => None,
+        };
+        let inbound_counters = inbound::InboundCounters::register(registry.registry_mut());
+        let outbound = outbound::Outbound::new(&config, &client, &http_metrics)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
         spawn_accept(
             self.outbound,
@@ -164,7 +193,14 @@ impl Proxy {
             move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
         );
         if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
-            let inbound = inbound::Inbound::new(inbound_config, &config, &http_metrics);
+            let inbound = inbound::Inbound::new(
+                inbound_config,
+                &config,
+                &client,
+                &http_metrics,
+                identity.clone(),
+                inbound_counters,
+            );
             spawn_accept(
                 listener,
                 drain.clone(),
@@ -174,7 +210,8 @@ impl Proxy {
             );
         }
         for (listener, svc) in self.opaque {
-            let forward = opaque::OpaqueService::new(&svc, config.client.connect_timeout)?;
+            let forward =
+                opaque::OpaqueService::new(&svc, config.client.connect_timeout, tls.clone())?;
             let listener_metrics = tcp_metrics.listener("outbound", &svc.authority);
             spawn_accept(
                 listener,
@@ -203,8 +240,26 @@ impl Proxy {
             move |stream, peer, drain| admin.clone().serve(stream, peer, drain),
         );
 
-        ready.store(true, Ordering::Release);
-        tracing::info!("proxy ready");
+        match identity {
+            None => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("proxy ready");
+            }
+            // Not ready until the certificate arrives: peers could not handshake before.
+            Some(identity) => {
+                let ready = ready.clone();
+                let drain = drain.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = identity.ready() => {
+                            ready.store(true, Ordering::Release);
+                            tracing::info!(identity = %identity.name(), "proxy ready: certificate in hand");
+                        }
+                        _ = drain.signaled() => {}
+                    }
+                });
+            }
+        }
         match shutdown_requested {
             Some(requested) => {
                 tokio::select! {
@@ -227,6 +282,46 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// The workload's identity and what certifies it, as configured.
+fn identity(
+    c: &config::IdentityConfig,
+) -> anyhow::Result<(
+    mesh_tls::local::LocalIdentity,
+    Arc<dyn mesh_tls::local::Certify>,
+)> {
+    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&c.trust_anchors)
+        .context("identity.trust_anchors")?;
+    let ca: Arc<dyn mesh_tls::local::Certify> = match c.mode {
+        config::IdentityMode::Local => {
+            let (Some(cert), Some(key)) = (&c.issuer_cert, &c.issuer_key) else {
+                anyhow::bail!("identity: local mode needs issuer_cert and issuer_key");
+            };
+            mesh_tls::local::local_ca(cert, key, c.lifetime).context("identity.issuer_cert")?
+        }
+        config::IdentityMode::Controller => {
+            let (Some(addr), Some(controller), Some(token)) =
+                (c.controller, &c.controller_identity, &c.token_file)
+            else {
+                anyhow::bail!(
+                    "identity: controller mode needs controller, controller_identity and token_file"
+                );
+            };
+            Arc::new(
+                mesh_tls::api::ControllerClient::new(
+                    addr,
+                    controller,
+                    &trust,
+                    token.clone(),
+                    c.certify_timeout,
+                )
+                .context("identity.controller")?,
+            )
+        }
+    };
+    let identity = mesh_tls::local::LocalIdentity::new(c.name.clone(), trust)?;
+    Ok((identity, ca))
 }
 
 /// Detects what a client speaks; `None` (logged) when it closed before saying anything.

@@ -1,12 +1,15 @@
 //! Opaque TCP services: connections balanced round robin over the endpoints, bytes copied
-//! both ways with half-close.
+//! both ways with half-close. A meshed endpoint (one with an identity) is reached over mutual
+//! TLS, like HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use mesh_core::identity::Identity;
 use mesh_core::tcp;
+use mesh_core::transport::{Alpn, BoxedIo, TlsConnect};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ServiceConfig;
@@ -15,14 +18,19 @@ use crate::config::ServiceConfig;
 #[derive(Clone, Debug)]
 pub struct OpaqueService {
     authority: Arc<str>,
-    endpoints: Arc<[SocketAddr]>,
+    endpoints: Arc<[(SocketAddr, Option<Identity>)]>,
     next: Arc<AtomicUsize>,
     connect_timeout: Duration,
+    tls: Option<Arc<dyn TlsConnect>>,
 }
 
 impl OpaqueService {
     /// A forwarder over the service's endpoints.
-    pub fn new(svc: &ServiceConfig, connect_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        svc: &ServiceConfig,
+        connect_timeout: Duration,
+        tls: Option<Arc<dyn TlsConnect>>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !svc.endpoints.is_empty(),
             "service {:?} has no endpoints",
@@ -30,10 +38,27 @@ impl OpaqueService {
         );
         Ok(Self {
             authority: svc.authority.as_str().into(),
-            endpoints: svc.endpoints.iter().map(|e| e.addr()).collect(),
+            endpoints: svc
+                .endpoints
+                .iter()
+                .map(|e| (e.addr(), e.identity().cloned()))
+                .collect(),
             next: Arc::new(AtomicUsize::new(0)),
             connect_timeout,
+            tls,
         })
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&Identity>,
+    ) -> Result<BoxedIo, mesh_core::BoxError> {
+        let tcp = tcp::connect(addr, self.connect_timeout).await?;
+        match (identity, &self.tls) {
+            (Some(identity), Some(tls)) => tls.connect(tcp, identity, Alpn::None).await,
+            _ => Ok(Box::new(tcp)),
+        }
     }
 
     /// Forwards one connection; an endpoint that refuses is skipped for the next one in turn.
@@ -44,8 +69,8 @@ impl OpaqueService {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut upstream = None;
         for i in 0..self.endpoints.len() {
-            let addr = self.endpoints[(start + i) % self.endpoints.len()];
-            match tcp::connect(addr, self.connect_timeout).await {
+            let (addr, identity) = &self.endpoints[(start + i) % self.endpoints.len()];
+            match self.connect(*addr, identity.as_ref()).await {
                 Ok(s) => {
                     upstream = Some(s);
                     break;

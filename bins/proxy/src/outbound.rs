@@ -32,8 +32,11 @@ pub struct Outbound {
 
 impl Outbound {
     /// Builds the stack for the configured HTTP services.
-    pub fn new(config: &Config, metrics: &HttpMetrics) -> anyhow::Result<Self> {
-        let client = HttpClient::new(&config.client);
+    pub fn new(
+        config: &Config,
+        client: &HttpClient,
+        metrics: &HttpMetrics,
+    ) -> anyhow::Result<Self> {
         let mut routes = Vec::new();
         let mut balancers = Vec::new();
         for svc in config.outbound.services.iter().filter(|s| !s.opaque) {
@@ -63,13 +66,19 @@ impl Outbound {
                         Some(pod) => pod.to_owned(),
                         None => endpoint.addr.to_string(),
                     };
+                    let endpoint_client =
+                        client.meshed_endpoint(endpoint.addr, endpoint.identity());
+                    if let Some(identity) = endpoint_client.identity() {
+                        labels.tls = "true".to_owned();
+                        labels.peer_identity = identity.uri().to_owned();
+                    }
                     ServiceBuilder::new()
                         .layer(if requests_metrics {
                             metrics.layer(labels.clone())
                         } else {
                             HttpMetrics::disabled()
                         })
-                        .service(client.endpoint(endpoint.addr))
+                        .service(endpoint_client)
                 },
             );
             balancers.push((authority.to_string(), balancer.clone()));

@@ -1,0 +1,180 @@
+//! `mesh-controller run --config FILE`: the identity service.
+//! `mesh-controller bootstrap --out DIR`: a new install's trust anchor and issuer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use mesh_controller::{Config, Controller};
+
+/// The mesh's control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the identity service.
+    Run {
+        /// The TOML configuration file; every key can also be set as `MESH_SECTION__KEY`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create a trust anchor and an issuer for a new install, and print when they expire.
+    Bootstrap {
+        /// Where to write `ca.crt` (the trust anchor), `issuer.crt` and `issuer.key`.
+        #[arg(long)]
+        out: PathBuf,
+        /// The trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long the trust anchor lives.
+        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        anchor_lifetime: Duration,
+        /// How long the issuer lives (rotate it before: cert-manager does).
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        issuer_lifetime: Duration,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    mesh_core::config::parse_duration(text)
+}
+
+/// Exit code for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    match Args::parse().command {
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("mesh-controller: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bootstrap {
+            out,
+            trust_domain,
+            anchor_lifetime,
+            issuer_lifetime,
+            force,
+        } => match bootstrap(&out, &trust_domain, anchor_lifetime, issuer_lifetime, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-controller: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let controller = Controller::bind(config).await?;
+        controller
+            .run(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    })
+}
+
+fn bootstrap(
+    out: &std::path::Path,
+    trust_domain: &str,
+    anchor_lifetime: Duration,
+    issuer_lifetime: Duration,
+    force: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let made = mesh_tls::ca::bootstrap(
+        trust_domain,
+        anchor_lifetime,
+        issuer_lifetime,
+        SystemTime::now(),
+    )?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, text) in [
+        ("ca.crt", &made.anchor_pem),
+        ("issuer.crt", &made.issuer_cert_pem),
+        ("issuer.key", &made.issuer_key_pem),
+    ] {
+        let path = out.join(name);
+        anyhow::ensure!(
+            force || !path.exists(),
+            "{} exists (use --force to overwrite)",
+            path.display()
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    restrict(&out.join("issuer.key"))?;
+    let date = |t: SystemTime| {
+        let secs = mesh_tls::cert::unix_seconds(t);
+        let days = secs / 86400;
+        format!(
+            "{} (unix {secs}, {} days from now)",
+            civil(days),
+            days.saturating_sub(mesh_tls::cert::unix_seconds(SystemTime::now()) / 86400)
+        )
+    };
+    println!(
+        "trust anchor  {}  expires {}",
+        out.join("ca.crt").display(),
+        date(made.anchor_valid_until)
+    );
+    println!(
+        "issuer        {}  expires {}",
+        out.join("issuer.crt").display(),
+        date(made.issuer_valid_until)
+    );
+    println!("issuer key    {}", out.join("issuer.key").display());
+    Ok(())
+}
+
+/// The key is a secret: owner-only.
+fn restrict(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// `YYYY-MM-DD` of a day number since the Unix epoch (Howard Hinnant's civil_from_days).
+fn civil(days: u64) -> String {
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}

@@ -1,0 +1,137 @@
+//! The identity service's API (`mesh.identity.v1.Identity/Certify`) and its client.
+//!
+//! The client speaks gRPC over TLS to the controller, verifying that the controller proves
+//! its configured identity against the trust anchors. The proxy has no certificate yet when it
+//! first calls, so it proves itself with a token instead: a projected ServiceAccount token in
+//! Kubernetes, read anew for every call because the kubelet rotates it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::rt::TokioIo;
+use mesh_core::identity::Identity;
+use mesh_core::transport::Alpn;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+use crate::TlsError;
+use crate::ca::Issued;
+use crate::cert::TrustAnchors;
+use crate::local::{ALPN_H2, Certify};
+
+/// Generated gRPC code.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("mesh.identity.v1");
+}
+
+/// Certifies through the controller's identity service.
+#[derive(Debug)]
+pub struct ControllerClient {
+    client: proto::identity_client::IdentityClient<tonic::transport::Channel>,
+    token_file: PathBuf,
+}
+
+impl ControllerClient {
+    /// A client of the controller at `addr`, which must prove `controller` (verified against
+    /// `trust`), sending the token read from `token_file`. Connects lazily.
+    pub fn new(
+        addr: SocketAddr,
+        controller: &Identity,
+        trust: &TrustAnchors,
+        token_file: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(trust.store())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from(controller.dns_name().to_owned())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            let name = name.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }));
+        let _ = Alpn::H2;
+        Ok(Self {
+            client: proto::identity_client::IdentityClient::new(channel),
+            token_file,
+        })
+    }
+}
+
+impl Certify for ControllerClient {
+    fn certify<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<Issued, TlsError>> + Send + 'a>> {
+        Box::pin(async move {
+            let token = std::fs::read(&self.token_file).map_err(|e| {
+                TlsError::Certify(format!(
+                    "cannot read the token {}: {e}",
+                    self.token_file.display()
+                ))
+            })?;
+            let request = proto::CertifyRequest {
+                identity: identity.uri().to_owned(),
+                token: trim_ascii(token),
+                certificate_signing_request: csr.to_vec(),
+            };
+            let response = self
+                .client
+                .clone()
+                .certify(request)
+                .await
+                .map_err(|status| {
+                    TlsError::Certify(format!(
+                        "the identity service answered {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ))
+                })?
+                .into_inner();
+            let mut chain = vec![CertificateDer::from(response.leaf_certificate)];
+            chain.extend(
+                response
+                    .intermediate_certificates
+                    .into_iter()
+                    .map(CertificateDer::from),
+            );
+            let valid_until = UNIX_EPOCH
+                + Duration::from_secs(
+                    u64::try_from(response.valid_until_unix_seconds).unwrap_or(0),
+                );
+            if valid_until <= SystemTime::now() {
+                return Err(TlsError::Certify(
+                    "the identity service sent an expired certificate".into(),
+                ));
+            }
+            Ok(Issued { chain, valid_until })
+        })
+    }
+}
+
+/// Tokens in files often end with a newline.
+fn trim_ascii(mut token: Vec<u8>) -> Vec<u8> {
+    while token.last().is_some_and(u8::is_ascii_whitespace) {
+        token.pop();
+    }
+    token
+}
