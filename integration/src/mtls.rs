@@ -244,6 +244,16 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
+    /// Every line containing `needle`, as they are now.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The lines containing every one of `needles`, waiting up to 5 s for one to appear.
     pub async fn wait_for(&self, needles: &[&str]) -> Option<String> {
         for _ in 0..100 {

@@ -16,12 +16,23 @@ use crate::local::LocalIdentity;
 #[derive(Clone, Debug)]
 pub struct MeshConnector {
     identity: LocalIdentity,
+    resume: bool,
 }
 
 impl MeshConnector {
-    /// Connects as `identity`.
+    /// Connects as `identity`, resuming TLS sessions where the server allows.
     pub fn new(identity: LocalIdentity) -> Self {
-        Self { identity }
+        Self {
+            identity,
+            resume: true,
+        }
+    }
+
+    /// Makes every handshake a full one (no session resumption): each one verifies the
+    /// certificate the server holds now. For probes and benchmarks; the data path resumes.
+    pub fn full_handshakes(mut self) -> Self {
+        self.resume = false;
+        self
     }
 
     /// Handshakes over `tcp` with a server that must be `server`.
@@ -33,7 +44,13 @@ impl MeshConnector {
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let name = ServerName::try_from(server.dns_name().to_owned())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        tokio_rustls::TlsConnector::from(self.identity.client_config(alpn))
+        let mut config = self.identity.client_config(alpn);
+        if !self.resume {
+            let mut full = (*config).clone();
+            full.resumption = rustls::client::Resumption::disabled();
+            config = Arc::new(full);
+        }
+        tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
     }

@@ -5,7 +5,7 @@
 //! arrives it is not ready. It renews at 70% of the remaining lifetime, at least
 //! [`MIN_REFRESH`] apart (unless the certificate would expire first: then at 90% of what is
 //! left). When the CA cannot be reached it keeps serving with the certificate it holds and
-//! retries with backoff; an issued chain that does not verify against the trust anchors is
+//! retries with backoff, faster as the expiry nears; an issued chain that does not verify against the trust anchors is
 //! refused and the old certificate kept.
 
 use std::fmt;
@@ -356,17 +356,21 @@ pub fn refresh_in(valid_until: SystemTime, now: SystemTime) -> Duration {
 }
 
 /// When to retry after `failures` failed attempts in a row: exponential backoff with jitter,
-/// never later than halfway to the expiry of the certificate held.
+/// but at least four more tries before the certificate held expires (and never more often
+/// than every [`NEAR_EXPIRY_RETRY`]): the closer the expiry, the more a success matters.
 pub fn retry_in(failures: u32, valid_until: Option<SystemTime>, now: SystemTime) -> Duration {
     let backoff = MIN_RETRY
         .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
         .min(MAX_RETRY);
     let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
     match valid_until.and_then(|t| t.duration_since(now).ok()) {
-        Some(left) => jittered.min(left / 2).max(MIN_RETRY),
+        Some(left) => jittered.min(left / 4).max(NEAR_EXPIRY_RETRY),
         None => jittered,
     }
 }
+
+/// The shortest pause between attempts while the certificate held is about to expire.
+pub const NEAR_EXPIRY_RETRY: Duration = Duration::from_millis(100);
 
 /// A [`LocalCa`] over issuer files: the offline mode.
 pub fn local_ca(
@@ -404,6 +408,8 @@ mod tests {
         assert!(retry_in(20, None, now) <= MAX_RETRY);
         assert!(retry_in(20, None, now) >= MAX_RETRY / 2);
         let soon = Some(now + Duration::from_secs(4));
-        assert!(retry_in(20, soon, now) <= Duration::from_secs(2));
+        assert!(retry_in(20, soon, now) <= Duration::from_secs(1));
+        let very_soon = Some(now + Duration::from_millis(200));
+        assert_eq!(retry_in(20, very_soon, now), NEAR_EXPIRY_RETRY);
     }
 }

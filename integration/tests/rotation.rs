@@ -1,0 +1,428 @@
+//! Certificate rotation under load, with the real controller: 10 s leaves, 40 s of gRPC
+//! traffic between two proxies, the issuer files replaced mid-run, and the controller stopped
+//! and restarted. Not one request may fail.
+//!
+//! Beside the traffic between the proxies (one long-lived mTLS connection), probes open a
+//! fresh mTLS connection to each proxy twice a second and make a gRPC call on it, so every
+//! certificate the proxies hold is used in real handshakes, and the chain each presents is
+//! recorded.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use mesh_core::identity::Identity;
+use mesh_core::transport::Alpn;
+use mesh_examples::demo::{self, Greeter, GreeterConfig, Replica};
+use mesh_examples::pb::HelloRequest;
+use mesh_integration::mtls::{Pki, logs, wait_ready};
+use mesh_integration::{RunningProxy, scrape_metrics, start_proxy_toml};
+use mesh_tls::local::LocalIdentity;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::oneshot;
+
+const LEAF_LIFETIME: &str = "10s";
+const RUN: Duration = Duration::from_secs(40);
+
+struct Controller {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_controller(pki: &Pki, tokens: &Path, listen: &str) -> Controller {
+    let toml = format!(
+        "listen = \"{listen}\"\n[identity]\ntrust_anchors = \"{}\"\nissuer_cert = \"{}\"\n\
+         issuer_key = \"{}\"\nleaf_lifetime = \"{LEAF_LIFETIME}\"\nissuer_poll = \"500ms\"\n\
+         [tokens]\nfile = \"{}\"\n",
+        pki.anchors().display(),
+        pki.issuer_cert().display(),
+        pki.issuer_key().display(),
+        tokens.display(),
+    );
+    let config = mesh_controller::Config::from_toml_str(&toml).unwrap();
+    let controller = mesh_controller::Controller::bind(config).await.unwrap();
+    let addr = controller.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
+    Controller {
+        addr,
+        stop: Some(stop),
+        done,
+    }
+}
+
+impl Controller {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.done).await;
+        self.done.abort();
+    }
+}
+
+fn controller_identity() -> Identity {
+    Identity::parse("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller").unwrap()
+}
+
+/// A proxy in controller mode named `name`, fronting `app`, with `extra` TOML.
+async fn proxy(
+    pki: &Pki,
+    name: &Identity,
+    controller: SocketAddr,
+    token: &Path,
+    app: SocketAddr,
+    extra: &str,
+) -> RunningProxy {
+    let toml = format!(
+        "[identity]\nmode = \"controller\"\nname = \"{name}\"\ntrust_anchors = \"{}\"\n\
+         controller = \"{controller}\"\ncontroller_identity = \"{}\"\ntoken_file = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\n\
+         [outbound]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        pki.anchors().display(),
+        controller_identity(),
+        token.display(),
+    );
+    let proxy = start_proxy_toml(&toml).await.unwrap();
+    assert!(
+        wait_ready(proxy.admin).await,
+        "{name} never got a certificate"
+    );
+    proxy
+}
+
+/// `identity_cert_renewals_total` and `..._failures_total` of a proxy.
+async fn renewals(admin: SocketAddr) -> (u64, u64) {
+    let (_, text) = scrape_metrics(admin, None).await.unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        value("identity_cert_renewals_total "),
+        value("identity_cert_renewal_failures_total "),
+    )
+}
+
+/// Polls every 100 ms, for at most `within`, until `check` holds for every admin listener.
+async fn until<F>(admins: &[SocketAddr], within: Duration, what: &str, check: F)
+where
+    F: Fn((u64, u64)) -> bool,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = true;
+        for admin in admins {
+            all &= check(renewals(*admin).await);
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    /// The issuer certificate each proxy presented in the latest probe, by proxy.
+    issuers: Mutex<Vec<(String, CertificateDer<'static>)>>,
+}
+
+impl Tally {
+    fn record(&self, what: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut errors = self.errors.lock().unwrap();
+                if errors.len() < 20 {
+                    errors.push(format!("{what}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn issuer_of(&self, proxy: &str) -> Option<CertificateDer<'static>> {
+        self.issuers
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(p, _)| p == proxy)
+            .map(|(_, c)| c.clone())
+    }
+}
+
+/// One gRPC call on a fresh mTLS connection to `addr`, which must prove `server`; records the
+/// issuer of the chain it presented.
+async fn probe(
+    me: &LocalIdentity,
+    addr: SocketAddr,
+    server: &Identity,
+    tally: &Tally,
+) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = mesh_tls::connect::MeshConnector::new(me.clone())
+        .full_handshakes()
+        .handshake(tcp, server, Alpn::H2)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    if let Some(issuer) = tls.get_ref().1.peer_certificates().and_then(|c| c.get(1)) {
+        tally
+            .issuers
+            .lock()
+            .unwrap()
+            .push((server.uri().to_owned(), issuer.clone().into_owned()));
+    }
+    let mut io = Some(TokioIo::new(tls));
+    let channel = tonic::transport::Endpoint::from_static("http://greeter:80")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let io = io.take();
+            async move { io.ok_or_else(|| std::io::Error::other("one connection per probe")) }
+        }))
+        .await
+        .map_err(|e| format!("h2: {e}"))?;
+    demo::greeter_client(channel)
+        .say_hello(HelloRequest {
+            name: "probe".into(),
+            ..HelloRequest::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_with_zero_failed_requests() {
+    logs();
+    let pki = Pki::new().unwrap();
+    let (web, api, probe_id) = (
+        pki.identity("demo", "web"),
+        pki.identity("demo", "api"),
+        pki.identity("demo", "probe"),
+    );
+    let tokens = pki.dir.join("tokens.txt");
+    std::fs::write(
+        &tokens,
+        format!("{web} token-web\n{api} token-api\n{probe_id} token-probe\n"),
+    )
+    .unwrap();
+    let token = |name: &str| {
+        let path = pki.dir.join(format!("{name}.token"));
+        std::fs::write(&path, format!("token-{name}\n")).unwrap();
+        path
+    };
+    let (web_token, api_token, probe_token) = (token("web"), token("api"), token("probe"));
+
+    let controller = start_controller(&pki, &tokens, "127.0.0.1:0").await;
+    let controller_addr = controller.addr;
+    let greeter_b = Replica::spawn_greeter(Greeter::new(GreeterConfig::new("b")))
+        .await
+        .unwrap();
+    let greeter_a = Replica::spawn_greeter(Greeter::new(GreeterConfig::new("a")))
+        .await
+        .unwrap();
+    let b = proxy(
+        &pki,
+        &api,
+        controller_addr,
+        &api_token,
+        greeter_b.addr(),
+        "",
+    )
+    .await;
+    let a = proxy(
+        &pki,
+        &web,
+        controller_addr,
+        &web_token,
+        greeter_a.addr(),
+        &format!(
+            "[[outbound.services]]\nauthority = \"greeter:80\"\n\
+             endpoints = [{{ addr = \"{}\", identity = \"{api}\" }}]\n",
+            b.inbound.unwrap()
+        ),
+    )
+    .await;
+    let admins = [a.admin, b.admin];
+
+    // The probe is a workload too: it gets and renews its certificate from the controller.
+    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&pki.anchors()).unwrap();
+    let me = LocalIdentity::new(probe_id.clone(), trust.clone()).unwrap();
+    let ca = mesh_tls::api::ControllerClient::new(
+        controller_addr,
+        &controller_identity(),
+        &trust,
+        probe_token,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let renew = tokio::spawn(
+        me.clone()
+            .renew_forever(Arc::new(ca), mesh_tls::metrics::IdentityMetrics::default()),
+    );
+    tokio::time::timeout(Duration::from_secs(10), me.ready())
+        .await
+        .expect("the probe never got a certificate");
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        let outbound = a.outbound;
+        tasks.push(tokio::spawn(async move {
+            let mut client =
+                demo::greeter_client(demo::mesh_channel(outbound, "greeter:80").unwrap());
+            while !stop.load(Ordering::Relaxed) {
+                let result = client
+                    .say_hello(HelloRequest {
+                        name: "rotation".into(),
+                        ..HelloRequest::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+                tally.record("a -> b", result);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    {
+        let (tally, stop, me) = (tally.clone(), stop.clone(), me.clone());
+        let targets = [
+            (a.inbound.unwrap(), web.clone()),
+            (b.inbound.unwrap(), api.clone()),
+        ];
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for (addr, server) in &targets {
+                    let result = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        probe(&me, *addr, server, &tally),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 5 s".into()));
+                    tally.record(&format!("probe {server}"), result);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+
+    // 1. Renewals happen: the first one after about 9 s.
+    until(
+        &admins,
+        Duration::from_secs(20),
+        "a first renewal",
+        |(r, _)| r >= 2,
+    )
+    .await;
+
+    // 2. The issuer files are replaced: new leaves chain to the new issuer.
+    let old_issuer = tally.issuer_of(api.uri()).expect("a probe saw b's chain");
+    let new_issuer_pem = pki.rotate_issuer().unwrap();
+    let new_issuer = rustls_pki_types::pem::PemObject::from_pem_slice(new_issuer_pem.as_bytes())
+        .map(|c: CertificateDer<'_>| c.into_owned())
+        .unwrap();
+    assert_ne!(old_issuer, new_issuer);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while [web.uri(), api.uri()]
+        .iter()
+        .any(|p| tally.issuer_of(p).as_ref() != Some(&new_issuer))
+    {
+        if Instant::now() >= deadline {
+            let issuer_lines = logs().lines_with("issuer");
+            let errors = tally.errors.lock().unwrap().clone();
+            panic!(
+                "the proxies still present leaves of the old issuer: {issuer_lines:?}; \
+                 ok {} failed {}: {errors:#?}",
+                tally.ok.load(Ordering::Relaxed),
+                tally.failed.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 3. The controller stops: renewals fail, traffic goes on with the certificates held;
+    // it comes back on the same address and renewals resume.
+    let before = [renewals(a.admin).await, renewals(b.admin).await];
+    controller.stop().await;
+    let stopped_at = Instant::now();
+    until(
+        &admins,
+        Duration::from_secs(12),
+        "a failed renewal while the controller is down",
+        |(_, f)| f >= 1,
+    )
+    .await;
+    let down_for = stopped_at.elapsed();
+    let controller = start_controller(&pki, &tokens, &controller_addr.to_string()).await;
+    until(
+        &admins,
+        Duration::from_secs(8),
+        "renewal after the controller's return",
+        |(r, _)| r > before[0].0.max(before[1].0),
+    )
+    .await;
+    for (i, admin) in admins.iter().enumerate() {
+        let (r, _) = renewals(*admin).await;
+        assert!(
+            r > before[i].0,
+            "proxy {i} did not renew after the controller came back"
+        );
+    }
+
+    // 4. The rest of the 40 s.
+    if let Some(left) = RUN.checked_sub(start.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let ran = start.elapsed();
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    let errors = tally.errors.lock().unwrap().clone();
+    assert_eq!(failed, 0, "{failed} failed of {}: {errors:#?}", ok + failed);
+    assert!(ok > 1000, "only {ok} requests in {ran:?}");
+    for admin in admins {
+        let (r, f) = renewals(admin).await;
+        // The first certificate, then at least three renewals.
+        assert!(r >= 4, "{r} certificates in {ran:?} ({f} failures)");
+    }
+    eprintln!(
+        "rotation: {ok} requests in {ran:?}, 0 failed; controller down for {down_for:?}; \
+         renewals a={:?} b={:?}",
+        renewals(a.admin).await,
+        renewals(b.admin).await
+    );
+    renew.abort();
+    controller.stop().await;
+}
