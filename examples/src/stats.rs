@@ -6,7 +6,9 @@
 //! one row per replica (the `dst_pod` label): requests per second from `response_total`,
 //! success rate from its `classification="success"` share, and p50/p99 from the deltas of
 //! `response_latency_seconds_bucket`, interpolated inside a bucket as Prometheus's
-//! `histogram_quantile` does.
+//! `histogram_quantile` does. Two more columns say how the calls travelled: the share sent
+//! over mutual TLS (the `tls="true"` series) and the identity the replica proved
+//! (`peer_identity`).
 //!
 //! A series missing from the earlier snapshot counts from zero (the proxy creates a series
 //! on its first use), and so does a counter that went down (a reset).
@@ -116,6 +118,10 @@ impl Snapshot {
 struct Row {
     responses: f64,
     successes: f64,
+    /// Responses on series sent over mutual TLS.
+    mtls: f64,
+    /// The identity the replica proved, when it did.
+    identity: Option<String>,
     /// Cumulative latency buckets `(upper bound, count)`, one per series and bound.
     buckets: Vec<(f64, f64)>,
 }
@@ -124,6 +130,7 @@ impl Row {
     fn merge(&mut self, other: &Self) {
         self.responses += other.responses;
         self.successes += other.successes;
+        self.mtls += other.mtls;
         self.buckets.extend_from_slice(&other.buckets);
     }
 }
@@ -159,6 +166,12 @@ impl Stats {
                 if labels.get("classification").map(String::as_str) == Some("success") {
                     row.successes += delta;
                 }
+                if labels.get("tls").map(String::as_str) == Some("true") {
+                    row.mtls += delta;
+                    if let Some(id) = labels.get("peer_identity").filter(|id| !id.is_empty()) {
+                        row.identity = Some(id.clone());
+                    }
+                }
             } else if let Some(le) = labels.get("le").and_then(|le| exposition::parse_value(le)) {
                 row.buckets.push((le, delta));
             }
@@ -186,8 +199,8 @@ impl Stats {
     /// The table: one line per replica, then a total.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<16} {:>8} {:>7} {:>9} {:>9} {:>9}\n",
-            "REPLICA", "RPS", "SHARE", "SUCCESS", "P50", "P99"
+            "{:<16} {:>8} {:>7} {:>9} {:>9} {:>9} {:>7}  {}\n",
+            "REPLICA", "RPS", "SHARE", "SUCCESS", "P50", "P99", "MTLS", "IDENTITY"
         );
         let mut total = Row::default();
         for row in self.rows.values() {
@@ -218,13 +231,15 @@ impl Stats {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:>8.1} {:>7} {:>9} {:>9} {:>9}",
+            "{:<16} {:>8.1} {:>7} {:>9} {:>9} {:>9} {:>7}  {}",
             name,
             row.responses / self.elapsed.as_secs_f64().max(f64::EPSILON),
             percent(row.responses, all, 1),
             percent(row.successes, row.responses, 2),
             millis(0.5),
             millis(0.99),
+            percent(row.mtls, row.responses, 0),
+            row.identity.as_deref().unwrap_or("-"),
         );
     }
 }
@@ -237,10 +252,16 @@ mod tests {
 
     /// One outbound response series and its latency buckets, as the proxy exposes them.
     fn exposition(pod: &str, workload: &str, success: u64, failure: u64, le_2ms: u64) -> String {
+        // greeter-1 is reached over mutual TLS; the others in plaintext.
+        let tls = if pod == "greeter-1" {
+            "tls=\"true\",peer_identity=\"spiffe://cluster.local/ns/demo/sa/greeter\""
+        } else {
+            "tls=\"false\",peer_identity=\"\""
+        };
         let labels = format!(
             "direction=\"outbound\",authority=\"{workload}.demo:50051\",src_workload=\"loadgen\",\
              src_namespace=\"demo\",dst_service=\"\",dst_namespace=\"demo\",\
-             dst_workload=\"{workload}\",dst_pod=\"{pod}\",tls=\"false\",peer_identity=\"\""
+             dst_workload=\"{workload}\",dst_pod=\"{pod}\",{tls}"
         );
         let all = success + failure;
         format!(
@@ -286,18 +307,36 @@ mod tests {
         // under 2 ms), p99 at 0.002 + 0.003 * 49/50.
         assert_eq!(
             fields(lines[1]),
-            ["greeter-0", "50.0", "50.0%", "90.00%", "2.0ms", "4.9ms"],
+            [
+                "greeter-0",
+                "50.0",
+                "50.0%",
+                "90.00%",
+                "2.0ms",
+                "4.9ms",
+                "0%",
+                "-"
+            ],
             "{table}"
         );
         // All 100 in (2, 5] ms: p50 half way through.
         assert_eq!(
             fields(lines[2]),
-            ["greeter-1", "50.0", "50.0%", "100.00%", "3.5ms", "5.0ms"],
+            [
+                "greeter-1",
+                "50.0",
+                "50.0%",
+                "100.00%",
+                "3.5ms",
+                "5.0ms",
+                "100%",
+                "spiffe://cluster.local/ns/demo/sa/greeter"
+            ],
             "{table}"
         );
         assert_eq!(
             fields(lines[3]),
-            ["greeter-2", "0.0", "0.0%", "-", "-", "-"],
+            ["greeter-2", "0.0", "0.0%", "-", "-", "-", "-", "-"],
             "{table}"
         );
         assert_eq!(
@@ -328,7 +367,7 @@ mod tests {
         let total = table.lines().last().unwrap_or_default();
         assert_eq!(
             total.split_whitespace().collect::<Vec<_>>(),
-            ["TOTAL", "0.0", "-", "-", "-", "-"]
+            ["TOTAL", "0.0", "-", "-", "-", "-", "-", "-"]
         );
     }
 }

@@ -20,7 +20,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
 use crate::TlsError;
-use crate::cert::{self, CertInfo};
+use crate::cert::{self, CertInfo, TrustAnchors};
 
 /// How far back a leaf's notBefore goes, for clocks that lag the CA's.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(20);
@@ -79,6 +79,45 @@ impl Issuer {
     pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| TlsError::file(p, e));
         Self::from_pem(&read(cert_path)?, &read(key_path)?)
+    }
+
+    /// Checks that leaves this issuer signs verify against `trust` now: it signs a probe leaf
+    /// and verifies it as a client would. An issuer outside the trust anchors (or expired)
+    /// would hand out certificates that every peer refuses.
+    pub fn check_against(&self, trust: &TrustAnchors) -> Result<(), TlsError> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let probe = Identity::new("issuer-check.invalid", "mesh", "probe")
+            .map_err(|e| TlsError::Issuer(e.to_string()))?;
+        let key = KeyPair::generate().map_err(|e| ca_failed("probe key", e))?;
+        let issued = self.certify(
+            &probe,
+            &csr(&probe, &key)?,
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            trust.store(),
+            crate::provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let name = rustls_pki_types::ServerName::try_from(probe.dns_name().to_owned())
+            .map_err(|e| TlsError::Issuer(e.to_string()))?;
+        verifier
+            .verify_server_cert(
+                &issued.chain[0],
+                &issued.chain[1..],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| {
+                TlsError::Issuer(format!(
+                    "{} does not chain to the trust anchors: {e}",
+                    self.info.subject
+                ))
+            })
     }
 
     /// The issuer's certificate.
@@ -190,13 +229,20 @@ pub fn csr(identity: &Identity, key: &KeyPair) -> Result<Vec<u8>, TlsError> {
 pub struct IssuerFiles {
     cert_path: PathBuf,
     key_path: PathBuf,
+    trust: TrustAnchors,
     current: ArcSwapOption<Issuer>,
 }
 
 impl IssuerFiles {
-    /// Loads the issuer; fails when the files are missing or wrong.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+    /// Loads the issuer; fails when the files are missing or wrong, or when the leaves it
+    /// would sign do not verify against `trust`.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        trust: &TrustAnchors,
+    ) -> Result<Arc<Self>, TlsError> {
         let issuer = Issuer::from_files(cert_path, key_path)?;
+        issuer.check_against(trust)?;
         tracing::info!(
             issuer = %issuer.info.subject,
             valid_until = cert::unix_seconds(issuer.info.not_after),
@@ -205,6 +251,7 @@ impl IssuerFiles {
         Ok(Arc::new(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
+            trust: trust.clone(),
             current: ArcSwapOption::new(Some(Arc::new(issuer))),
         }))
     }
@@ -214,11 +261,13 @@ impl IssuerFiles {
         self.current.load_full()
     }
 
-    /// Reads the files again; a new issuer replaces the old one only when it loads whole
-    /// (a half-written Secret or a key of another certificate keeps the old one, logged).
-    /// Returns whether the issuer changed.
+    /// Reads the files again; a new issuer replaces the old one only when it loads whole and
+    /// chains to the trust anchors (a half-written Secret, a key of another certificate or
+    /// an issuer of another root keeps the old one, logged). Returns whether it changed.
     pub fn reload(&self) -> bool {
-        match Issuer::from_files(&self.cert_path, &self.key_path) {
+        let loaded = Issuer::from_files(&self.cert_path, &self.key_path)
+            .and_then(|issuer| issuer.check_against(&self.trust).map(|()| issuer));
+        match loaded {
             Ok(issuer) => {
                 let changed = self
                     .current

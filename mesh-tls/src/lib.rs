@@ -43,7 +43,12 @@
 //! let me = Identity::parse("spiffe://cluster.local/ns/demo/sa/web")?;
 //! let trust = TrustAnchors::from_pem_file(Path::new("roots.pem"))?;
 //! let identity = LocalIdentity::new(me, trust)?;
-//! let ca = mesh_tls::local::local_ca(Path::new("issuer.crt"), Path::new("issuer.key"), Duration::from_secs(86400))?;
+//! let ca = mesh_tls::local::local_ca(
+//!     Path::new("issuer.crt"),
+//!     Path::new("issuer.key"),
+//!     Duration::from_secs(86400),
+//!     identity.trust_anchors(),
+//! )?;
 //! tokio::spawn(identity.clone().renew_forever(ca, IdentityMetrics::default()));
 //! identity.ready().await;
 //! // Endpoints with an identity are now reached over mutual TLS.
@@ -76,8 +81,7 @@ pub enum TlsError {
     File {
         /// The file.
         path: String,
-        /// Why.
-        #[source]
+        /// Why (in the message, not as a source, so that it is not printed twice).
         source: std::io::Error,
     },
     /// A PEM file holds no usable certificate or key.

@@ -377,8 +377,9 @@ pub fn local_ca(
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
     lifetime: Duration,
+    trust: &TrustAnchors,
 ) -> Result<Arc<dyn Certify>, TlsError> {
-    let issuer = IssuerFiles::load(cert_path, key_path)?;
+    let issuer = IssuerFiles::load(cert_path, key_path, trust)?;
     issuer.watch(Duration::from_secs(30))?;
     Ok(Arc::new(LocalCa::new(issuer, lifetime)))
 }

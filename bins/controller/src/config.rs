@@ -50,10 +50,30 @@ pub struct IdentityConfig {
     /// The files are watched; this slow poll catches changes the watcher misses.
     #[serde(default = "default_issuer_poll", with = "mesh_core::config::duration")]
     pub issuer_poll: Duration,
-    /// The controller's own identity, which it serves with.
-    #[serde(default = "default_name")]
-    pub name: Identity,
+    /// The controller's own identity, which it serves with; by default
+    /// `spiffe://<trust_domain>/ns/mesh-system/sa/mesh-controller`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Identity>,
 }
+
+impl IdentityConfig {
+    /// The controller's identity: `name`, or the default in the trust domain.
+    pub fn name(&self) -> Result<Identity, mesh_core::identity::IdentityError> {
+        match &self.name {
+            Some(name) => Ok(name.clone()),
+            None => Identity::new(
+                &self.trust_domain,
+                DEFAULT_NAMESPACE,
+                DEFAULT_SERVICE_ACCOUNT,
+            ),
+        }
+    }
+}
+
+/// The namespace of the controller's default identity.
+pub const DEFAULT_NAMESPACE: &str = "mesh-system";
+/// The service account of the controller's default identity.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "mesh-controller";
 
 /// Where tokens are checked.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -93,11 +113,6 @@ fn default_leaf_lifetime() -> Duration {
 
 fn default_issuer_poll() -> Duration {
     Duration::from_secs(30)
-}
-
-fn default_name() -> Identity {
-    Identity::new("cluster.local", "mesh-system", "mesh-controller")
-        .unwrap_or_else(|_| unreachable!("a constant, valid identity"))
 }
 
 /// The audience projected tokens are minted for.
@@ -148,6 +163,18 @@ impl Config {
                 "identity.trust_domain",
                 format!("{:?}", self.identity.trust_domain),
                 "expected a lowercase DNS name",
+            ));
+        }
+        if let Some(name) = &self.identity.name
+            && name.trust_domain() != self.identity.trust_domain
+        {
+            return Err(invalid(
+                "identity.name",
+                format!("{:?}", name.uri()),
+                &format!(
+                    "expected an identity in the trust domain {:?}",
+                    self.identity.trust_domain
+                ),
             ));
         }
         Ok(())

@@ -49,6 +49,9 @@ use tokio_rustls::server::TlsStream;
 
 pub use config::Config;
 
+/// How long the controller may take to certify itself at start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,15 +69,19 @@ impl Controller {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let trust = TrustAnchors::from_pem_file(&config.identity.trust_anchors)
             .context("identity.trust_anchors")?;
-        let issuer = IssuerFiles::load(&config.identity.issuer_cert, &config.identity.issuer_key)
-            .context("identity.issuer_cert / identity.issuer_key")?;
+        let issuer = IssuerFiles::load(
+            &config.identity.issuer_cert,
+            &config.identity.issuer_key,
+            &trust,
+        )
+        .context("identity.issuer_cert / identity.issuer_key")?;
         issuer
             .watch(config.identity.issuer_poll)
             .context("watching the issuer files")?;
         let tokens = tokens::TokenSource::new(&config.tokens)
             .await
             .context("tokens")?;
-        let identity = LocalIdentity::new(config.identity.name.clone(), trust)?;
+        let identity = LocalIdentity::new(config.identity.name()?, trust)?;
         let ca = Arc::new(LocalCa::new(issuer.clone(), config.identity.leaf_lifetime));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -109,7 +116,18 @@ impl Controller {
             self.ca.clone(),
             mesh_tls::metrics::IdentityMetrics::default(),
         ));
-        self.identity.ready().await;
+        // The issuer was checked against the trust anchors at bind: this is quick, unless the
+        // files changed in between.
+        if tokio::time::timeout(READY_TIMEOUT, self.identity.ready())
+            .await
+            .is_err()
+        {
+            renew.abort();
+            anyhow::bail!(
+                "the controller could not certify its own identity {} within {READY_TIMEOUT:?}",
+                self.identity.name()
+            );
+        }
         tracing::info!(
             listen = %self.local_addr(),
             identity = %self.identity.name(),

@@ -121,20 +121,27 @@ fn bootstrap(
         SystemTime::now(),
     )?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for (name, text) in [
-        ("ca.crt", &made.anchor_pem),
-        ("issuer.crt", &made.issuer_cert_pem),
-        ("issuer.key", &made.issuer_key_pem),
-    ] {
-        let path = out.join(name);
-        anyhow::ensure!(
-            force || !path.exists(),
-            "{} exists (use --force to overwrite)",
-            path.display()
-        );
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let files = [
+        ("ca.crt", &made.anchor_pem, 0o644),
+        ("issuer.crt", &made.issuer_cert_pem, 0o644),
+        ("issuer.key", &made.issuer_key_pem, 0o600),
+    ];
+    // All or nothing: a half-replaced PKI would pair a certificate with another's key.
+    if !force {
+        for (name, ..) in &files {
+            let path = out.join(name);
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists (use --force to overwrite)",
+                path.display()
+            );
+        }
     }
-    restrict(&out.join("issuer.key"))?;
+    for (name, text, mode) in files {
+        let path = out.join(name);
+        write_with_mode(&path, text, mode)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let date = |t: SystemTime| {
         let secs = mesh_tls::cert::unix_seconds(t);
         let days = secs / 86400;
@@ -158,11 +165,20 @@ fn bootstrap(
     Ok(())
 }
 
-/// The key is a secret: owner-only.
-fn restrict(path: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
+/// Writes a file created with `mode`, so that a key is never readable by others, not even
+/// for a moment.
+fn write_with_mode(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // An existing file keeps its old mode through open(): set it.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.write_all(text.as_bytes())
 }
 
 /// `YYYY-MM-DD` of a day number since the Unix epoch (Howard Hinnant's civil_from_days).

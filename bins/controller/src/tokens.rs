@@ -59,10 +59,15 @@ impl TokenSource {
     /// The source the configuration names.
     pub async fn new(config: &TokensConfig) -> anyhow::Result<Self> {
         if config.kubernetes {
-            let kube_config = match &config.kubernetes_api {
+            let mut kube_config = match &config.kubernetes_api {
                 Some(url) => kube::Config::new(url.parse()?),
                 None => kube::Config::infer().await?,
             };
+            // A review answers within the caller's deadline or not at all: the proxy retries
+            // with its own backoff, so kube's retries (up to minutes) would only hide an
+            // overloaded API server.
+            kube_config.default_retry = false;
+            kube_config.read_timeout = Some(TOKEN_REVIEW_TIMEOUT);
             let client = kube::Client::try_from(kube_config)?;
             return Ok(TokenSource::Kubernetes {
                 client,
@@ -115,10 +120,17 @@ impl TokenSource {
                     ..TokenReview::default()
                 };
                 let api: Api<TokenReview> = Api::all(client.clone());
-                let reviewed = api
-                    .create(&PostParams::default(), &review)
-                    .await
-                    .map_err(|e| TokenError::Unavailable(e.to_string()))?;
+                let reviewed = tokio::time::timeout(
+                    TOKEN_REVIEW_TIMEOUT,
+                    api.create(&PostParams::default(), &review),
+                )
+                .await
+                .map_err(|_| {
+                    TokenError::Unavailable(format!(
+                        "the Kubernetes API did not answer the TokenReview within {TOKEN_REVIEW_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| TokenError::Unavailable(kube_error(&e)))?;
                 let status = reviewed.status.unwrap_or_default();
                 if status.authenticated != Some(true) {
                     return Err(TokenError::Rejected(
@@ -144,6 +156,29 @@ impl TokenSource {
                 Identity::new(trust_domain, namespace, sa)
                     .map_err(|_| TokenError::NotServiceAccount(username.clone()))
             }
+        }
+    }
+}
+
+/// How long a TokenReview may take.
+pub const TOKEN_REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A kube error in a line: the API's own message when it answered, the cause chain otherwise.
+fn kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!(
+            "the Kubernetes API answered {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
         }
     }
 }

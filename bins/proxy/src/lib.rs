@@ -298,7 +298,8 @@ fn identity(
             let (Some(cert), Some(key)) = (&c.issuer_cert, &c.issuer_key) else {
                 anyhow::bail!("identity: local mode needs issuer_cert and issuer_key");
             };
-            mesh_tls::local::local_ca(cert, key, c.lifetime).context("identity.issuer_cert")?
+            mesh_tls::local::local_ca(cert, key, c.lifetime, &trust)
+                .context("identity.issuer_cert")?
         }
         config::IdentityMode::Controller => {
             let (Some(addr), Some(controller), Some(token)) =

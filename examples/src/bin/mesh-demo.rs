@@ -1,19 +1,23 @@
-//! The mesh demo: a gRPC service balanced per request by an in-process
-//! `mesh-proxy`, with a live table of what each replica served, read from the
-//! proxy's own metrics.
+//! The mesh demo: a gRPC service balanced per request by `mesh-proxy` sidecars,
+//! every hop over mutual TLS, with a live table of what each replica served, read
+//! from the proxy's own metrics.
 //!
-//! One process runs everything on ephemeral ports of 127.0.0.1:
+//! One process runs everything on ephemeral ports of 127.0.0.1, as a small cluster
+//! would, each "pod" an app with its sidecar:
 //!
-//! - 3 `greeter` replicas: greeter-0; greeter-1, which fails 3% of calls with
+//! - a fresh trust anchor and issuer in a temporary directory, and a
+//!   `mesh-controller` whose identity service issues every sidecar its certificate
+//!   (a key made in memory, a CSR, a token proving its service account);
+//! - 3 `greeter` pods: greeter-0; greeter-1, which fails 3% of calls with
 //!   UNAVAILABLE and, every 10 s, has a 4 s outage (every call fails); greeter-2,
-//!   25 ms slower than the others;
-//! - 2 `names` replicas, which the greeters call through the mesh to pick a name;
-//! - a `mesh-proxy`, the sidecar of workload `loadgen`, whose outbound listener
-//!   routes `:authority` `greeter.demo.svc.cluster.local:50051` and
-//!   `names.demo.svc.cluster.local:50051` to those replicas, each endpoint named by
-//!   its pod ([`DEFAULT_CONFIG`]);
-//! - a load generator: one gRPC client, one HTTP/2 connection to the proxy,
-//!   200 requests/s with at most 8 in flight.
+//!   25 ms slower than the others. Each sidecar admits only the `loadgen`
+//!   identity, and routes the greeter's calls to `names` over mTLS;
+//! - 2 `names` pods, which the greeters call through the mesh to pick a name;
+//!   their sidecars admit only the `greeter` identity;
+//! - the `loadgen` pod: a load generator (one gRPC client, one HTTP/2 connection to
+//!   its sidecar, 200 requests/s with at most 8 in flight) whose sidecar balances
+//!   each request over the greeter pods, each endpoint named by its pod and by the
+//!   identity it must prove ([`SIDECAR_CONFIG`]).
 //!
 //! Every second it scrapes the proxy's admin `/metrics` and prints, per greeter
 //! replica (the `dst_pod` label of the `direction="outbound"` series of workload
@@ -22,8 +26,9 @@
 //! `classification="success"` share), p50 and p99 latency (the deltas of
 //! `response_latency_seconds_bucket`, interpolated inside a bucket as Prometheus's
 //! `histogram_quantile` does, so they are as fine as the buckets: 100 µs, 250 µs,
-//! 500 µs, 1 ms...). Over one HTTP/2 connection, an L4 balancer would send everything
-//! to one replica; the proxy balances each request across the three.
+//! 500 µs, 1 ms...), the share sent over mutual TLS and the identity the replica
+//! proved. Over one HTTP/2 connection, an L4 balancer would send everything to one
+//! replica; the proxy balances each request across the three.
 //!
 //! # Run
 //!
@@ -43,21 +48,22 @@
 //!
 //! ```text
 //! t=5s
-//! REPLICA               RPS   SHARE   SUCCESS       P50       P99
-//! greeter-0           109.0   54.5%   100.00%     0.2ms     1.0ms
-//! greeter-1            91.0   45.5%    97.80%     0.2ms     0.8ms
-//! greeter-2             0.0    0.0%         -         -         -
-//! TOTAL               200.0  100.0%    99.00%     0.2ms     0.8ms
+//! REPLICA               RPS   SHARE   SUCCESS       P50       P99    MTLS  IDENTITY
+//! greeter-0           109.0   54.5%   100.00%     0.6ms     1.8ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-1            91.0   45.5%    97.80%     0.6ms     1.6ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-2             0.0    0.0%         -         -         -       -  -
+//! TOTAL               200.0  100.0%    99.00%     0.6ms     1.8ms    100%  -
 //!
 //! t=12s
-//! REPLICA               RPS   SHARE   SUCCESS       P50       P99
-//! greeter-0           198.0   99.0%   100.00%     0.2ms     0.5ms
-//! greeter-1             1.0    0.5%     0.00%     0.1ms     0.1ms
-//! greeter-2             1.0    0.5%   100.00%    35.0ms    49.7ms
-//! TOTAL               200.0  100.0%    99.50%     0.2ms     0.5ms
+//! REPLICA               RPS   SHARE   SUCCESS       P50       P99    MTLS  IDENTITY
+//! greeter-0           198.0   99.0%   100.00%     0.6ms     1.2ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-1             1.0    0.5%     0.00%     0.4ms     0.4ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-2             1.0    0.5%   100.00%    35.0ms    49.7ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! TOTAL               200.0  100.0%    99.50%     0.6ms     1.2ms    100%  -
 //! ```
 //!
-//! The numbers vary with the machine. What to look for: the slow replica
+//! The numbers vary with the machine. What to look for: every call travels over
+//! mutual TLS (MTLS 100%), each replica proving the greeter identity; the slow replica
 //! (greeter-2) gets almost nothing once its first answers are measured (the
 //! proxy balances each request by power of two choices over peak-EWMA latency);
 //! during greeter-1's outage, after 7 failures in a row, the proxy ejects it and
@@ -86,33 +92,69 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::Channel;
 
-/// The proxy's configuration: one sidecar (of the `loadgen` workload) whose outbound
-/// listener knows the two services of the demo. The replicas listen on ephemeral ports,
-/// so the `$..._ENDPOINTS` placeholders are replaced at start with their addresses, each
-/// named by its pod (the `dst_pod` label of the metrics the table is made of).
-const DEFAULT_CONFIG: &str = r#"
+/// Every sidecar's configuration. Everything listens on ephemeral ports, so the
+/// placeholders are filled in at start: the workload (which is also the service account
+/// its identity names), the controller's address, the PKI's directory, the services the
+/// sidecar calls (`$SERVICES`, from [`SERVICE_CONFIG`]) and the app it fronts
+/// (`$INBOUND`, from [`INBOUND_CONFIG`]).
+const SIDECAR_CONFIG: &str = r#"
 [workload]
-name = "loadgen"
+name = "$WORKLOAD"
 namespace = "demo"
+
+[identity]
+mode = "controller"
+name = "spiffe://cluster.local/ns/demo/sa/$WORKLOAD"
+trust_anchors = "$PKI/ca.crt"
+controller = "$CONTROLLER"
+controller_identity = "spiffe://cluster.local/ns/mesh-system/sa/mesh-controller"
+token_file = "$PKI/$WORKLOAD.token"
 
 [admin]
 listen = "127.0.0.1:0"
 
 [outbound]
 listen = "127.0.0.1:0"
-
-[[outbound.services]]
-authority = "greeter.demo.svc.cluster.local:50051"
-workload = "greeter"
-namespace = "demo"
-endpoints = [$GREETER_ENDPOINTS]
-
-[[outbound.services]]
-authority = "names.demo.svc.cluster.local:50051"
-workload = "names"
-namespace = "demo"
-endpoints = [$NAMES_ENDPOINTS]
+$SERVICES
+$INBOUND
 "#;
+
+/// A service a sidecar calls: each endpoint is `{ addr, pod, identity }`, the identity
+/// the endpoint's sidecar must prove.
+const SERVICE_CONFIG: &str = r#"
+[[outbound.services]]
+authority = "$AUTHORITY"
+workload = "$SERVICE_WORKLOAD"
+namespace = "demo"
+endpoints = [$ENDPOINTS]
+"#;
+
+/// The app a sidecar fronts, and who may call it: only the identity of its clients.
+const INBOUND_CONFIG: &str = r#"
+[inbound]
+listen = "127.0.0.1:0"
+app = "$APP"
+policy = ["spiffe://cluster.local/ns/demo/sa/$CALLER"]
+"#;
+
+/// The identity service: a new trust anchor and issuer for this run, tokens per workload.
+const CONTROLLER_CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+log = "warn"
+
+[identity]
+trust_domain = "cluster.local"
+trust_anchors = "$PKI/ca.crt"
+issuer_cert = "$PKI/issuer.crt"
+issuer_key = "$PKI/issuer.key"
+
+[tokens]
+file = "$PKI/tokens.txt"
+"#;
+
+/// The workloads; each is also its service account.
+const LOADGEN: &str = "loadgen";
+const NAMES_WORKLOAD: &str = "names";
 
 /// The greeter replicas: name, added delay, failure rate.
 const GREETERS: &[(&str, Duration, f64)] = &[
@@ -167,53 +209,89 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    // Bind every replica first: the proxy needs their addresses, and the greeters
-    // need the proxy's address to call the names service through it.
-    let mut greeter_listeners = Vec::new();
-    for _ in GREETERS {
-        greeter_listeners.push(ReplicaListener::bind().await?);
-    }
-    let mut names = Vec::new();
-    for name in NAMES {
-        names.push(Replica::spawn_names(Names::new(*name)).await?);
-    }
-    let greeter_pods: Vec<(&str, SocketAddr)> = GREETERS
-        .iter()
-        .zip(&greeter_listeners)
-        .map(|((name, ..), listener)| (*name, listener.addr()))
-        .collect();
-    let names_pods: Vec<(&str, SocketAddr)> = names
-        .iter()
-        .map(|replica| (replica.name(), replica.addr()))
-        .collect();
-
-    let config = Config::from_toml_str(&render_config(&greeter_pods, &names_pods))
-        .context("invalid proxy configuration")?;
-    let proxy = Proxy::bind(config)
-        .await
-        .context("cannot start the proxy")?;
-    let outbound = proxy.outbound_addr();
-    let admin = proxy.admin_addr();
-    let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-    let proxy = tokio::spawn(proxy.run(async {
-        let _ = proxy_stopped.await;
+    // The identity service first: every sidecar asks it for a certificate at start.
+    let pki = Pki::create()?;
+    let controller = mesh_controller::Controller::bind(
+        mesh_controller::Config::from_toml_str(&pki.fill(CONTROLLER_CONFIG))
+            .context("invalid controller configuration")?,
+    )
+    .await
+    .context("cannot start the controller")?;
+    let controller_addr = controller.local_addr();
+    let (stop_controller, controller_stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(controller.run(async {
+        let _ = controller_stopped.await;
     }));
+    let sidecar = |workload: &str, services: String, inbound: String| {
+        pki.fill(SIDECAR_CONFIG)
+            .replace("$SERVICES", &services)
+            .replace("$INBOUND", &inbound)
+            .replace("$WORKLOAD", workload)
+            .replace("$CONTROLLER", &controller_addr.to_string())
+    };
 
+    // The names pods: the app, and its sidecar in front, which admits only greeters.
+    let mut names = Vec::new();
+    let mut names_pods = Vec::new();
+    let mut sidecars = Vec::new();
+    for name in NAMES {
+        let replica = Replica::spawn_names(Names::new(*name)).await?;
+        let proxy = Sidecar::start(&sidecar(
+            NAMES_WORKLOAD,
+            String::new(),
+            inbound_config(replica.addr(), GREETER_WORKLOAD),
+        ))
+        .await?;
+        names_pods.push((replica.name().to_owned(), proxy.inbound()?));
+        names.push(replica);
+        sidecars.push(proxy);
+    }
+
+    // The greeter pods: the app calls names through its own sidecar.
     let mut greeters = Vec::new();
-    for (listener, (name, delay, failure_rate)) in greeter_listeners.into_iter().zip(GREETERS) {
+    let mut greeter_pods = Vec::new();
+    for (name, delay, failure_rate) in GREETERS {
+        let listener = ReplicaListener::bind().await?;
+        let proxy = Sidecar::start(&sidecar(
+            GREETER_WORKLOAD,
+            service_config(NAMES_AUTHORITY, NAMES_WORKLOAD, &names_pods),
+            inbound_config(listener.addr(), LOADGEN),
+        ))
+        .await?;
         let mut config = GreeterConfig::new(*name)
             .with_delay(*delay)
             .with_failure_rate(*failure_rate);
         if *name == OUTAGE_REPLICA {
             config = config.with_outages(OUTAGE_EVERY, OUTAGE_LASTING);
         }
-        let names = demo::names_client(demo::mesh_channel(outbound, NAMES_AUTHORITY)?);
-        greeters.push(listener.serve_greeter(Greeter::with_names(config, names)));
+        let names_client = demo::names_client(demo::mesh_channel(proxy.outbound, NAMES_AUTHORITY)?);
+        greeters.push(listener.serve_greeter(Greeter::with_names(config, names_client)));
+        greeter_pods.push(((*name).to_owned(), proxy.inbound()?));
+        sidecars.push(proxy);
     }
 
-    println!("mesh-demo: proxy outbound {outbound}, admin {admin}");
+    // The load generator's sidecar: its metrics make the table.
+    let loadgen = Sidecar::start(&sidecar(
+        LOADGEN,
+        service_config(GREETER_AUTHORITY, GREETER_WORKLOAD, &greeter_pods),
+        String::new(),
+    ))
+    .await?;
+    let (outbound, admin) = (loadgen.outbound, loadgen.admin);
+    sidecars.push(loadgen);
+    for proxy in &sidecars {
+        proxy.wait_ready().await?;
+    }
+
+    println!(
+        "mesh-demo: loadgen's sidecar outbound {outbound}, admin {admin}; identity service {controller_addr}; trust anchor {}",
+        pki.dir.join("ca.crt").display()
+    );
     print_replicas(&greeters);
     print_replicas(&names);
+    println!(
+        "  every hop over mutual TLS; each sidecar got its certificate from the identity service"
+    );
     println!(
         "  {} requests/s, at most {} in flight, to {GREETER_AUTHORITY}",
         args.rps, args.concurrency
@@ -232,29 +310,148 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_report.send(());
     let reported = reporter.await.context("the report task panicked")?;
 
-    // Stop the proxy first, so that the replicas have no client left.
-    let _ = stop_proxy.send(());
-    let proxied = proxy.await.context("the proxy task panicked")?;
+    // Stop the sidecars first, so that the replicas have no client left.
+    let mut proxied = Ok(());
+    for proxy in sidecars {
+        proxied = proxied.and(proxy.stop().await);
+    }
     let mut stopped = Ok(());
     for replica in greeters.into_iter().chain(names) {
         stopped = stopped.and(replica.shutdown().await);
     }
-    proxied.context("the proxy failed")?;
+    let _ = stop_controller.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), controller).await;
+    proxied.context("a sidecar failed")?;
     reported.context("cannot read the proxy's metrics")?;
     stopped
 }
 
-/// [`DEFAULT_CONFIG`] with the replicas' pod names and addresses.
-fn render_config(greeters: &[(&str, SocketAddr)], names: &[(&str, SocketAddr)]) -> String {
-    let list = |pods: &[(&str, SocketAddr)]| {
-        pods.iter()
-            .map(|(pod, addr)| format!("{{ addr = \"{addr}\", pod = \"{pod}\" }}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    DEFAULT_CONFIG
-        .replace("$GREETER_ENDPOINTS", &list(greeters))
-        .replace("$NAMES_ENDPOINTS", &list(names))
+/// [`SERVICE_CONFIG`] for `authority`, served by `pods` (name, sidecar inbound address),
+/// each of which must prove the identity of `workload`.
+fn service_config(authority: &str, workload: &str, pods: &[(String, SocketAddr)]) -> String {
+    let endpoints = pods
+        .iter()
+        .map(|(pod, addr)| {
+            format!(
+                "{{ addr = \"{addr}\", pod = \"{pod}\", identity = \"spiffe://cluster.local/ns/demo/sa/{workload}\" }}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    SERVICE_CONFIG
+        .replace("$AUTHORITY", authority)
+        .replace("$SERVICE_WORKLOAD", workload)
+        .replace("$ENDPOINTS", &endpoints)
+}
+
+/// [`INBOUND_CONFIG`] in front of `app`, admitting only `caller`.
+fn inbound_config(app: SocketAddr, caller: &str) -> String {
+    INBOUND_CONFIG
+        .replace("$APP", &app.to_string())
+        .replace("$CALLER", caller)
+}
+
+/// The demo's trust anchor, issuer and tokens, in a temporary directory removed at exit.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn create() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("mesh-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pki = Self { dir };
+        let made = mesh_tls::ca::bootstrap(
+            "cluster.local",
+            Duration::from_secs(365 * 86400),
+            Duration::from_secs(30 * 86400),
+            std::time::SystemTime::now(),
+        )?;
+        std::fs::write(pki.dir.join("ca.crt"), made.anchor_pem)?;
+        std::fs::write(pki.dir.join("issuer.crt"), made.issuer_cert_pem)?;
+        std::fs::write(pki.dir.join("issuer.key"), made.issuer_key_pem)?;
+        // One token per service account, as Kubernetes would project into each pod.
+        let mut tokens = String::new();
+        for workload in [LOADGEN, GREETER_WORKLOAD, NAMES_WORKLOAD] {
+            let token = format!("{workload}-{:016x}", fastrand::u64(..));
+            tokens.push_str(&format!(
+                "spiffe://cluster.local/ns/demo/sa/{workload} {token}\n"
+            ));
+            std::fs::write(pki.dir.join(format!("{workload}.token")), token)?;
+        }
+        std::fs::write(pki.dir.join("tokens.txt"), tokens)?;
+        Ok(pki)
+    }
+
+    fn fill(&self, template: &str) -> String {
+        template.replace("$PKI", &self.dir.display().to_string())
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A sidecar running in this process.
+struct Sidecar {
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    inbound: Option<SocketAddr>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sidecar {
+    async fn start(toml: &str) -> anyhow::Result<Self> {
+        let config = Config::from_toml_str(toml).context("invalid sidecar configuration")?;
+        let proxy = Proxy::bind(config)
+            .await
+            .context("cannot start a sidecar")?;
+        let (outbound, admin, inbound) = (
+            proxy.outbound_addr(),
+            proxy.admin_addr(),
+            proxy.inbound_addr(),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            outbound,
+            admin,
+            inbound,
+            stop,
+            task,
+        })
+    }
+
+    fn inbound(&self) -> anyhow::Result<SocketAddr> {
+        self.inbound.context("the sidecar has no inbound listener")
+    }
+
+    /// Waits (up to 10 s) until the sidecar holds its certificate.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: http::Uri = format!("http://{}/ready", self.admin).parse()?;
+        for _ in 0..200 {
+            if let Ok(rsp) = client.get(uri.clone()).await
+                && rsp.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the sidecar at {} never became ready", self.admin)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("a sidecar task panicked")?
+    }
 }
 
 fn print_replicas(replicas: &[Replica]) {
