@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Passes the tests: formatting, lints, then every test of the workspace.
 # Installs what the tests need beyond Rust when it is missing: Python grpcio (the gRPC client
-# we did not write, which the interop test drives through the proxy) and promtool (which
-# checks the metrics exposition).
+# we did not write, which the interop test drives through the proxy), promtool (which
+# checks the metrics exposition) and openssl (whose s_client the mTLS tests use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,15 @@ if ! command -v promtool >/dev/null; then
         apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     else
         sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+fi
+
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl (the mTLS tests drive openssl s_client against the proxy)"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl >/dev/null
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends openssl >/dev/null
     fi
 fi
 

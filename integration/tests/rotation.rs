@@ -426,3 +426,76 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     renew.abort();
     controller.stop().await;
 }
+
+/// `/ready`'s status code.
+async fn ready_status(admin: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_is_not_ready_until_it_holds_a_certificate() {
+    logs();
+    let pki = Pki::new().unwrap();
+    let web = pki.identity("demo", "web");
+    let tokens = pki.dir.join("tokens.txt");
+    std::fs::write(&tokens, format!("{web} token-web\n")).unwrap();
+    let token = pki.dir.join("web.token");
+    std::fs::write(&token, "token-web").unwrap();
+    // An address where no controller listens yet.
+    let spot = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller_addr = spot.local_addr().unwrap();
+    drop(spot);
+
+    let app = mesh_integration::hello_backend().await.unwrap();
+    let toml = format!(
+        "[identity]\nmode = \"controller\"\nname = \"{web}\"\ntrust_anchors = \"{}\"\n\
+         controller = \"{controller_addr}\"\ncontroller_identity = \"{}\"\ntoken_file = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\n\
+         [outbound]\nlisten = \"127.0.0.1:0\"\n",
+        pki.anchors().display(),
+        controller_identity(),
+        token.display(),
+    );
+    let proxy = start_proxy_toml(&toml).await.unwrap();
+    // Without a controller: failures pile up and the proxy stays unready.
+    until(
+        &[proxy.admin],
+        Duration::from_secs(10),
+        "failed attempts",
+        |(_, f)| f >= 2,
+    )
+    .await;
+    assert_eq!(ready_status(proxy.admin).await, Some(503));
+    assert_eq!(renewals(proxy.admin).await.0, 0);
+    // Inbound handshakes fail meanwhile: there is no certificate to present.
+    let client = pki
+        .issue(
+            &pki.identity("demo", "api"),
+            std::time::SystemTime::now(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let config =
+        mesh_integration::mtls::client_config(Some(&client), &pki.anchors(), &[b"h2"]).unwrap();
+    assert!(
+        mesh_integration::mtls::tls_connect(proxy.inbound.unwrap(), &web, config)
+            .await
+            .is_err()
+    );
+
+    // The controller arrives: the proxy gets its certificate and becomes ready.
+    let controller = start_controller(&pki, &tokens, &controller_addr.to_string()).await;
+    assert!(
+        wait_ready(proxy.admin).await,
+        "never ready after the controller came"
+    );
+    assert_eq!(renewals(proxy.admin).await.0, 1);
+    controller.stop().await;
+}

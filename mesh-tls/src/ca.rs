@@ -142,6 +142,11 @@ impl Issuer {
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| TlsError::Csr(format!("not a valid signed CSR: {e}")))?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(TlsError::Csr(
+                "the CSR's key is not ECDSA P-256, the only key type the mesh issues for".into(),
+            ));
+        }
         for san in &csr.params.subject_alt_names {
             let allowed = match san {
                 SanType::URI(uri) => uri.as_str() == identity.uri(),
@@ -450,4 +455,83 @@ fn ca_params(cn: String, path_len: u8, lifetime: Duration, now: SystemTime) -> C
     params.not_after = (now + lifetime).into();
     params.serial_number = Some(random_serial());
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shorter than the test issuer's own life, which caps a leaf's.
+    const LEAF_LIFETIME_UNDER_TEST: Duration = Duration::from_secs(1800);
+
+    fn pki(now: SystemTime) -> (Bootstrap, Issuer) {
+        let made = bootstrap(
+            "cluster.local",
+            Duration::from_secs(86400),
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let issuer = Issuer::from_pem(&made.issuer_cert_pem, &made.issuer_key_pem)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (made, issuer)
+    }
+
+    #[test]
+    fn a_bundle_of_two_roots_trusts_leaves_of_either() {
+        let now = SystemTime::now();
+        let (old, old_issuer) = pki(now);
+        let (new, new_issuer) = pki(now);
+        let bundle =
+            TrustAnchors::from_pem(format!("{}{}", old.anchor_pem, new.anchor_pem).as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bundle.certs().len(), 2);
+        // While a root rotates by overlap, issuers under either root are good.
+        old_issuer
+            .check_against(&bundle)
+            .unwrap_or_else(|e| panic!("{e}"));
+        new_issuer
+            .check_against(&bundle)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let only_old =
+            TrustAnchors::from_pem(old.anchor_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(new_issuer.check_against(&only_old).is_err());
+    }
+
+    #[test]
+    fn leaves_are_p256_with_the_identity_and_the_skew_allowance() {
+        let now = SystemTime::now();
+        let (_, issuer) = pki(now);
+        let id = Identity::parse("spiffe://cluster.local/ns/demo/sa/web")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let issued = issuer
+            .certify(
+                &id,
+                &csr(&id, &key).unwrap_or_else(|e| panic!("{e}")),
+                LEAF_LIFETIME_UNDER_TEST,
+                now,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let info = cert::inspect(&issued.chain[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(info.identity, Some(id.clone()));
+        assert_eq!(
+            cert::unix_seconds(info.not_after),
+            cert::unix_seconds(now + LEAF_LIFETIME_UNDER_TEST)
+        );
+        assert_eq!(
+            cert::unix_seconds(info.not_before),
+            cert::unix_seconds(now - CLOCK_SKEW_ALLOWANCE)
+        );
+        // Another key type is refused.
+        let p384 =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap_or_else(|e| panic!("{e}"));
+        let refused = issuer.certify(
+            &id,
+            &csr(&id, &p384).unwrap_or_else(|e| panic!("{e}")),
+            LEAF_LIFETIME_UNDER_TEST,
+            now,
+        );
+        assert!(matches!(refused, Err(TlsError::Csr(m)) if m.contains("P-256")));
+    }
 }

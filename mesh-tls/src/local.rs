@@ -394,7 +394,11 @@ mod tests {
         let day = Duration::from_secs(24 * 3600);
         assert_eq!(refresh_in(now + day, now), day.mul_f64(0.7));
         // Short lifetimes: at least MIN_REFRESH apart, but never past 90% of the life left.
-        assert_eq!(refresh_in(now + Duration::from_secs(20), now), MIN_REFRESH);
+        assert_eq!(
+            refresh_in(now + Duration::from_secs(20), now),
+            Duration::from_secs(14)
+        );
+        assert_eq!(refresh_in(now + Duration::from_secs(12), now), MIN_REFRESH);
         assert_eq!(
             refresh_in(now + Duration::from_secs(10), now),
             Duration::from_secs(9)
