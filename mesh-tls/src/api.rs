@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;
 use mesh_core::identity::Identity;
-use mesh_core::transport::Alpn;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::TlsError;
@@ -45,20 +44,43 @@ impl ControllerClient {
         token_file: PathBuf,
         timeout: Duration,
     ) -> Result<Self, TlsError> {
-        let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(trust.store())
-            .with_no_client_auth();
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = ServerName::try_from(controller.dns_name().to_owned())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let channel = controller_channel(addr, controller, trust, Some(timeout))?;
+        Ok(Self {
+            client: proto::identity_client::IdentityClient::new(channel),
+            token_file,
+        })
+    }
+}
+
+/// A gRPC channel to the controller at `addr` over TLS, verifying that it proves `controller`
+/// against `trust`; each call limited to `timeout` (`None` for streams). Connects lazily and
+/// reconnects by itself.
+pub fn controller_channel(
+    addr: SocketAddr,
+    controller: &Identity,
+    trust: &TrustAnchors,
+    timeout: Option<Duration>,
+) -> Result<tonic::transport::Channel, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(trust.store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(controller.dns_name().to_owned())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        // A controller that vanished without a FIN is found within seconds.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let connector = connector.clone();
             let name = name.clone();
             async move {
@@ -67,13 +89,8 @@ impl ControllerClient {
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
-        }));
-        let _ = Alpn::H2;
-        Ok(Self {
-            client: proto::identity_client::IdentityClient::new(channel),
-            token_file,
-        })
-    }
+        })),
+    )
 }
 
 impl Certify for ControllerClient {

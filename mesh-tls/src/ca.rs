@@ -305,7 +305,11 @@ impl IssuerFiles {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Reading the files is an event too: only changes count, or every reload
+                // would trigger the next one.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     let _ = tx.try_send(());
                 }
             })

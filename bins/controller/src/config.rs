@@ -26,6 +26,21 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// How workloads prove who they are.
     pub tokens: TokensConfig,
+    /// The destination API (endpoints from Kubernetes); off without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<DestinationConfig>,
+}
+
+/// The destination API: endpoint sets from the Kubernetes API, served to proxies.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The API server's URL; by default, in-cluster configuration or `KUBECONFIG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_api: Option<String>,
+    /// The cluster's DNS domain, in service names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
 }
 
 /// The CA's files and the leaves it signs.

@@ -9,6 +9,10 @@
 //! The controller serves with a certificate of its own identity, issued by the same issuer,
 //! so proxies verify it against the trust anchors they already have.
 //!
+//! With a `[destination]` section it also serves the destination API
+//! (`mesh.destination.v1.Destination/Resolve`) on the same port: the endpoints of Kubernetes
+//! Services, watched once here for every proxy (mesh-discovery's Kubernetes source).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -62,6 +66,7 @@ pub struct Controller {
     service: service::IdentityService,
     identity: LocalIdentity,
     ca: Arc<LocalCa>,
+    destination: Option<mesh_discovery::remote::DestinationService>,
 }
 
 impl Controller {
@@ -82,6 +87,31 @@ impl Controller {
             .await
             .context("tokens")?;
         let identity = LocalIdentity::new(config.identity.name()?, trust)?;
+        let destination = match &config.destination {
+            Some(d) => {
+                let kube_config = match &d.kubernetes_api {
+                    Some(url) => {
+                        kube::Config::new(url.parse().context("destination.kubernetes_api")?)
+                    }
+                    None => kube::Config::infer()
+                        .await
+                        .context("destination: no Kubernetes configuration")?,
+                };
+                let client = kube::Client::try_from(kube_config).context("destination")?;
+                let mut k8s = mesh_discovery::kubernetes::KubernetesConfig {
+                    trust_domain: config.identity.trust_domain.clone(),
+                    ..Default::default()
+                };
+                if let Some(domain) = &d.cluster_domain {
+                    k8s.cluster_domain = domain.clone();
+                }
+                let source = mesh_discovery::kubernetes::KubernetesResolve::new(client, k8s);
+                Some(mesh_discovery::remote::DestinationService::new(Arc::new(
+                    source,
+                )))
+            }
+            None => None,
+        };
         let ca = Arc::new(LocalCa::new(issuer.clone(), config.identity.leaf_lifetime));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -97,6 +127,7 @@ impl Controller {
             service,
             identity,
             ca,
+            destination,
         })
     }
 
@@ -165,6 +196,7 @@ impl Controller {
             .add_service(mesh_tls::api::proto::identity_server::IdentityServer::new(
                 self.service,
             ))
+            .add_optional_service(self.destination.map(|d| d.into_server()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
             .await;
         accept.abort();

@@ -46,6 +46,8 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// The workload's identity and mutual TLS; without it every hop is plaintext.
     pub identity: Option<IdentityConfig>,
+    /// Where endpoints come from, for services whose `discovery` is not `static`.
+    pub discovery: DiscoveryConfig,
     /// Threads and shutdown.
     pub runtime: RuntimeConfig,
     /// HTTP server settings of every listener.
@@ -126,9 +128,18 @@ pub struct OutboundConfig {
 pub struct ServiceConfig {
     /// `host:port` as clients name it (`:authority` / `Host`).
     pub authority: String,
-    /// Its endpoints: `"ip:port"`, or `{ addr = "ip:port", pod = "name" }` to name the pod
-    /// behind it in metrics.
+    /// Its endpoints (with `discovery = "static"`): `"ip:port"`, or
+    /// `{ addr = "ip:port", pod = "name", identity = "spiffe://..." }`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
+    /// Where its endpoints come from.
+    #[serde(default)]
+    pub discovery: DiscoverySource,
+    /// The name the source resolves, when it is not the authority: a DNS name (`host:port`, or
+    /// an SRV name `_grpc._tcp.web.example.com`), a service of the file, a Kubernetes Service
+    /// (`<svc>.<ns>.svc.cluster.local:<port>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
     /// Forward bytes instead of HTTP, on a listener of its own.
     #[serde(default)]
     pub opaque: bool,
@@ -144,6 +155,75 @@ pub struct ServiceConfig {
     /// The namespace of that workload, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoverySource {
+    /// The `endpoints` list.
+    #[default]
+    Static,
+    /// The file of `discovery.file`, watched.
+    File,
+    /// DNS: A/AAAA or SRV records, re-resolved by TTL.
+    Dns,
+    /// The Kubernetes API's EndpointSlices (the proxy needs API credentials).
+    Kubernetes,
+    /// The controller's destination API (which watches Kubernetes for every proxy).
+    Destination,
+}
+
+impl DiscoverySource {
+    /// The value as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoverySource::Static => "static",
+            DiscoverySource::File => "file",
+            DiscoverySource::Dns => "dns",
+            DiscoverySource::Kubernetes => "kubernetes",
+            DiscoverySource::Destination => "destination",
+        }
+    }
+}
+
+/// The discovery sources' settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The services file (YAML or JSON) of `discovery = "file"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// DNS settings.
+    pub dns: mesh_discovery::dns::DnsConfig,
+    /// Kubernetes settings.
+    pub kubernetes: KubernetesDiscoveryConfig,
+    /// The destination API: by default the controller of `[identity]`.
+    pub destination: DestinationDiscoveryConfig,
+}
+
+/// Kubernetes discovery.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesDiscoveryConfig {
+    /// The API server's URL; by default, in-cluster configuration or `KUBECONFIG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The cluster's DNS domain and the mesh's trust domain.
+    #[serde(flatten)]
+    pub source: mesh_discovery::kubernetes::KubernetesConfig,
+}
+
+/// The destination API.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationDiscoveryConfig {
+    /// The controller's address; by default `identity.controller`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<SocketAddr>,
+    /// The identity the controller proves; by default `identity.controller_identity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_identity: Option<Identity>,
 }
 
 /// One endpoint of a service.
@@ -361,6 +441,7 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             inbound: None,
             identity: None,
+            discovery: DiscoveryConfig::default(),
             runtime: RuntimeConfig::default(),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
@@ -522,6 +603,13 @@ impl Config {
                 ));
             }
         }
+        if let Err((field, message)) = self.discovery.dns.validate() {
+            return Err(invalid(
+                format!("discovery.dns.{field}"),
+                "(see the value)".into(),
+                &message,
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, svc) in self.outbound.services.iter().enumerate() {
             let key = |field: &str| format!("outbound.services[{i}].{field}");
@@ -546,12 +634,53 @@ impl Config {
                     message,
                 ));
             }
-            if svc.endpoints.is_empty() {
-                return Err(invalid(
-                    key("endpoints"),
-                    "[]".into(),
-                    "a service needs at least one endpoint",
-                ));
+            match svc.discovery {
+                DiscoverySource::Static if svc.endpoints.is_empty() => {
+                    return Err(invalid(
+                        key("endpoints"),
+                        "[]".into(),
+                        "a static service needs at least one endpoint",
+                    ));
+                }
+                DiscoverySource::Static => {}
+                other if !svc.endpoints.is_empty() => {
+                    return Err(invalid(
+                        key("endpoints"),
+                        format!("{} endpoint(s)", svc.endpoints.len()),
+                        &format!(
+                            "a service with discovery = \"{}\" takes its endpoints from that source",
+                            other.as_str()
+                        ),
+                    ));
+                }
+                _ if svc.opaque => {
+                    return Err(invalid(
+                        key("discovery"),
+                        format!("\"{}\"", svc.discovery.as_str()),
+                        "opaque services take static endpoints",
+                    ));
+                }
+                DiscoverySource::File if self.discovery.file.is_none() => {
+                    return Err(invalid(
+                        "discovery.file".into(),
+                        "(missing)".into(),
+                        &format!("service {:?} uses discovery = \"file\"", svc.authority),
+                    ));
+                }
+                DiscoverySource::Destination
+                    if self.discovery.destination.controller.is_none()
+                        && self.identity.as_ref().and_then(|i| i.controller).is_none() =>
+                {
+                    return Err(invalid(
+                        "discovery.destination.controller".into(),
+                        "(missing)".into(),
+                        &format!(
+                            "service {:?} uses discovery = \"destination\"; set it or identity.controller",
+                            svc.authority
+                        ),
+                    ));
+                }
+                _ => {}
             }
             match (svc.opaque, svc.listen) {
                 (true, None) => {

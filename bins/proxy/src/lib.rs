@@ -42,6 +42,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod inbound;
 pub mod metrics;
 pub mod opaque;
@@ -73,6 +74,7 @@ pub struct Proxy {
         mesh_tls::local::LocalIdentity,
         Arc<dyn mesh_tls::local::Certify>,
     )>,
+    sources: discovery::Sources,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -100,6 +102,7 @@ impl Proxy {
             Some(c) => Some(identity(c)?),
             None => None,
         };
+        let sources = discovery::Sources::new(&config).await?;
         let mut opaque = Vec::new();
         for svc in config.outbound.services.iter().filter(|s| s.opaque) {
             if let Some(listen) = svc.listen {
@@ -114,6 +117,7 @@ impl Proxy {
             opaque,
             log: None,
             identity,
+            sources,
         })
     }
 
@@ -183,7 +187,7 @@ impl Proxy {
             None => None,
         };
         let inbound_counters = inbound::InboundCounters::register(registry.registry_mut());
-        let outbound = outbound::Outbound::new(&config, &client, &http_metrics)?;
+        let outbound = outbound::Outbound::new(&config, &client, &http_metrics, &self.sources)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
         spawn_accept(
             self.outbound,

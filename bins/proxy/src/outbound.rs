@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use mesh_balance::{Balancer, fixed_endpoints};
+use mesh_balance::Balancer;
 use mesh_core::HttpService;
 use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{PrefixedIo, Protocol};
@@ -36,6 +36,7 @@ impl Outbound {
         config: &Config,
         client: &HttpClient,
         metrics: &HttpMetrics,
+        sources: &crate::discovery::Sources,
     ) -> anyhow::Result<Self> {
         let mut routes = Vec::new();
         let mut balancers = Vec::new();
@@ -59,7 +60,7 @@ impl Outbound {
             let requests_metrics = config.metrics.requests;
             let balancer = Balancer::new(
                 svc.balancer.clone(),
-                fixed_endpoints(svc.endpoints.iter().map(|e| e.endpoint())),
+                sources.resolve(svc, &authority)?,
                 move |endpoint: &mesh_core::endpoint::Endpoint| {
                     let mut labels = labels.clone();
                     labels.dst_pod = match endpoint.label("pod") {
