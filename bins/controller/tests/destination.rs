@@ -1,0 +1,352 @@
+//! The destination API against the stand-in Kubernetes API server, with the real
+//! `mesh-controller` binary: endpoint changes reach every subscriber of a service, a proxy
+//! keeps its endpoints while the controller is away and follows again when it returns, and at
+//! scale (500 streams over 200 services of 10 endpoints) one change reaches all subscribers of
+//! its service. The scale test prints the controller's RSS and the propagation times.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use mesh_core::identity::Identity;
+use mesh_discovery::Resolve;
+use mesh_discovery::remote::RemoteResolve;
+use mesh_discovery::remote::proto::ResolveRequest;
+use mesh_discovery::remote::proto::destination_client::DestinationClient;
+use mesh_kube_fake::FakeApiServer;
+use mesh_tls::cert::TrustAnchors;
+use serde_json::json;
+use tower::discover::Change;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-controller");
+
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-dest-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = mesh_tls::ca::bootstrap(
+            "cluster.local",
+            Duration::from_secs(86400),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+        std::fs::write(dir.join("ca.crt"), made.anchor_pem).unwrap();
+        std::fs::write(dir.join("issuer.crt"), made.issuer_cert_pem).unwrap();
+        std::fs::write(dir.join("issuer.key"), made.issuer_key_pem).unwrap();
+        std::fs::write(dir.join("tokens.txt"), "").unwrap();
+        Self { dir }
+    }
+
+    fn trust(&self) -> TrustAnchors {
+        TrustAnchors::from_pem_file(&self.dir.join("ca.crt")).unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The controller binary, serving the destination API from `api` on `listen`.
+struct ControllerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ControllerProcess {
+    fn start(pki: &Pki, api: &FakeApiServer, listen: SocketAddr) -> Self {
+        let config = pki.dir.join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\nlog = \"warn\"\n[identity]\ntrust_anchors = \"{0}/ca.crt\"\n\
+                 issuer_cert = \"{0}/issuer.crt\"\nissuer_key = \"{0}/issuer.key\"\n\
+                 [tokens]\nfile = \"{0}/tokens.txt\"\n[destination]\nkubernetes_api = \"{1}\"\n",
+                pki.dir.display(),
+                api.url()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            addr: listen,
+        }
+    }
+
+    /// VmRSS and VmHWM, in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn controller_identity() -> Identity {
+    Identity::parse("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller").unwrap()
+}
+
+fn channel(pki: &Pki, addr: SocketAddr) -> tonic::transport::Channel {
+    mesh_tls::api::controller_channel(addr, &controller_identity(), &pki.trust(), None).unwrap()
+}
+
+fn service(ns: &str, name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": [{"name": "grpc", "port": 8080, "targetPort": "grpc"}]}
+    }))
+    .unwrap()
+}
+
+/// A slice of `ips` (on port 9000), with no pods behind them (targetRef-less endpoints).
+fn slice(ns: &str, service: &str, ips: &[String]) -> EndpointSlice {
+    let endpoints: Vec<_> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-abc"), "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": 9000, "protocol": "TCP"}],
+        "endpoints": endpoints
+    }))
+    .unwrap()
+}
+
+fn pod_placeholder(ns: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": "placeholder", "namespace": ns}, "spec": {"containers": []}}))
+        .unwrap()
+}
+
+async fn wait_until_serving(pki: &Pki, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = DestinationClient::new(channel(pki, addr));
+        let probe = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.resolve(ResolveRequest {
+                authority: "nope.nowhere.svc.cluster.local:1".into(),
+            }),
+        )
+        .await;
+        if matches!(probe, Ok(Ok(_))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the controller never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn next_change(
+    r: &mut mesh_discovery::Resolution,
+) -> Change<SocketAddr, mesh_core::endpoint::Endpoint> {
+    tokio::time::timeout(Duration::from_secs(10), r.next())
+        .await
+        .expect("no change within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_follow_the_destination_api_and_keep_endpoints_while_it_is_away() {
+    let pki = Pki::new("follow");
+    let api = FakeApiServer::start().await;
+    api.apply(service("demo", "web"));
+    api.apply(pod_placeholder("demo"));
+    api.apply(slice("demo", "web", &["10.0.0.1".into(), "10.0.0.2".into()]));
+    let listen = free_addr();
+    let controller = ControllerProcess::start(&pki, &api, listen);
+    wait_until_serving(&pki, listen).await;
+
+    let resolve = RemoteResolve::new(channel(&pki, controller.addr));
+    let mut r = resolve.resolve("web.demo.svc.cluster.local:8080").unwrap();
+    let mut first = BTreeSet::new();
+    for _ in 0..2 {
+        match next_change(&mut r).await {
+            Change::Insert(addr, _) => first.insert(addr.to_string()),
+            other => panic!("{other:?}"),
+        };
+    }
+    assert_eq!(first, ["10.0.0.1:9000", "10.0.0.2:9000"].map(String::from).into());
+
+    // Changed: one endpoint out, one in.
+    api.apply(slice("demo", "web", &["10.0.0.2".into(), "10.0.0.3".into()]));
+    let mut changes = vec![next_change(&mut r).await, next_change(&mut r).await];
+    changes.sort_by_key(|c| matches!(c, Change::Insert(..)));
+    assert!(matches!(&changes[0], Change::Remove(a) if a.to_string() == "10.0.0.1:9000"));
+    assert!(matches!(&changes[1], Change::Insert(a, _) if a.to_string() == "10.0.0.3:9000"));
+
+    // The controller dies: the endpoints stay.
+    controller.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.endpoints().count(), 2);
+    // Meanwhile an endpoint goes; the controller returns on the same address; the proxy
+    // reconnects and follows.
+    api.apply(slice("demo", "web", &["10.0.0.3".into()]));
+    let controller = ControllerProcess::start(&pki, &api, listen);
+    assert!(matches!(next_change(&mut r).await, Change::Remove(a) if a.to_string() == "10.0.0.2:9000"));
+    assert_eq!(r.endpoints().count(), 1);
+    controller.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_streams_over_two_hundred_services() {
+    const SERVICES: usize = 200;
+    const STREAMS: usize = 500;
+    const CHANGES: usize = 40;
+    let pki = Pki::new("scale");
+    let api = FakeApiServer::start().await;
+    api.apply(pod_placeholder("scale"));
+    let ips = |svc: usize, generation: usize| -> Vec<String> {
+        (0..10)
+            .map(|i| format!("10.{}.{}.{}", svc / 250, svc % 250, i + 10 * (generation % 20)))
+            .collect()
+    };
+    for s in 0..SERVICES {
+        api.apply(service("scale", &format!("svc-{s}")));
+        api.apply(slice("scale", &format!("svc-{s}"), &ips(s, 0)));
+    }
+    let listen = free_addr();
+    let controller = ControllerProcess::start(&pki, &api, listen);
+    wait_until_serving(&pki, listen).await;
+
+    // 500 streams over 10 channels (connections); service i gets streams i, i+200, i+400.
+    let channels: Vec<_> = (0..10).map(|_| channel(&pki, listen)).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, usize, Instant, BTreeSet<String>)>();
+    let mut subscribers_of = vec![Vec::new(); SERVICES];
+    for stream in 0..STREAMS {
+        let svc = stream % SERVICES;
+        subscribers_of[svc].push(stream);
+        let mut client = DestinationClient::new(channels[stream % channels.len()].clone());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut updates = client
+                .resolve(ResolveRequest {
+                    authority: format!("svc-{svc}.scale.svc.cluster.local:8080"),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Ok(Some(update)) = updates.message().await {
+                let addrs = update.endpoints.into_iter().map(|e| e.addr).collect();
+                let _ = tx.send((stream, svc, Instant::now(), addrs));
+            }
+        });
+    }
+    // Every stream gets its service's 10 endpoints.
+    let mut current: Vec<BTreeSet<String>> = vec![BTreeSet::new(); STREAMS];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut complete = 0;
+    while complete < STREAMS {
+        let (stream, _, _, addrs) = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .expect("not every stream got its endpoints within 60 s")
+            .unwrap();
+        if current[stream].len() != 10 && addrs.len() == 10 {
+            complete += 1;
+        }
+        current[stream] = addrs;
+    }
+    let (rss_synced, _) = controller.memory_kib();
+
+    // One endpoint change at a time: it must reach every subscriber of its service.
+    let mut latencies = Vec::new();
+    for change in 0..CHANGES {
+        let svc = (change * 37) % SERVICES;
+        let mut new_ips = ips(svc, 0);
+        new_ips[change % 10] = format!("10.99.{}.{}", change / 250, change % 250);
+        let expected: BTreeSet<String> = new_ips.iter().map(|ip| format!("{ip}:9000")).collect();
+        let sent = Instant::now();
+        api.apply(slice("scale", &format!("svc-{svc}"), &new_ips));
+        let mut waiting: BTreeSet<usize> = subscribers_of[svc].iter().copied().collect();
+        while !waiting.is_empty() {
+            let (stream, _, at, addrs) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a subscriber missed the change")
+                .unwrap();
+            if addrs == expected && waiting.remove(&stream) {
+                latencies.push(at - sent);
+            }
+            current[stream] = addrs;
+        }
+        // Put it back, so that each change is a fresh one.
+        let restored: BTreeSet<String> = ips(svc, 0).iter().map(|ip| format!("{ip}:9000")).collect();
+        api.apply(slice("scale", &format!("svc-{svc}"), &ips(svc, 0)));
+        let mut waiting: BTreeSet<usize> = subscribers_of[svc].iter().copied().collect();
+        while !waiting.is_empty() {
+            let (stream, _, _, addrs) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a subscriber missed the restore")
+                .unwrap();
+            if addrs == restored {
+                waiting.remove(&stream);
+            }
+        }
+    }
+    latencies.sort();
+    let pct = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    let (rss, hwm) = controller.memory_kib();
+    eprintln!(
+        "destination API: {STREAMS} streams, {SERVICES} services x 10 endpoints; {} deliveries of {CHANGES} changes: \
+         p50 {:?}, p99 {:?}, max {:?}; controller RSS {:.1} MiB after sync, {:.1} MiB at the end (peak {:.1} MiB)",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().unwrap(),
+        rss_synced as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+    );
+    assert!(latencies.len() >= CHANGES * 2);
+    let _ = Arc::new(());
+    controller.stop();
+}
