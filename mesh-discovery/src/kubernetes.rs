@@ -121,10 +121,25 @@ struct PodInfo {
     workload: Option<String>,
 }
 
-type Pods = Arc<HashMap<String, PodInfo>>;
+/// EndpointSlices grouped by their Service's name.
+type SlicesByService = Arc<HashMap<String, Vec<Arc<EndpointSlice>>>>;
 
-/// Resolves Kubernetes Services. Cheap to share; one watch per Service (whatever the number of
-/// subscribers) and one pod watch per namespace.
+/// Objects by name, shared without copying them.
+type Objects<K> = Arc<BTreeMap<String, Arc<K>>>;
+
+/// One namespace as its three watches see it; `None` until a watch has listed once.
+#[derive(Clone)]
+struct Namespace {
+    services: watch::Receiver<Option<Objects<Service>>>,
+    /// By the Service they belong to.
+    slices: watch::Receiver<Option<SlicesByService>>,
+    pods: watch::Receiver<Option<Arc<HashMap<String, PodInfo>>>>,
+}
+
+/// Resolves Kubernetes Services. Cheap to share. One watch per kind (Services,
+/// EndpointSlices, Pods) per namespace, whatever the number of Services and subscribers:
+/// the API server sees three watches per namespace from a controller serving hundreds of
+/// proxies.
 #[derive(Clone)]
 pub struct KubernetesResolve {
     inner: Arc<Inner>,
@@ -134,7 +149,7 @@ struct Inner {
     client: kube::Client,
     config: KubernetesConfig,
     services: Mutex<HashMap<ServiceTarget, Publisher>>,
-    pods: Mutex<HashMap<String, watch::Receiver<Option<Pods>>>>,
+    namespaces: Mutex<HashMap<String, Namespace>>,
 }
 
 impl std::fmt::Debug for KubernetesResolve {
@@ -153,7 +168,7 @@ impl KubernetesResolve {
                 client,
                 config,
                 services: Mutex::new(HashMap::new()),
-                pods: Mutex::new(HashMap::new()),
+                namespaces: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -179,31 +194,79 @@ impl KubernetesResolve {
         let publisher = Publisher::new();
         services.insert(target.clone(), publisher.clone());
         drop(services);
-        let pods = self.pods(&target.namespace);
-        tokio::spawn(watch_service(
+        let namespace = self.namespace(&target.namespace);
+        tokio::spawn(follow_service(
             Arc::downgrade(&self.inner),
             target,
             publisher.clone(),
-            pods,
+            namespace,
         ));
         Ok(publisher)
     }
 
-    /// The shared pod index of `namespace`.
-    fn pods(&self, namespace: &str) -> watch::Receiver<Option<Pods>> {
-        let mut all = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = all.get(namespace) {
-            return rx.clone();
+    /// The shared watches of `namespace`, started on first use.
+    fn namespace(&self, namespace: &str) -> Namespace {
+        let mut all = self
+            .inner
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(ns) = all.get(namespace) {
+            return ns.clone();
         }
-        let (tx, rx) = watch::channel(None);
-        all.insert(namespace.to_owned(), rx.clone());
-        tokio::spawn(watch_pods(
-            self.inner.client.clone(),
+        let client = &self.inner.client;
+        let (services_tx, services) = watch::channel(None);
+        let (slices_tx, slices) = watch::channel(None);
+        let (pods_tx, pods) = watch::channel(None);
+        tokio::spawn(watch_kind::<Service, _>(
+            Api::namespaced(client.clone(), namespace),
             namespace.to_owned(),
-            self.inner.config.trust_domain.clone(),
-            tx,
+            services_tx,
+            std::convert::identity,
         ));
-        rx
+        tokio::spawn(watch_kind::<EndpointSlice, _>(
+            Api::namespaced(client.clone(), namespace),
+            namespace.to_owned(),
+            slices_tx,
+            |objects| {
+                let mut by_service: HashMap<String, Vec<Arc<EndpointSlice>>> = HashMap::new();
+                for slice in objects.values() {
+                    if let Some(service) = slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    {
+                        by_service
+                            .entry(service.clone())
+                            .or_default()
+                            .push(slice.clone());
+                    }
+                }
+                Arc::new(by_service)
+            },
+        ));
+        let (ns, trust_domain) = (namespace.to_owned(), self.inner.config.trust_domain.clone());
+        tokio::spawn(watch_kind::<Pod, _>(
+            Api::namespaced(client.clone(), namespace),
+            namespace.to_owned(),
+            pods_tx,
+            move |objects| {
+                Arc::new(
+                    objects
+                        .iter()
+                        .map(|(name, pod)| (name.clone(), pod_info(pod, &ns, &trust_domain)))
+                        .collect(),
+                )
+            },
+        ));
+        let ns = Namespace {
+            services,
+            slices,
+            pods,
+        };
+        all.insert(namespace.to_owned(), ns.clone());
+        ns
     }
 }
 
@@ -221,8 +284,8 @@ impl crate::resolve::Publish for KubernetesResolve {
 
 /// Objects of one kind as a watch sees them, with a relist applied only once complete.
 struct Known<K> {
-    objects: BTreeMap<String, K>,
-    relisting: Option<BTreeMap<String, K>>,
+    objects: BTreeMap<String, Arc<K>>,
+    relisting: Option<BTreeMap<String, Arc<K>>>,
     synced: bool,
 }
 
@@ -245,7 +308,7 @@ impl<K: kube::Resource> Known<K> {
             }
             Event::InitApply(k) => {
                 if let Some(relisting) = &mut self.relisting {
-                    relisting.insert(name(&k), k);
+                    relisting.insert(name(&k), Arc::new(k));
                 }
                 false
             }
@@ -257,7 +320,7 @@ impl<K: kube::Resource> Known<K> {
                 true
             }
             Event::Apply(k) => {
-                self.objects.insert(name(&k), k);
+                self.objects.insert(name(&k), Arc::new(k));
                 true
             }
             Event::Delete(k) => {
@@ -268,37 +331,43 @@ impl<K: kube::Resource> Known<K> {
     }
 }
 
-fn watch_config() -> watcher::Config {
+/// Watches every object of kind `K` in `namespace`, publishing `view(objects)` after each
+/// change once listed. Reconnects with backoff, relists on 410 Gone; while failing, the last
+/// view stays. Ends when nobody looks any more.
+async fn watch_kind<K, V>(
+    api: Api<K>,
+    namespace: String,
+    tx: watch::Sender<Option<V>>,
+    view: impl Fn(Objects<K>) -> V + Send + 'static,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    V: Send + Sync + 'static,
+{
     // Bookmarks (on by default) keep the resourceVersion fresh, so that a reconnect resumes
     // instead of relisting.
-    watcher::Config::default()
-}
-
-async fn watch_pods(
-    client: kube::Client,
-    namespace: String,
-    trust_domain: String,
-    tx: watch::Sender<Option<Pods>>,
-) {
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut events = watcher::watcher(api, watch_config())
+    let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut known = Known::<Pod>::new();
+    let mut known = Known::<K>::new();
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object");
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
                 if known.apply(event) && known.synced {
-                    let pods: HashMap<String, PodInfo> = known
-                        .objects
-                        .iter()
-                        .map(|(name, pod)| (name.clone(), pod_info(pod, &namespace, &trust_domain)))
-                        .collect();
-                    tx.send_replace(Some(Arc::new(pods)));
+                    tx.send_replace(Some(view(Arc::new(known.objects.clone()))));
                 }
             }
             Err(e) => {
-                tracing::warn!(%namespace, error = %e, "pod watch failed; keeping the last known pods, retrying");
+                tracing::warn!(%namespace, kind, error = %e, "watch failed; keeping the last known objects, retrying");
             }
         }
         if tx.receiver_count() == 0 {
@@ -336,74 +405,68 @@ fn pod_info(pod: &Pod, namespace: &str, trust_domain: &str) -> PodInfo {
     PodInfo { identity, workload }
 }
 
-async fn watch_service(
+/// Publishes one Service's endpoints each time its namespace changes, until nobody follows.
+async fn follow_service(
     inner: Weak<Inner>,
     target: ServiceTarget,
     publisher: Publisher,
-    mut pods: watch::Receiver<Option<Pods>>,
+    mut ns: Namespace,
 ) {
-    let Some(client) = inner.upgrade().map(|i| i.client.clone()) else {
-        return;
-    };
-    let services: Api<Service> = Api::namespaced(client.clone(), &target.namespace);
-    let slices: Api<EndpointSlice> = Api::namespaced(client, &target.namespace);
-    let mut service_events = watcher::watcher(
-        services,
-        watch_config().fields(&format!("metadata.name={}", target.name)),
-    )
-    .default_backoff()
-    .boxed();
-    let mut slice_events = watcher::watcher(
-        slices,
-        watch_config().labels(&format!("{SERVICE_NAME_LABEL}={}", target.name)),
-    )
-    .default_backoff()
-    .boxed();
-    let mut service = Known::<Service>::new();
-    let mut slices = Known::<EndpointSlice>::new();
     // Whether anybody still follows the service is checked now and then, never at once: the
     // caller subscribes just after starting the watch.
     let mut checks =
         tokio::time::interval_at(tokio::time::Instant::now() + UNUSED_CHECK, UNUSED_CHECK);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_slices: Option<Vec<Arc<EndpointSlice>>> = None;
+    let mut last_pods = None;
+    let mut last_service = None;
     loop {
-        let changed = tokio::select! {
-            event = service_events.next() => match event {
-                Some(Ok(event)) => service.apply(event),
-                Some(Err(e)) => {
-                    tracing::warn!(service = %target.name, namespace = %target.namespace, error = %e, "service watch failed; keeping the last endpoints, retrying");
-                    false
-                }
-                None => return,
-            },
-            event = slice_events.next() => match event {
-                Some(Ok(event)) => slices.apply(event),
-                Some(Err(e)) => {
-                    tracing::warn!(service = %target.name, namespace = %target.namespace, error = %e, "EndpointSlice watch failed; keeping the last endpoints, retrying");
-                    false
-                }
-                None => return,
-            },
-            changed = pods.changed() => changed.is_ok(),
+        let alive = tokio::select! {
+            changed = ns.services.changed() => changed.is_ok(),
+            changed = ns.slices.changed() => changed.is_ok(),
+            changed = ns.pods.changed() => changed.is_ok(),
             _ = checks.tick() => {
                 if publisher.subscribers() == 0 && inner.upgrade().is_none_or(|i| forget(&i, &target)) {
                     return;
                 }
-                false
+                true
             }
         };
-        if !changed || !service.synced || !slices.synced {
-            continue;
+        if !alive {
+            return;
         }
-        let Some(pods) = pods.borrow().clone() else {
+        let (Some(services), Some(slices), Some(pods)) = (
+            ns.services.borrow_and_update().clone(),
+            ns.slices.borrow_and_update().clone(),
+            ns.pods.borrow_and_update().clone(),
+        ) else {
             continue;
         };
-        match endpoints(
-            &target,
-            service.objects.values().next(),
-            &slices.objects,
-            &pods,
-        ) {
+        let own: Vec<Arc<EndpointSlice>> = slices.get(&target.name).cloned().unwrap_or_default();
+        // Most changes in a namespace are another Service's: skip the work when none of this
+        // Service's objects moved (the maps share unchanged objects, so pointers tell).
+        let service = services.get(&target.name).cloned();
+        let same = |a: &Arc<EndpointSlice>, b: &Arc<EndpointSlice>| Arc::ptr_eq(a, b);
+        let unchanged = last_slices.as_ref().is_some_and(|last| {
+            last.len() == own.len() && last.iter().zip(&own).all(|(a, b)| same(a, b))
+        }) && last_pods
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, &pods))
+            && last_service
+                .as_ref()
+                .map(|s: &Option<Arc<Service>>| match (s, &service) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+                .unwrap_or(false);
+        if unchanged {
+            continue;
+        }
+        last_slices = Some(own.clone());
+        last_pods = Some(pods.clone());
+        last_service = Some(service.clone());
+        match endpoints(&target, service.as_deref(), &own, &pods) {
             Some(set) => publisher.publish(set),
             None => tracing::debug!(service = %target.name, "the service has no such port yet"),
         }
@@ -425,7 +488,7 @@ fn forget(inner: &Inner, target: &ServiceTarget) -> bool {
 fn endpoints(
     target: &ServiceTarget,
     service: Option<&Service>,
-    slices: &BTreeMap<String, EndpointSlice>,
+    slices: &[Arc<EndpointSlice>],
     pods: &HashMap<String, PodInfo>,
 ) -> Option<Vec<Endpoint>> {
     let Some(service) = service else {
@@ -440,7 +503,7 @@ fn endpoints(
         .find(|p| p.port == i32::from(target.port))?;
     let port_name = port.name.clone().unwrap_or_default();
     let mut out = Vec::new();
-    for slice in slices.values() {
+    for slice in slices {
         let Some(slice_port) = slice.ports.as_ref().and_then(|ports| {
             ports
                 .iter()
