@@ -17,8 +17,12 @@ use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::DefaultBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_kube_fake::{FakeApiServer, RecordedRequest, TestBackoff};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Runs a reflector over the `web` EndpointSlices in `demo`; returns its
 /// store and the errors the watcher reported.
@@ -26,11 +30,20 @@ fn reflect(
     server: &FakeApiServer,
     config: watcher::Config,
 ) -> (Store<EndpointSlice>, Arc<Mutex<Vec<watcher::Error>>>) {
+    reflect_with(server, config, TestBackoff::default())
+}
+
+/// [`reflect`] with this backoff.
+fn reflect_with(
+    server: &FakeApiServer,
+    config: watcher::Config,
+    backoff: impl Backoff + 'static,
+) -> (Store<EndpointSlice>, Arc<Mutex<Vec<watcher::Error>>>) {
     let api: Api<EndpointSlice> = Api::namespaced(server.client(), "demo");
     let (reader, writer) = reflector::store();
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = errors.clone();
-    let stream = reflector(writer, watcher(api, config)).backoff(TestBackoff::default());
+    let stream = reflector(writer, watcher(api, config)).backoff(backoff);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -295,4 +308,179 @@ async fn streaming_list_watcher_works() {
         names(store.state().iter().map(AsRef::as_ref)) == set(&["web-1", "web-2"])
     })
     .await;
+}
+
+/// Opens a raw HTTP/1.1 watch on the `demo` EndpointSlices from `rv` and
+/// reads its response head.
+async fn raw_watch(server: &FakeApiServer, rv: u64) -> TcpStream {
+    let mut conn = TcpStream::connect(server.addr()).await.unwrap();
+    let req = format!(
+        "GET /apis/discovery.k8s.io/v1/namespaces/demo/endpointslices?watch=true&resourceVersion={rv} HTTP/1.1\r\n\
+         Host: {}\r\nAccept: application/json\r\n\r\n",
+        server.addr()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let head = read_until(&mut conn, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    conn
+}
+
+/// Reads until `needle` has been received; panics on EOF, an error or after 5 s.
+async fn read_until(conn: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("data within 5 s")
+            .expect("no error");
+        assert!(n > 0, "EOF before {:?}", String::from_utf8_lossy(needle));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// Reads a connection to its end: what it still got, and how it ended
+/// (`Ok` for a clean EOF). Panics if it is still open after 3 s.
+async fn read_to_end(conn: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf))
+            .await
+            .expect("the connection was not cut")
+        {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Every `stop` (and `restart`) resets the connections open at that time,
+/// including those opened after earlier restarts: a change made while the
+/// server is down never reaches an old watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stop_resets_the_connections_opened_since_the_last_restart() {
+    let server = FakeApiServer::start().await;
+    server.apply(slice("demo", "web-0", "web", &["10.0.0.1"]));
+    for cycle in 0..4 {
+        // A live watch (it gets a change) and an idle keep-alive connection.
+        let mut watch = raw_watch(&server, server.resource_version()).await;
+        let added = format!("web-added-{cycle}");
+        server.apply(slice("demo", &added, "web", &["10.0.0.2"]));
+        read_until(&mut watch, added.as_bytes()).await;
+        let mut idle = TcpStream::connect(server.addr()).await.unwrap();
+        idle.write_all(b"GET /version HTTP/1.1\r\nHost: fake\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut idle, b"gitVersion").await;
+
+        // Cycles 0 and 2 stop then restart; 1 and 3 restart directly.
+        let deleted = format!("web-deleted-{cycle}");
+        server.apply(slice("demo", &deleted, "web", &["10.0.0.3"]));
+        read_until(&mut watch, deleted.as_bytes()).await;
+        if cycle % 2 == 0 {
+            server.stop().await;
+            assert!(!server.is_running());
+            server.delete::<EndpointSlice>("demo", &deleted);
+            let (after, end) = read_to_end(&mut watch).await;
+            assert_eq!(
+                end.as_ref().map_err(std::io::Error::kind).err(),
+                Some(std::io::ErrorKind::ConnectionReset),
+                "cycle {cycle}: the watch was reset: {end:?}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&after).contains("DELETED"),
+                "cycle {cycle}: a change made while stopped reached an old watch: {}",
+                String::from_utf8_lossy(&after)
+            );
+            server.restart().await;
+        } else {
+            server.restart().await;
+            server.delete::<EndpointSlice>("demo", &deleted);
+            let (after, end) = read_to_end(&mut watch).await;
+            assert!(end.is_err(), "cycle {cycle}: the watch was reset: {end:?}");
+            assert!(
+                !String::from_utf8_lossy(&after).contains("DELETED"),
+                "cycle {cycle}: a change made after the restart reached an old watch"
+            );
+        }
+        let (_, end) = read_to_end(&mut idle).await;
+        assert!(
+            end.is_err(),
+            "cycle {cycle}: the idle connection was reset: {end:?}"
+        );
+    }
+}
+
+/// The integration scenario: a watcher with kube's default backoff (and
+/// bookmarks) through two stop/restart cycles. The first resumes without a
+/// relist; the second, with the history compacted while down, is cut too
+/// (the deletion made while down is not delivered on the old watch), the
+/// resumed watch gets 410 and the watcher relists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restart_cuts_the_watch_again_and_410_makes_it_relist() {
+    let server = FakeApiServer::start().await;
+    server.apply(slice("demo", "web-1", "web", &["10.0.0.1"]));
+    server.apply(slice("demo", "web-2", "web", &["10.0.0.2"]));
+    let (store, errors) = reflect_with(&server, web_config(), DefaultBackoff::default());
+    store.wait_until_ready().await.unwrap();
+    let state = || names(store.state().iter().map(AsRef::as_ref));
+    wait_until(5, "the watch", || {
+        requests_for_slices(&server)
+            .iter()
+            .any(RecordedRequest::is_watch)
+    })
+    .await;
+
+    // First cycle: resumed from the watcher's RV, no relist.
+    server.stop().await;
+    server.apply(slice("demo", "web-3", "web", &["10.0.0.3"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.clear_requests();
+    server.restart().await;
+    wait_until(10, "web-3", || state().contains("web-3")).await;
+    let reqs = requests_for_slices(&server);
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(RecordedRequest::is_watch),
+        "{reqs:?}"
+    );
+    let resumed_rv = server.resource_version();
+
+    // Second cycle: the watch opened after the first restart is cut as well.
+    server.stop().await;
+    server.delete::<EndpointSlice>("demo", "web-1");
+    server.compact();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        state().contains("web-1"),
+        "the deletion made while stopped reached the watcher on an old connection"
+    );
+    server.clear_requests();
+    server.restart().await;
+    wait_until(15, "the 410", || errors.lock().unwrap().iter().any(is_410)).await;
+    wait_until(15, "the relisted state", || {
+        state() == set(&["web-2", "web-3"])
+    })
+    .await;
+    let reqs = requests_for_slices(&server);
+    let expired_watch = reqs
+        .iter()
+        .position(RecordedRequest::is_watch)
+        .expect("a watch after the second restart");
+    assert_eq!(
+        reqs[expired_watch].param("resourceVersion"),
+        Some(resumed_rv.to_string()),
+        "resumed from its last RV: {reqs:?}"
+    );
+    let relist = reqs
+        .iter()
+        .position(RecordedRequest::is_list)
+        .expect("a relist after the 410");
+    assert!(expired_watch < relist, "{reqs:?}");
 }

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -163,8 +162,10 @@ fn slice(ns: &str, service: &str, ips: &[String]) -> EndpointSlice {
 }
 
 fn pod_placeholder(ns: &str) -> Pod {
-    serde_json::from_value(json!({"metadata": {"name": "placeholder", "namespace": ns}, "spec": {"containers": []}}))
-        .unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": "placeholder", "namespace": ns}, "spec": {"containers": []}}),
+    )
+    .unwrap()
 }
 
 async fn wait_until_serving(pki: &Pki, addr: SocketAddr) {
@@ -202,7 +203,11 @@ async fn proxies_follow_the_destination_api_and_keep_endpoints_while_it_is_away(
     let api = FakeApiServer::start().await;
     api.apply(service("demo", "web"));
     api.apply(pod_placeholder("demo"));
-    api.apply(slice("demo", "web", &["10.0.0.1".into(), "10.0.0.2".into()]));
+    api.apply(slice(
+        "demo",
+        "web",
+        &["10.0.0.1".into(), "10.0.0.2".into()],
+    ));
     let listen = free_addr();
     let controller = ControllerProcess::start(&pki, &api, listen);
     wait_until_serving(&pki, listen).await;
@@ -216,11 +221,18 @@ async fn proxies_follow_the_destination_api_and_keep_endpoints_while_it_is_away(
             other => panic!("{other:?}"),
         };
     }
-    assert_eq!(first, ["10.0.0.1:9000", "10.0.0.2:9000"].map(String::from).into());
+    assert_eq!(
+        first,
+        ["10.0.0.1:9000", "10.0.0.2:9000"].map(String::from).into()
+    );
 
     // Changed: one endpoint out, one in.
-    api.apply(slice("demo", "web", &["10.0.0.2".into(), "10.0.0.3".into()]));
-    let mut changes = vec![next_change(&mut r).await, next_change(&mut r).await];
+    api.apply(slice(
+        "demo",
+        "web",
+        &["10.0.0.2".into(), "10.0.0.3".into()],
+    ));
+    let mut changes = [next_change(&mut r).await, next_change(&mut r).await];
     changes.sort_by_key(|c| matches!(c, Change::Insert(..)));
     assert!(matches!(&changes[0], Change::Remove(a) if a.to_string() == "10.0.0.1:9000"));
     assert!(matches!(&changes[1], Change::Insert(a, _) if a.to_string() == "10.0.0.3:9000"));
@@ -233,7 +245,9 @@ async fn proxies_follow_the_destination_api_and_keep_endpoints_while_it_is_away(
     // reconnects and follows.
     api.apply(slice("demo", "web", &["10.0.0.3".into()]));
     let controller = ControllerProcess::start(&pki, &api, listen);
-    assert!(matches!(next_change(&mut r).await, Change::Remove(a) if a.to_string() == "10.0.0.2:9000"));
+    assert!(
+        matches!(next_change(&mut r).await, Change::Remove(a) if a.to_string() == "10.0.0.2:9000")
+    );
     assert_eq!(r.endpoints().count(), 1);
     controller.stop();
 }
@@ -248,7 +262,14 @@ async fn five_hundred_streams_over_two_hundred_services() {
     api.apply(pod_placeholder("scale"));
     let ips = |svc: usize, generation: usize| -> Vec<String> {
         (0..10)
-            .map(|i| format!("10.{}.{}.{}", svc / 250, svc % 250, i + 10 * (generation % 20)))
+            .map(|i| {
+                format!(
+                    "10.{}.{}.{}",
+                    svc / 250,
+                    svc % 250,
+                    i + 10 * (generation % 20)
+                )
+            })
             .collect()
     };
     for s in 0..SERVICES {
@@ -261,7 +282,8 @@ async fn five_hundred_streams_over_two_hundred_services() {
 
     // 500 streams over 10 channels (connections); service i gets streams i, i+200, i+400.
     let channels: Vec<_> = (0..10).map(|_| channel(&pki, listen)).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, usize, Instant, BTreeSet<String>)>();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, usize, Instant, BTreeSet<String>)>();
     let mut subscribers_of = vec![Vec::new(); SERVICES];
     for stream in 0..STREAMS {
         let svc = stream % SERVICES;
@@ -319,7 +341,8 @@ async fn five_hundred_streams_over_two_hundred_services() {
             current[stream] = addrs;
         }
         // Put it back, so that each change is a fresh one.
-        let restored: BTreeSet<String> = ips(svc, 0).iter().map(|ip| format!("{ip}:9000")).collect();
+        let restored: BTreeSet<String> =
+            ips(svc, 0).iter().map(|ip| format!("{ip}:9000")).collect();
         api.apply(slice("scale", &format!("svc-{svc}"), &ips(svc, 0)));
         let mut waiting: BTreeSet<usize> = subscribers_of[svc].iter().copied().collect();
         while !waiting.is_empty() {
@@ -347,6 +370,6 @@ async fn five_hundred_streams_over_two_hundred_services() {
         hwm as f64 / 1024.0,
     );
     assert!(latencies.len() >= CHANGES * 2);
-    let _ = Arc::new(());
+
     controller.stop();
 }
