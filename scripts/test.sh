@@ -11,22 +11,21 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 fi
 
+# Installs Debian package $1 (as root, or through sudo).
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
 if ! command -v promtool >/dev/null; then
     echo "installing promtool (Debian package prometheus) to check the metrics exposition"
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    fi
+    apt_install prometheus
 fi
 
 if ! command -v openssl >/dev/null; then
     echo "installing openssl (the mTLS tests drive openssl s_client against the proxy)"
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends openssl >/dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends openssl >/dev/null
-    fi
+    apt_install openssl
 fi
 
 # Debug info doubles the target directory and is not needed to run tests.
