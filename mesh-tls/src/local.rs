@@ -365,9 +365,14 @@ pub fn retry_in(failures: u32, valid_until: Option<SystemTime>, now: SystemTime)
     let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
     match valid_until.and_then(|t| t.duration_since(now).ok()) {
         Some(left) => jittered.min(left / 4).max(NEAR_EXPIRY_RETRY),
-        None => jittered,
+        // No valid certificate at all: new mTLS connections fail until one comes, so ask
+        // often (the controller sees one request per proxy every few seconds at most).
+        None => jittered.min(NO_CERTIFICATE_RETRY),
     }
 }
+
+/// The longest pause between attempts while the proxy holds no valid certificate.
+pub const NO_CERTIFICATE_RETRY: Duration = Duration::from_secs(5);
 
 /// The shortest pause between attempts while the certificate held is about to expire.
 pub const NEAR_EXPIRY_RETRY: Duration = Duration::from_millis(100);
@@ -410,8 +415,10 @@ mod tests {
     fn retries_back_off_but_not_past_expiry() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert!(retry_in(1, None, now) <= MIN_RETRY);
-        assert!(retry_in(20, None, now) <= MAX_RETRY);
-        assert!(retry_in(20, None, now) >= MAX_RETRY / 2);
+        assert!(retry_in(20, None, now) <= NO_CERTIFICATE_RETRY);
+        let later = Some(now + Duration::from_secs(3600));
+        assert!(retry_in(20, later, now) <= MAX_RETRY);
+        assert!(retry_in(20, later, now) >= MAX_RETRY / 2);
         let soon = Some(now + Duration::from_secs(4));
         assert!(retry_in(20, soon, now) <= Duration::from_secs(1));
         let very_soon = Some(now + Duration::from_millis(200));
