@@ -9,7 +9,9 @@
 //! - [`server`] and [`client`]: hyper 1 plumbing (h2 end to end, pooled HTTP/1.1), and the
 //!   [`Respond`](server::Respond) layer that answers errors;
 //! - [`router`]: routing by `:authority` / `Host`;
+//! - [`retry`]: retries of failed requests, bounded by a budget;
 //! - [`tcp`]: opaque forwarding with half-close;
+//! - [`timeout`]: per-route request timeouts, gRPC deadlines honoured and propagated;
 //! - [`identity`]: workload identities (SPIFFE) and what a connection proved;
 //! - [`transport`]: the seam where mesh-tls secures a client connection;
 //! - [`drain`]: graceful shutdown;
@@ -47,9 +49,11 @@ pub mod drain;
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod tcp;
+pub mod timeout;
 pub mod transport;
 
 pub use body::Body;
