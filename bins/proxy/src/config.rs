@@ -149,6 +149,12 @@ pub struct ServiceConfig {
     /// How requests are balanced over the endpoints.
     #[serde(default)]
     pub balancer: BalancerConfig,
+    /// The request timeout, and whether gRPC's `grpc-timeout` is honoured (it is by default).
+    #[serde(default)]
+    pub timeout: mesh_core::timeout::TimeoutConfig,
+    /// Retries of failed requests, within a budget; none without this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<mesh_core::retry::RetryPolicy>,
     /// The workload behind the service, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workload: String,
@@ -625,6 +631,20 @@ impl Config {
                     key("authority"),
                     format!("{:?}", svc.authority),
                     "this service is already configured",
+                ));
+            }
+            if let Err((field, message)) = svc.timeout.validate() {
+                return Err(invalid(
+                    key(&format!("timeout.{field}")),
+                    "(see the value)".into(),
+                    &message,
+                ));
+            }
+            if let Some(Err((field, message))) = svc.retry.as_ref().map(|r| r.validate()) {
+                return Err(invalid(
+                    key(&format!("retry.{field}")),
+                    "(see the value)".into(),
+                    &message,
                 ));
             }
             if let Err((field, message)) = svc.balancer.validate() {

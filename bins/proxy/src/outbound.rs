@@ -83,7 +83,13 @@ impl Outbound {
                 },
             );
             balancers.push((authority.to_string(), balancer.clone()));
-            routes.push((authority, mesh_core::erase(balancer)));
+            // Timeout above retries, so that the deadline covers every attempt; retries above
+            // the balancer, so that a retry may pick another endpoint.
+            let service = ServiceBuilder::new()
+                .layer(mesh_core::timeout::TimeoutLayer::new(&svc.timeout))
+                .option_layer(svc.retry.as_ref().map(mesh_core::retry::RetryLayer::new))
+                .service(balancer.clone());
+            routes.push((authority, mesh_core::erase(service)));
         }
         Ok(Self {
             stack: Respond::new(AuthorityRouter::new(routes, 80)),
