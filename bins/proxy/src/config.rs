@@ -155,6 +155,10 @@ pub struct ServiceConfig {
     /// Retries of failed requests, within a budget; none without this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<mesh_core::retry::RetryPolicy>,
+    /// Routes: matches that send requests to weighted backends (canaries, A/B); a request no
+    /// route matches goes to this service's own endpoints. Reloaded live with the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::routes::RouteConfig>,
     /// The workload behind the service, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workload: String,

@@ -47,6 +47,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod opaque;
 pub mod outbound;
+pub mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub struct Proxy {
         Arc<dyn mesh_tls::local::Certify>,
     )>,
     sources: discovery::Sources,
+    config_file: Option<std::path::PathBuf>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -118,7 +120,16 @@ impl Proxy {
             log: None,
             identity,
             sources,
+            config_file: None,
         })
+    }
+
+    /// Watches the configuration file the proxy was started from: when it changes, the
+    /// services' routes are reloaded (an invalid file is refused with a logged reason and the
+    /// old routes stay).
+    pub fn with_config_file(mut self, path: std::path::PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
     }
 
     /// Lets the admin listener read and change the log filter (`/log-level`).
@@ -189,6 +200,9 @@ impl Proxy {
         let inbound_counters = inbound::InboundCounters::register(registry.registry_mut());
         let outbound = outbound::Outbound::new(&config, &client, &http_metrics, &self.sources)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
+        if let Some(path) = self.config_file {
+            spawn_route_reload(path, outbound.clone(), drain.clone());
+        }
         spawn_accept(
             self.outbound,
             drain.clone(),
@@ -327,6 +341,37 @@ fn identity(
     };
     let identity = mesh_tls::local::LocalIdentity::new(c.name.clone(), trust)?;
     Ok((identity, ca))
+}
+
+/// How often the configuration file is compared with what was loaded.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads routes when the configuration file's content changes.
+fn spawn_route_reload(path: std::path::PathBuf, outbound: outbound::Outbound, drain: Drain) {
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&path).ok();
+        let mut ticks = tokio::time::interval(CONFIG_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = drain.signaled() => return,
+                _ = ticks.tick() => {}
+            }
+            let now = std::fs::read(&path).ok();
+            if now.is_none() || now == last {
+                continue;
+            }
+            last = now;
+            match Config::load(Some(&path)) {
+                Ok(config) => outbound.reload_routes(&config),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "the configuration file changed but does not load; keeping the old routes"
+                ),
+            }
+        }
+    });
 }
 
 /// Detects what a client speaks; `None` (logged) when it closed before saying anything.

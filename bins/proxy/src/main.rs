@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         }
     }
     let log = init_logging(&config);
-    match run(config, log) {
+    match run(config, log, args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -76,7 +76,7 @@ fn init_logging(config: &Config) -> LogControl {
     })
 }
 
-fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
+fn run(config: Config, log: LogControl, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let threads = match config.runtime.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -93,7 +93,10 @@ fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(async move {
-        let proxy = Proxy::bind(config).await?.with_log_control(log);
+        let mut proxy = Proxy::bind(config).await?.with_log_control(log);
+        if let Some(path) = config_file {
+            proxy = proxy.with_config_file(path);
+        }
         tracing::info!(
             outbound = %proxy.outbound_addr(),
             inbound = ?proxy.inbound_addr(),

@@ -26,6 +26,10 @@ pub type Endpoint = RequestMetrics<EndpointClient>;
 pub struct Outbound {
     stack: Respond<AuthorityRouter<HttpService>>,
     balancers: Vec<(String, Balancer<Endpoint>)>,
+    /// The balancer of each service, for routes' backends (and route reloads).
+    backends: std::collections::HashMap<Authority, HttpService>,
+    /// The services with routes, and the stack each uses when no route matches.
+    routed: Vec<(Authority, crate::routes::Routed, HttpService)>,
     server: HttpServer,
     detect_timeout: std::time::Duration,
 }
@@ -38,8 +42,9 @@ impl Outbound {
         metrics: &HttpMetrics,
         sources: &crate::discovery::Sources,
     ) -> anyhow::Result<Self> {
-        let mut routes = Vec::new();
+        let mut defaults = Vec::new();
         let mut balancers = Vec::new();
+        let mut backends = std::collections::HashMap::new();
         for svc in config.outbound.services.iter().filter(|s| !s.opaque) {
             let authority = Authority::parse(&svc.authority, 80)
                 .with_context(|| format!("service {:?}", svc.authority))?;
@@ -83,20 +88,63 @@ impl Outbound {
                 },
             );
             balancers.push((authority.to_string(), balancer.clone()));
+            backends.insert(authority.clone(), mesh_core::erase(balancer.clone()));
             // Timeout above retries, so that the deadline covers every attempt; retries above
             // the balancer, so that a retry may pick another endpoint.
             let service = ServiceBuilder::new()
                 .layer(mesh_core::timeout::TimeoutLayer::new(&svc.timeout))
                 .option_layer(svc.retry.as_ref().map(mesh_core::retry::RetryLayer::new))
                 .service(balancer.clone());
+            defaults.push((authority, svc, mesh_core::erase(service)));
+        }
+        // Routes name other services as backends: every balancer exists by now.
+        let mut routes = Vec::new();
+        let mut routed = Vec::new();
+        for (authority, svc, default) in defaults {
+            if svc.routes.is_empty() {
+                routes.push((authority, default));
+                continue;
+            }
+            let table = crate::routes::RouteTable::compile(&svc.routes, default.clone(), &backends)
+                .with_context(|| format!("service {:?}", svc.authority))?;
+            let service = crate::routes::Routed::new(table);
+            routed.push((authority.clone(), service.clone(), default));
             routes.push((authority, mesh_core::erase(service)));
         }
         Ok(Self {
             stack: Respond::new(AuthorityRouter::new(routes, 80)),
             balancers,
+            backends,
+            routed,
             server: HttpServer::new(&config.server),
             detect_timeout: config.outbound.detect_timeout,
         })
+    }
+
+    /// Applies the routes of `config` to the services that have routes now; a service whose
+    /// new routes do not compile keeps its old ones (logged). Services themselves (their
+    /// endpoints and balancers) change only with a restart.
+    pub fn reload_routes(&self, config: &Config) {
+        for (authority, routed, default) in &self.routed {
+            let Some(svc) = config
+                .outbound
+                .services
+                .iter()
+                .find(|s| Authority::parse(&s.authority, 80).is_ok_and(|a| &a == authority))
+            else {
+                tracing::warn!(service = %authority, "the service left the configuration; keeping its routes until a restart");
+                continue;
+            };
+            match crate::routes::RouteTable::compile(&svc.routes, default.clone(), &self.backends) {
+                Ok(table) => {
+                    routed.replace(table);
+                    tracing::info!(service = %authority, routes = svc.routes.len(), "routes reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(service = %authority, error = %e, "new routes refused; keeping the old ones");
+                }
+            }
+        }
     }
 
     /// Each service's balancer, by authority (for metrics).
