@@ -286,3 +286,87 @@ async fn grpc_timeout_ends_the_call_and_cancels_the_upstream_stream() {
         "grpc-timeout 200m: DEADLINE_EXCEEDED after {took:?}; the backend's stream was cancelled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_posts_are_replayed_and_large_ones_are_not_retried() {
+    // Every other request fails with 503; the backend records the bodies it got.
+    let calls = Arc::new(AtomicU64::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Bytes>::new()));
+    let (calls2, bodies2) = (calls.clone(), bodies.clone());
+    let backend = mesh_integration::start_backend(move |req: Request<hyper::body::Incoming>| {
+        let (calls, bodies) = (calls2.clone(), bodies2.clone());
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            bodies.lock().unwrap().push(body);
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let status = if n % 2 == 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            Response::builder()
+                .status(status)
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let proxy = start_proxy_toml(&proxy_toml(
+        &[backend],
+        "[outbound.services.retry]\nretry_non_idempotent = true\nconditions = [\"5xx\"]\n",
+    ))
+    .await
+    .unwrap();
+    let mut tx = mesh_integration::h2_client::<http_body_util::Full<Bytes>>(proxy.outbound)
+        .await
+        .unwrap();
+    let post = |size: usize| {
+        let body: Bytes = (0..size)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        (
+            Request::post("http://greeter:50051/upload")
+                .body(http_body_util::Full::new(body.clone()))
+                .unwrap(),
+            body,
+        )
+    };
+
+    // 10 KiB: the first attempt fails, the retry gets the same bytes and succeeds.
+    let (req, sent) = post(10 * 1024);
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(rsp.headers()["mesh-retries"], "1");
+    {
+        let got = bodies.lock().unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|b| *b == sent), "a replayed body differs");
+    }
+
+    // 100 KiB: over the 64 KiB replay buffer, so the failure is not retried; the backend got
+    // every byte once.
+    bodies.lock().unwrap().clear();
+    let (req, sent) = post(100 * 1024);
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!rsp.headers().contains_key("mesh-retries"));
+    let got = bodies.lock().unwrap();
+    assert_eq!(got.len(), 1, "a large body was retried");
+    assert_eq!(got[0], sent);
+    drop(got);
+
+    // Counted: 2 requests through the policy, 1 retry.
+    let (_, metrics) = mesh_integration::scrape_metrics(proxy.admin, None)
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("retries_total{service=\"greeter:50051\",route=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("retry_requests_total{service=\"greeter:50051\",route=\"\"} 2"),
+        "{metrics}"
+    );
+}

@@ -200,6 +200,7 @@ impl Proxy {
         let inbound_counters = inbound::InboundCounters::register(registry.registry_mut());
         let outbound = outbound::Outbound::new(&config, &client, &http_metrics, &self.sources)?;
         metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
+        metrics::register_retries(&mut registry, outbound.retries().clone());
         if let Some(path) = self.config_file {
             spawn_route_reload(path, outbound.clone(), drain.clone());
         }

@@ -30,6 +30,8 @@ pub struct Outbound {
     backends: std::collections::HashMap<Authority, HttpService>,
     /// The services with routes, and the stack each uses when no route matches.
     routed: Vec<(Authority, crate::routes::Routed, HttpService)>,
+    /// The retry counters of services and routes, for metrics.
+    retries: crate::metrics::RetryCounters,
     server: HttpServer,
     detect_timeout: std::time::Duration,
 }
@@ -42,6 +44,7 @@ impl Outbound {
         metrics: &HttpMetrics,
         sources: &crate::discovery::Sources,
     ) -> anyhow::Result<Self> {
+        let retries = crate::metrics::RetryCounters::default();
         let mut defaults = Vec::new();
         let mut balancers = Vec::new();
         let mut backends = std::collections::HashMap::new();
@@ -91,9 +94,17 @@ impl Outbound {
             backends.insert(authority.clone(), mesh_core::erase(balancer.clone()));
             // Timeout above retries, so that the deadline covers every attempt; retries above
             // the balancer, so that a retry may pick another endpoint.
+            let retry = svc.retry.as_ref().map(mesh_core::retry::RetryLayer::new);
+            if let Some(retry) = &retry {
+                retries.set(
+                    authority.as_str(),
+                    vec![(String::new(), retry.stats())],
+                    true,
+                );
+            }
             let service = ServiceBuilder::new()
                 .layer(mesh_core::timeout::TimeoutLayer::new(&svc.timeout))
-                .option_layer(svc.retry.as_ref().map(mesh_core::retry::RetryLayer::new))
+                .option_layer(retry)
                 .service(balancer.clone());
             defaults.push((authority, svc, mesh_core::erase(service)));
         }
@@ -107,6 +118,7 @@ impl Outbound {
             }
             let table = crate::routes::RouteTable::compile(&svc.routes, default.clone(), &backends)
                 .with_context(|| format!("service {:?}", svc.authority))?;
+            retries.set(authority.as_str(), table.retry_stats(), false);
             let service = crate::routes::Routed::new(table);
             routed.push((authority.clone(), service.clone(), default));
             routes.push((authority, mesh_core::erase(service)));
@@ -116,6 +128,7 @@ impl Outbound {
             balancers,
             backends,
             routed,
+            retries,
             server: HttpServer::new(&config.server),
             detect_timeout: config.outbound.detect_timeout,
         })
@@ -137,6 +150,8 @@ impl Outbound {
             };
             match crate::routes::RouteTable::compile(&svc.routes, default.clone(), &self.backends) {
                 Ok(table) => {
+                    self.retries
+                        .set(authority.as_str(), table.retry_stats(), false);
                     routed.replace(table);
                     tracing::info!(service = %authority, routes = svc.routes.len(), "routes reloaded");
                 }
@@ -145,6 +160,11 @@ impl Outbound {
                 }
             }
         }
+    }
+
+    /// The retry counters, for metrics.
+    pub fn retries(&self) -> &crate::metrics::RetryCounters {
+        &self.retries
     }
 
     /// Each service's balancer, by authority (for metrics).

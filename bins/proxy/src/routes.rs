@@ -120,6 +120,7 @@ pub struct RouteError {
 
 /// A compiled route.
 struct Route {
+    name: String,
     matches: Vec<Matcher>,
     backends: Vec<(HttpService, u32)>,
     total_weight: u32,
@@ -288,6 +289,7 @@ impl RouteTable {
                 return Err(fail(format!("retry.{field}: {m}")));
             }
             compiled.push(Route {
+                name: name.clone(),
                 matches,
                 backends: targets,
                 total_weight,
@@ -299,6 +301,20 @@ impl RouteTable {
             routes: compiled,
             default,
         })
+    }
+}
+
+impl RouteTable {
+    /// The retry counters of the routes that retry, by route name.
+    pub fn retry_stats(&self) -> Vec<(String, Arc<mesh_core::retry::RetryStats>)> {
+        self.routes
+            .iter()
+            .filter_map(|r| {
+                r.retry
+                    .as_ref()
+                    .map(|retry| (r.name.clone(), retry.stats()))
+            })
+            .collect()
     }
 }
 
