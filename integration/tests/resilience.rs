@@ -352,10 +352,11 @@ async fn small_posts_are_replayed_and_large_ones_are_not_retried() {
     let rsp = tx.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!rsp.headers().contains_key("mesh-retries"));
-    let got = bodies.lock().unwrap();
-    assert_eq!(got.len(), 1, "a large body was retried");
-    assert_eq!(got[0], sent);
-    drop(got);
+    {
+        let got = bodies.lock().unwrap();
+        assert_eq!(got.len(), 1, "a large body was retried");
+        assert_eq!(got[0], sent);
+    }
 
     // Counted: 2 requests through the policy, 1 retry.
     let (_, metrics) = mesh_integration::scrape_metrics(proxy.admin, None)
