@@ -28,6 +28,10 @@ use mesh_metrics::exposition::{self, Labels, histogram_quantile};
 
 /// Responses, by status and classification.
 const RESPONSES: &str = "response_total";
+/// Retries sent, per service and route.
+const RETRIES: &str = "retries_total";
+/// Requests through a retry policy, per service and route.
+const RETRY_REQUESTS: &str = "retry_requests_total";
 /// The latency histogram's cumulative buckets.
 const LATENCY_BUCKET: &str = "response_latency_seconds_bucket";
 /// How long a scrape may take.
@@ -91,6 +95,8 @@ impl Scraper {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     series: BTreeMap<(String, Labels), f64>,
+    /// `retries_total` and `retry_requests_total`, summed over services and routes.
+    retries: (f64, f64),
     taken: Instant,
 }
 
@@ -98,7 +104,11 @@ impl Snapshot {
     /// The series of a Prometheus text exposition read at `taken` that count outbound calls
     /// to `workload` in `namespace`.
     pub fn parse(text: &str, workload: &str, namespace: &str, taken: Instant) -> Self {
-        let series = exposition::parse(text)
+        let all = exposition::parse(text);
+        let sum =
+            |name: &str| -> f64 { all.iter().filter(|s| s.name == name).map(|s| s.value).sum() };
+        let retries = (sum(RETRIES), sum(RETRY_REQUESTS));
+        let series = all
             .into_iter()
             .filter(|s| {
                 let label = |name: &str| s.labels.get(name).map(String::as_str);
@@ -109,7 +119,11 @@ impl Snapshot {
             })
             .map(|s| ((s.name, s.labels), s.value))
             .collect();
-        Self { series, taken }
+        Self {
+            series,
+            retries,
+            taken,
+        }
     }
 }
 
@@ -139,6 +153,8 @@ impl Row {
 #[derive(Debug, Clone)]
 pub struct Stats {
     rows: BTreeMap<String, Row>,
+    /// Retries and requests through a retry policy in the window.
+    retries: (f64, f64),
     elapsed: Duration,
 }
 
@@ -176,8 +192,19 @@ impl Stats {
                 row.buckets.push((le, delta));
             }
         }
+        let delta = |after: f64, before: f64| {
+            if after >= before {
+                after - before
+            } else {
+                after
+            }
+        };
         Self {
             rows,
+            retries: (
+                delta(after.retries.0, before.retries.0),
+                delta(after.retries.1, before.retries.1),
+            ),
             elapsed: after.taken.saturating_duration_since(before.taken),
         }
     }
@@ -210,6 +237,13 @@ impl Stats {
             self.line(&mut out, name, row, total.responses);
         }
         self.line(&mut out, "TOTAL", &total, total.responses);
+        let seconds = self.elapsed.as_secs_f64().max(f64::EPSILON);
+        let _ = writeln!(
+            out,
+            "RETRIES {:>17.1}/s of {:.1} requests/s through the retry policy",
+            self.retries.0 / seconds,
+            self.retries.1 / seconds
+        );
         out
     }
 
@@ -300,7 +334,7 @@ mod tests {
         assert_eq!(stats.elapsed(), Duration::from_secs(2));
         let table = stats.table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 5, "{table}");
+        assert_eq!(lines.len(), 6, "{table}");
         let fields =
             |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_owned).collect() };
         // 100 in 2 s, half of all, 90% success; p50 at the 2 ms bound (rank 50 of 100, 50
@@ -364,7 +398,7 @@ mod tests {
         let same = Stats::between(&after, &after, ["g-0"]);
         assert_eq!(same.requests(), 0);
         let table = same.table();
-        let total = table.lines().last().unwrap_or_default();
+        let total = table.lines().rev().nth(1).unwrap_or_default();
         assert_eq!(
             total.split_whitespace().collect::<Vec<_>>(),
             ["TOTAL", "0.0", "-", "-", "-", "-", "-", "-"]

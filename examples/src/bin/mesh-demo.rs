@@ -14,10 +14,13 @@
 //!   identity, and routes the greeter's calls to `names` over mTLS;
 //! - 2 `names` pods, which the greeters call through the mesh to pick a name;
 //!   their sidecars admit only the `greeter` identity;
+//! - a `greeter-canary` pod, a service of its own;
 //! - the `loadgen` pod: a load generator (one gRPC client, one HTTP/2 connection to
 //!   its sidecar, 200 requests/s with at most 8 in flight) whose sidecar balances
 //!   each request over the greeter pods, each endpoint named by its pod and by the
-//!   identity it must prove ([`SIDECAR_CONFIG`]).
+//!   identity it must prove ([`SIDECAR_CONFIG`]). A route ([`CANARY_ROUTE`]) sends 10%
+//!   of the calls to the canary and retries failed calls within a budget; the table's
+//!   last line counts the retries.
 //!
 //! Every second it scrapes the proxy's admin `/metrics` and prints, per greeter
 //! replica (the `dst_pod` label of the `direction="outbound"` series of workload
@@ -49,21 +52,27 @@
 //! ```text
 //! t=5s
 //! REPLICA               RPS   SHARE   SUCCESS       P50       P99    MTLS  IDENTITY
-//! greeter-0           109.0   54.5%   100.00%     0.6ms     1.8ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
-//! greeter-1            91.0   45.5%    97.80%     0.6ms     1.6ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-0            98.0   49.0%   100.00%     0.6ms     1.8ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-1            82.0   41.0%    97.60%     0.6ms     1.6ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
 //! greeter-2             0.0    0.0%         -         -         -       -  -
+//! greeter-canary       20.0   10.0%   100.00%     0.6ms     1.5ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
 //! TOTAL               200.0  100.0%    99.00%     0.6ms     1.8ms    100%  -
+//! RETRIES               2.0/s of 200.0 requests/s through the retry policy
 //!
 //! t=12s
 //! REPLICA               RPS   SHARE   SUCCESS       P50       P99    MTLS  IDENTITY
-//! greeter-0           198.0   99.0%   100.00%     0.6ms     1.2ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-0           178.0   89.0%   100.00%     0.6ms     1.2ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
 //! greeter-1             1.0    0.5%     0.00%     0.4ms     0.4ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
 //! greeter-2             1.0    0.5%   100.00%    35.0ms    49.7ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
+//! greeter-canary       20.0   10.0%   100.00%     0.6ms     1.3ms    100%  spiffe://cluster.local/ns/demo/sa/greeter
 //! TOTAL               200.0  100.0%    99.50%     0.6ms     1.2ms    100%  -
+//! RETRIES               1.0/s of 200.0 requests/s through the retry policy
 //! ```
 //!
 //! The numbers vary with the machine. What to look for: every call travels over
-//! mutual TLS (MTLS 100%), each replica proving the greeter identity; the slow replica
+//! mutual TLS (MTLS 100%), each replica proving the greeter identity; the canary takes
+//! about 10% of the calls; a call that fails on greeter-1 is retried (RETRIES), so the
+//! client sees fewer failures than the replica's own success rate says; the slow replica
 //! (greeter-2) gets almost nothing once its first answers are measured (the
 //! proxy balances each request by power of two choices over peak-EWMA latency);
 //! during greeter-1's outage, after 7 failures in a row, the proxy ejects it and
@@ -156,12 +165,32 @@ file = "$PKI/tokens.txt"
 const LOADGEN: &str = "loadgen";
 const NAMES_WORKLOAD: &str = "names";
 
-/// The greeter replicas: name, added delay, failure rate.
+/// The greeter replicas: name, added delay, failure rate. The last is the canary: a service
+/// of its own, which a route gives 10% of the calls.
 const GREETERS: &[(&str, Duration, f64)] = &[
     ("greeter-0", Duration::ZERO, 0.0),
     ("greeter-1", Duration::ZERO, 0.03),
     ("greeter-2", Duration::from_millis(25), 0.0),
+    (CANARY_REPLICA, Duration::ZERO, 0.0),
 ];
+
+/// The canary replica, and the service it alone serves.
+const CANARY_REPLICA: &str = "greeter-canary";
+const CANARY_AUTHORITY: &str = "greeter-canary.demo.svc.cluster.local:50051";
+
+/// The route of the greeter service in loadgen's sidecar: 90% to the greeters, 10% to the
+/// canary, and failed calls (UNAVAILABLE, connect failures) retried within the budget.
+/// gRPC calls are POSTs, so the policy says they may be retried.
+const CANARY_ROUTE: &str = r#"
+[[outbound.services.routes]]
+name = "canary-split"
+backends = [
+    { service = "greeter.demo.svc.cluster.local:50051", weight = 90 },
+    { service = "greeter-canary.demo.svc.cluster.local:50051", weight = 10 },
+]
+[outbound.services.routes.retry]
+retry_non_idempotent = true
+"#;
 
 /// greeter-1 also has outages: every 10 s it fails every call for 4 s.
 const OUTAGE_REPLICA: &str = "greeter-1";
@@ -271,9 +300,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The load generator's sidecar: its metrics make the table.
+    let canary_pods: Vec<(String, SocketAddr)> = greeter_pods
+        .iter()
+        .filter(|(pod, _)| pod == CANARY_REPLICA)
+        .cloned()
+        .collect();
+    greeter_pods.retain(|(pod, _)| pod != CANARY_REPLICA);
     let loadgen = Sidecar::start(&sidecar(
         LOADGEN,
-        service_config(GREETER_AUTHORITY, GREETER_WORKLOAD, &greeter_pods),
+        service_config(GREETER_AUTHORITY, GREETER_WORKLOAD, &greeter_pods)
+            + CANARY_ROUTE
+            + &service_config(CANARY_AUTHORITY, GREETER_WORKLOAD, &canary_pods),
         String::new(),
     ))
     .await?;
