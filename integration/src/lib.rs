@@ -146,9 +146,15 @@ where
 
 /// A backend answering every request `200 hello`.
 pub async fn hello_backend() -> anyhow::Result<SocketAddr> {
-    start_backend(|_req| async {
+    named_backend("hello").await
+}
+
+/// A backend answering every request `200` with `name` as the body, so that a test sees which
+/// backend answered.
+pub async fn named_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
+    start_backend(move |_req| async move {
         Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-            b"hello",
+            name.as_bytes(),
         )))
     })
     .await

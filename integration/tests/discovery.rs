@@ -12,18 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use mesh_integration::{start_backend, start_proxy_toml};
-
-/// A backend answering its own name.
-async fn named_backend(name: &'static str) -> SocketAddr {
-    start_backend(move |_req| async move {
-        Response::new(Full::new(Bytes::from_static(name.as_bytes())))
-    })
-    .await
-    .unwrap()
-}
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use mesh_integration::{named_backend, start_proxy_toml};
 
 /// Which backends answered `n` requests through `outbound`; panics on a failed request.
 async fn who_answers(outbound: SocketAddr, n: usize) -> BTreeSet<String> {
@@ -77,9 +68,9 @@ async fn until_answered_by(outbound: SocketAddr, expected: &[&str]) -> Duration 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_follows_a_services_file() {
     let (a, b, c) = (
-        named_backend("a").await,
-        named_backend("b").await,
-        named_backend("c").await,
+        named_backend("a").await.unwrap(),
+        named_backend("b").await.unwrap(),
+        named_backend("c").await.unwrap(),
     );
     let dir = std::env::temp_dir().join(format!("mesh-discovery-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -14,17 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use mesh_integration::start_backend;
-
-async fn named_backend(name: &'static str) -> SocketAddr {
-    start_backend(move |_req| async move {
-        Response::new(Full::new(Bytes::from_static(name.as_bytes())))
-    })
-    .await
-    .unwrap()
-}
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use mesh_integration::named_backend;
 
 fn config(
     stable: SocketAddr,
@@ -95,7 +87,10 @@ fn replace(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_and_a_header_match() {
-    let (stable, canary) = (named_backend("stable").await, named_backend("canary").await);
+    let (stable, canary) = (
+        named_backend("stable").await.unwrap(),
+        named_backend("canary").await.unwrap(),
+    );
     let path = temp_config("split", &config(stable, canary, (90, 10), CANARY_BY_HEADER));
     let outbound = start(&path).await;
 
@@ -115,7 +110,10 @@ async fn a_split_and_a_header_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_reload_changes_the_split_and_loses_no_request() {
-    let (stable, canary) = (named_backend("stable").await, named_backend("canary").await);
+    let (stable, canary) = (
+        named_backend("stable").await.unwrap(),
+        named_backend("canary").await.unwrap(),
+    );
     let path = temp_config("reload", &config(stable, canary, (90, 10), ""));
     let outbound = start(&path).await;
 
