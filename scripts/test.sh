@@ -32,6 +32,9 @@ fi
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}"
 export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-0}"
 
+# The benchmark harness's parsers (standard library only, a fraction of a second).
+python3 -m unittest discover -s bench/tests -t bench
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

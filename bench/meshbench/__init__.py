@@ -1,0 +1,20 @@
+"""meshbench: the proxy benchmark harness behind bench/run.py (Python 3 standard library only).
+
+Layout:
+
+- common:        paths, cores, proxy names, BenchError, log
+- processes:     starting/stopping processes (own process groups), ports, readiness waits
+- procfs:        /proc parsers (CPU time, peak RSS, per-core busy, TCP states) and readers
+- h2load:        running h2load, parsing its summary and its per-request log
+- stats:         percentiles, medians, ratios
+- tools:         tool checks, versions, the Envoy executable, cargo build
+- proxy_configs: mesh-proxy / Envoy / HAProxy / nginx configs of the h2c balancer role
+- pki, pair_configs, pairs: the test PKI, the mTLS pair configs, and what --mtls and
+                 --handshakes share (pair start-up, the handshake load tool)
+- bench:         the run skeleton (Bench: backends, proxies, the shared measurements;
+                 output directory, guarded run, results writing)
+- rounds:        alternating rounds of two mesh-proxy variants (--metrics-cost, --ab)
+- report:        markdown cells, failure lists and the SVG bar panel shared by the modes
+- modes/:        one module per mode (full, balance, metrics_cost, ab, mtls, handshakes)
+- cli:           the command line and the dispatch to a mode
+"""

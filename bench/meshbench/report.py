@@ -1,0 +1,112 @@
+"""Formatting shared by the modes' reports: numbers and durations in table cells, failure
+listings, the proxies' chart colours, axis ticks, and the bar panel of the SVG charts."""
+
+from __future__ import annotations
+
+import html
+import math
+
+
+def fmt(v: float | int | None, spec: str, none: str = "n/a") -> str:
+    """v formatted with spec; `none` for a missing or NaN value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    return format(v, spec)
+
+
+def us(v: float | None) -> str:
+    """A duration given in µs: "850 µs", or "1.25 ms" from 1 ms up."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v / 1000:.2f} ms" if abs(v) >= 1000 else f"{v:.0f} µs"
+
+
+def error_cell(error: str | None, width: int = 120) -> str:
+    """The first line of an error, cut to width, safe inside a markdown table cell."""
+    return (error or "failed").splitlines()[0][:width].replace("|", "/")
+
+
+def code_block(text: str | None) -> list[str]:
+    """text as an indented fenced block under a markdown list item."""
+    return ["  ```"] + ["  " + x for x in (text or "").splitlines()] + ["  ```"]
+
+
+COLORS = {
+    "direct": "#9e9e9e",
+    "mesh-proxy": "#1b7f3b",
+    "mesh-proxy (no metrics)": "#86c99a",
+    "envoy": "#ad4bd6",
+    "haproxy": "#1f6fb4",
+    "nginx": "#e08a00",
+}
+
+
+def nice_step(span: float, max_ticks: int = 5) -> float:
+    """A 1/2/2.5/5 x 10^k tick step giving at most max_ticks intervals over span."""
+    if span <= 0:
+        return 1.0
+    raw = span / max_ticks
+    exp = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def svg_bar_panel(
+    s: list[str], x0: float, top: float, pw: float, plot_h: float, title: str, subtitle: str,
+    bars: list[dict], fixed_max: float | None = None, ref: tuple[float, str] | None = None,
+    groups: list[tuple[str, int, int, int]] | None = None,
+) -> None:
+    """One bar panel. bars: dicts with label, value (None: `missing` text instead), color,
+    opacity, text (printed above), tip; {"spacer": True} leaves a gap. ref: (value, label) dashed
+    line, explained above the plot. groups: (label, first bar, last bar, row) written under the
+    bar labels, row 0 first."""
+    present = [b["value"] for b in bars if not b.get("spacer") and b["value"] is not None]
+    hi = fixed_max if fixed_max is not None else max(present + ([ref[0]] if ref else []) + [1e-9])
+    step = nice_step(hi)
+    vmax = fixed_max if fixed_max is not None else max(step, math.ceil(hi / step) * step)
+    ticks = max(1, round(vmax / step))
+    ptop = top + 52  # room for the reference-line legend between the subtitle and the top bar labels
+
+    def y_of(v: float) -> float:
+        return ptop + plot_h * (vmax - v) / vmax
+
+    s.append(f'<text x="{x0 + pw / 2}" y="{top}" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}</text>')
+    s.append(f'<text x="{x0 + pw / 2}" y="{top + 18}" text-anchor="middle" fill="#444">{html.escape(subtitle)}</text>')
+    for t in range(ticks + 1):
+        v = step * t
+        y = y_of(v)
+        s.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+        s.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555" font-size="11">{v:g}</text>')
+    y0 = y_of(0.0)
+    s.append(f'<line x1="{x0}" y1="{y0:.1f}" x2="{x0 + pw}" y2="{y0:.1f}" stroke="#333"/>')
+    s.append(f'<line x1="{x0}" y1="{ptop}" x2="{x0}" y2="{y0:.1f}" stroke="#333"/>')
+    slot = pw / max(1, len(bars))
+    bw = slot * 0.72
+    for j, b in enumerate(bars):
+        if b.get("spacer"):
+            continue
+        bx = x0 + j * slot + (slot - bw) / 2
+        cx = bx + bw / 2
+        v = b["value"]
+        if v is None:
+            s.append(f'<text x="{cx:.1f}" y="{y0 - 6:.1f}" text-anchor="middle" fill="#888" font-size="10">{html.escape(b["missing"])}</text>')
+        else:
+            yv = y_of(min(v, vmax))
+            s.append(
+                f'<rect x="{bx:.1f}" y="{yv:.1f}" width="{bw:.1f}" height="{max(y0 - yv, 0.5):.1f}" fill="{b["color"]}" '
+                f'fill-opacity="{b.get("opacity", 1)}"><title>{html.escape(b["tip"])}</title></rect>'
+            )
+            s.append(f'<text x="{cx:.1f}" y="{yv - 5:.1f}" text-anchor="middle" font-size="10">{html.escape(b["text"])}</text>')
+        s.append(f'<text x="{cx:.1f}" y="{y0 + 14:.1f}" text-anchor="middle" font-size="10" fill="#333">{html.escape(b["label"])}</text>')
+    if ref is not None:  # drawn over the bars; its meaning is written above the plot
+        yr = y_of(ref[0])
+        s.append(f'<line x1="{x0}" y1="{yr:.1f}" x2="{x0 + pw}" y2="{yr:.1f}" stroke="#c62828" stroke-dasharray="5,4"/>')
+        s.append(f'<line x1="{x0 + pw - 150}" y1="{top + 30}" x2="{x0 + pw - 128}" y2="{top + 30}" stroke="#c62828" stroke-dasharray="5,4"/>')
+        s.append(f'<text x="{x0 + pw - 124}" y="{top + 34}" fill="#c62828" font-size="10">{html.escape(ref[1])}</text>')
+    for label, first, last, row in groups or []:
+        cx = x0 + (first + last + 1) / 2 * slot
+        weight = "bold" if row else "normal"
+        s.append(f'<text x="{cx:.1f}" y="{y0 + 28 + 15 * row:.1f}" text-anchor="middle" font-size="11" font-weight="{weight}" '
+                 f'fill="#333">{html.escape(label)}</text>')
