@@ -11,6 +11,9 @@
 //! process: the replicas, a `mesh-proxy`, and a load generator that prints what
 //! each replica served, as the proxy's metrics tell it ([`stats`]).
 //!
+//! [`outbound_stack`] composes a complete outbound stack (discovery, routes, retries, P2C,
+//! metrics, mTLS) from the library in one function, served by the `outbound-stack` binary.
+//!
 //! ```no_run
 //! use mesh_examples::demo::{self, Greeter, GreeterConfig, Replica};
 //! use mesh_examples::pb::HelloRequest;
@@ -30,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod outbound_stack;
 pub mod stats;
 
 /// The code generated from `proto/demo.proto` (package `mesh.demo.v1`).

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mesh_core::config::{Invalid, check_range, check_setting_duration, format_duration};
 use serde::{Deserialize, Serialize};
 
 /// How a service's requests are balanced.
@@ -68,34 +69,23 @@ impl Default for FailureAccrualConfig {
 
 impl BalancerConfig {
     /// Checks the values; the error names the field and what was expected.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        let day = Duration::from_secs(24 * 3600);
-        let in_range = |d: Duration| !d.is_zero() && d <= day;
-        if !in_range(self.default_rtt) {
-            return Err(("default_rtt", "expected a duration above 0 and at most 24h"));
-        }
-        if !in_range(self.decay) {
-            return Err(("decay", "expected a duration above 0 and at most 24h"));
-        }
-        if !in_range(self.failfast_timeout) {
-            return Err((
-                "failfast_timeout",
-                "expected a duration above 0 and at most 24h",
-            ));
-        }
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_setting_duration("default_rtt", self.default_rtt)?;
+        check_setting_duration("decay", self.decay)?;
+        check_setting_duration("failfast_timeout", self.failfast_timeout)?;
         let accrual = &self.failure_accrual;
-        if !in_range(accrual.backoff_min) || !in_range(accrual.backoff_max) {
-            return Err((
-                "failure_accrual.backoff_min",
-                "expected durations above 0 and at most 24h",
-            ));
-        }
-        if accrual.max_ejected_percent > 100 {
-            return Err(("failure_accrual.max_ejected_percent", "expected 0 to 100"));
-        }
+        check_setting_duration("failure_accrual.backoff_min", accrual.backoff_min)?;
+        check_setting_duration("failure_accrual.backoff_max", accrual.backoff_max)?;
+        check_range(
+            "failure_accrual.max_ejected_percent",
+            accrual.max_ejected_percent,
+            0,
+            100,
+        )?;
         if accrual.backoff_min > accrual.backoff_max {
-            return Err((
+            return Err(Invalid::new(
                 "failure_accrual.backoff_max",
+                format_duration(accrual.backoff_max),
                 "expected at least failure_accrual.backoff_min",
             ));
         }

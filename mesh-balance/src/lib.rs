@@ -24,6 +24,8 @@
 //!   latency estimate, never lower it: a fast error does not make an endpoint look good, and
 //!   a hung one looks slow.
 //! - [`RoundRobin`]: the simplest spread, one atomic increment per pick, for fixed sets.
+//! - `metrics` (cargo feature `metrics`, on by default): the balancers' Prometheus metrics,
+//!   read at scrape time into a plain prometheus-client registry.
 //!
 //! # Design, and what was taken from tower
 //!
@@ -86,6 +88,8 @@
 
 mod config;
 mod endpoint;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod p2c;
 mod rr;
 #[cfg(test)]

@@ -131,12 +131,8 @@ where
     {
         let config = match config.validate() {
             Ok(()) => config,
-            Err((field, expected)) => {
-                tracing::warn!(
-                    field,
-                    expected,
-                    "invalid balancer setting; using the defaults"
-                );
+            Err(invalid) => {
+                tracing::warn!(%invalid, "invalid balancer setting; using the defaults");
                 BalancerConfig::default()
             }
         };
@@ -424,7 +420,7 @@ impl<S> Drop for QueueSlot<S> {
 /// this request and every one after it at once, until an endpoint is ready again.
 async fn wait_for_endpoint<S>(
     slot: QueueSlot<S>,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, BoxError>
 where
     S: mesh_core::SharedHttpService + Availability,
@@ -436,6 +432,7 @@ where
         if let Some(picked) = shared.pick() {
             shared.failing_fast.store(false, Ordering::Relaxed);
             drop(slot);
+            restamp_grpc_timeout(&mut req);
             return Dispatch::new(picked, req).await;
         }
         let now = Instant::now();
@@ -450,6 +447,18 @@ where
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline.min(now + QUEUE_RECHECK)) => {}
         }
+    }
+}
+
+/// After a wait in the queue, tells the endpoint how much of the caller's gRPC deadline is
+/// left (the timeout layer above stamped `grpc-timeout` before the wait, and left the
+/// [`Deadline`](mesh_core::timeout::Deadline) for the layers below).
+fn restamp_grpc_timeout(req: &mut Request<Body>) {
+    use mesh_core::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
+    if let Some(grpc_at) = req.extensions().get::<Deadline>().and_then(|d| d.grpc) {
+        let left = grpc_at.saturating_duration_since(Instant::now());
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
     }
 }
 
@@ -594,10 +603,7 @@ where
                         if class.is_none() {
                             body.classify_grpc();
                         }
-                        if let Err(observer) = body.observe(endpoint) {
-                            // No room: the request ends here for the balancer.
-                            observer.on_end(mesh_core::body::BodyEnd::Dropped, status);
-                        }
+                        body.observe(endpoint);
                         Body::Observed(body)
                     }
                     other => {

@@ -56,15 +56,16 @@ pub trait BodyObserver: Send + Sync {
     fn on_end(&self, end: BodyEnd, status: http::StatusCode);
 }
 
-/// How many observers one body carries: one per concern that watches bodies end (metrics,
-/// balancing), without boxing.
-const OBSERVERS: usize = 2;
+/// How many observers one body carries inline: one per concern that watches bodies end in the
+/// proxy's stacks (metrics, balancing). More are kept in a vector, allocated only then.
+const INLINE_OBSERVERS: usize = 2;
 
 /// A received body that tells its observers how it ended, without boxing: each observer is an
 /// `Arc` the caller already has.
 pub struct ObservedBody {
     body: hyper::body::Incoming,
-    observers: [Option<Arc<dyn BodyObserver>>; OBSERVERS],
+    observers: [Option<Arc<dyn BodyObserver>>; INLINE_OBSERVERS],
+    more_observers: Vec<Arc<dyn BodyObserver>>,
     classify_grpc: bool,
     status: http::StatusCode,
 }
@@ -81,22 +82,17 @@ impl ObservedBody {
         Self {
             body,
             observers: [Some(observer), None],
+            more_observers: Vec::new(),
             classify_grpc,
             status,
         }
     }
 
-    /// Adds an observer; gives it back when the body already has as many as it can carry.
-    pub fn observe(
-        &mut self,
-        observer: Arc<dyn BodyObserver>,
-    ) -> Result<(), Arc<dyn BodyObserver>> {
+    /// Adds an observer: the first ones inline, any further in a vector.
+    pub fn observe(&mut self, observer: Arc<dyn BodyObserver>) {
         match self.observers.iter_mut().find(|o| o.is_none()) {
-            Some(slot) => {
-                *slot = Some(observer);
-                Ok(())
-            }
-            None => Err(observer),
+            Some(slot) => *slot = Some(observer),
+            None => self.more_observers.push(observer),
         }
     }
 
@@ -107,6 +103,9 @@ impl ObservedBody {
 
     fn finish(&mut self, end: BodyEnd) {
         for observer in self.observers.iter_mut().filter_map(Option::take) {
+            observer.on_end(end, self.status);
+        }
+        for observer in self.more_observers.drain(..) {
             observer.on_end(end, self.status);
         }
     }

@@ -55,12 +55,12 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Checks the values; the error names the field and the bound.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        use crate::server::{check_duration, check_window};
-        check_duration("connect_timeout", self.connect_timeout)?;
-        check_duration("idle_timeout", self.idle_timeout)?;
-        check_duration("keep_alive_interval", self.keep_alive_interval)?;
+    /// Checks the values; the error names the field, the value and the bound.
+    pub fn validate(&self) -> Result<(), crate::config::Invalid> {
+        use crate::config::{check_setting_duration, check_window};
+        check_setting_duration("connect_timeout", self.connect_timeout)?;
+        check_setting_duration("idle_timeout", self.idle_timeout)?;
+        check_setting_duration("keep_alive_interval", self.keep_alive_interval)?;
         check_window("initial_stream_window", self.initial_stream_window)?;
         check_window("initial_connection_window", self.initial_connection_window)
     }

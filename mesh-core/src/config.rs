@@ -38,6 +38,119 @@ pub enum ConfigError {
     Semantic(String),
 }
 
+/// A value that does not fit: the field that holds it, the value, and what was expected.
+///
+/// Every `validate()` of the mesh's configuration types returns this one error, with the field
+/// relative to the type (`max_retries`); whoever holds the type names its place with
+/// [`within`](Invalid::within) (`outbound.services[2].retry.max_retries`), and the loader turns
+/// it into a [`ConfigError::Invalid`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` = {value}: {expected}")]
+pub struct Invalid {
+    /// The dotted field.
+    pub field: String,
+    /// The value as configured.
+    pub value: String,
+    /// What was expected instead.
+    pub expected: String,
+}
+
+impl Invalid {
+    /// `field` holds `value`, where `expected` was expected.
+    pub fn new(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// A field that must be set and is not.
+    pub fn missing(field: impl Into<String>, why: impl Into<String>) -> Self {
+        Self::new(field, "(missing)", why)
+    }
+
+    /// The same error, with the field placed under `section` (`retry` becomes
+    /// `outbound.services[0].retry`).
+    pub fn within(mut self, section: &str) -> Self {
+        if !section.is_empty() {
+            self.field = format!("{section}.{}", self.field);
+        }
+        self
+    }
+}
+
+impl From<Invalid> for ConfigError {
+    fn from(e: Invalid) -> Self {
+        ConfigError::Invalid {
+            key: e.field,
+            value: format!(" = {}", e.value),
+            message: e.expected,
+        }
+    }
+}
+
+/// The longest duration a setting may take: longer ones are surely a mistake (and would
+/// overflow deadlines).
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks that `value` lies in `min..=max` (durations are written as configured, `"250ms"`).
+pub fn check_duration(
+    field: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), Invalid> {
+    if value < min || value > max || value.is_zero() {
+        let expected = if min.is_zero() || min <= Duration::from_nanos(1) {
+            format!(
+                "expected a duration above 0 and at most {}",
+                format_duration(max)
+            )
+        } else {
+            format!(
+                "expected {} to {}",
+                format_duration(min),
+                format_duration(max)
+            )
+        };
+        return Err(Invalid::new(field, format_duration(value), expected));
+    }
+    Ok(())
+}
+
+/// Checks a duration setting: above 0 and at most [`MAX_SETTING_DURATION`].
+pub fn check_setting_duration(field: &str, value: Duration) -> Result<(), Invalid> {
+    check_duration(field, value, Duration::ZERO, MAX_SETTING_DURATION)
+}
+
+/// Checks that `value` lies in `min..=max`.
+pub fn check_range<T>(field: &str, value: T, min: T, max: T) -> Result<(), Invalid>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return Err(Invalid::new(
+            field,
+            &value,
+            format!("expected {min} to {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an HTTP/2 window: at least the default 65535, at most 2^31 - 1 (RFC 9113, 6.9).
+pub fn check_window(field: &str, window: u32) -> Result<(), Invalid> {
+    check_range(field, window, 65_535, i32::MAX as u32).map_err(|e| Invalid {
+        expected: "expected 65535 to 2147483647 bytes".into(),
+        ..e
+    })
+}
+
 /// Where the configuration text comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {

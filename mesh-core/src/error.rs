@@ -142,8 +142,12 @@ pub fn classify(err: &(dyn StdError + 'static)) -> (ErrorKind, &'static str) {
     (ErrorKind::BadGateway, "upstream-error")
 }
 
-/// Is this request gRPC? (Its content type says so.)
+/// Is this request gRPC? (Its content type says so; the server side's
+/// [`RequestContext`](crate::context::RequestContext) when it stamped one.)
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    if let Some(context) = crate::context::RequestContext::of(req) {
+        return context.grpc;
+    }
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))

@@ -3,6 +3,7 @@
 //! mesh-core depends on no sibling crate. It holds what two or more concerns need:
 //!
 //! - [`endpoint`]: endpoints, authorities (service names), directions;
+//! - [`context`]: what the server side learns of a request once (received at, gRPC);
 //! - [`error`]: error classification and the one mapping from an error to a response;
 //! - [`classify`]: success or failure of a response (5xx, gRPC status), for accrual and metrics;
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque) with a bounded read;
@@ -44,6 +45,7 @@ pub mod body;
 pub mod classify;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod detect;
 pub mod drain;
 pub mod endpoint;

@@ -310,28 +310,31 @@ pub const MAX_RETRIES: u32 = 10;
 
 impl RetryPolicy {
     /// Checks the values; the error names the field and what was expected.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        use crate::server::check_duration;
-        if self.max_retries > MAX_RETRIES {
-            return Err(("max_retries", format!("expected 0 to {MAX_RETRIES}")));
-        }
-        check_duration("backoff_min", self.backoff_min)?;
-        check_duration("backoff_max", self.backoff_max)?;
+    pub fn validate(&self) -> Result<(), crate::config::Invalid> {
+        use crate::config::{Invalid, check_duration, check_range, check_setting_duration};
+        check_range("max_retries", self.max_retries, 0, MAX_RETRIES)?;
+        check_setting_duration("backoff_min", self.backoff_min)?;
+        check_setting_duration("backoff_max", self.backoff_max)?;
         if self.backoff_max < self.backoff_min {
-            return Err(("backoff_max", "expected at least backoff_min".into()));
+            return Err(Invalid::new(
+                "backoff_max",
+                crate::config::format_duration(self.backoff_max),
+                "expected at least backoff_min",
+            ));
         }
-        if self.max_buffered_body > 64 * 1024 * 1024 {
-            return Err(("max_buffered_body", "expected at most 64 MiB".into()));
-        }
-        if !(0.0..=10.0).contains(&self.budget_ratio) {
-            return Err(("budget_ratio", "expected 0 to 10".into()));
-        }
-        if self.budget_window < Duration::from_secs(1)
-            || self.budget_window > Duration::from_secs(3600)
-        {
-            return Err(("budget_window", "expected 1s to 1h".into()));
-        }
-        Ok(())
+        check_range(
+            "max_buffered_body",
+            self.max_buffered_body,
+            0,
+            64 * 1024 * 1024,
+        )?;
+        check_range("budget_ratio", self.budget_ratio, 0.0, 10.0)?;
+        check_duration(
+            "budget_window",
+            self.budget_window,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )
     }
 
     fn on(&self, condition: RetryOn) -> bool {

@@ -18,6 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::BoxError;
 use crate::body::Body;
+use crate::config::{Invalid, check_range, check_setting_duration, check_window};
 use crate::detect::Protocol;
 use crate::drain::Drain;
 use crate::error::{error_chain, error_response, is_grpc};
@@ -45,41 +46,20 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Checks the values; the error names the field and the bound.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        check_duration("header_read_timeout", self.header_read_timeout)?;
-        check_duration("keep_alive_interval", self.keep_alive_interval)?;
-        if self.max_header_bytes < 1024 {
-            return Err(("max_header_bytes", "expected at least 1024".into()));
-        }
-        if self.max_concurrent_streams == 0 {
-            return Err(("max_concurrent_streams", "expected at least 1".into()));
-        }
+    /// Checks the values; the error names the field, the value and the bound.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_setting_duration("header_read_timeout", self.header_read_timeout)?;
+        check_setting_duration("keep_alive_interval", self.keep_alive_interval)?;
+        check_range("max_header_bytes", self.max_header_bytes, 1024, u32::MAX)?;
+        check_range(
+            "max_concurrent_streams",
+            self.max_concurrent_streams,
+            1,
+            u32::MAX,
+        )?;
         check_window("initial_stream_window", self.initial_stream_window)?;
         check_window("initial_connection_window", self.initial_connection_window)
     }
-}
-
-/// The longest duration a setting may take: longer ones are surely a mistake (and would
-/// overflow deadlines).
-pub(crate) const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
-
-pub(crate) fn check_duration(
-    field: &'static str,
-    d: Duration,
-) -> Result<(), (&'static str, String)> {
-    if d.is_zero() || d > MAX_SETTING_DURATION {
-        return Err((field, "expected a duration above 0 and at most 24h".into()));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_window(field: &'static str, window: u32) -> Result<(), (&'static str, String)> {
-    // HTTP/2 windows: at least the default 65535, at most 2^31 - 1 (RFC 9113, section 6.9).
-    if !(65_535..=i32::MAX as u32).contains(&window) {
-        return Err((field, "expected 65535 to 2147483647 bytes".into()));
-    }
-    Ok(())
 }
 
 impl Default for ServerConfig {
@@ -259,8 +239,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: Service<Request<Body>>> RespondFuture<S> {
-    fn new(svc: S, req: Request<Body>) -> Self {
+    fn new(svc: S, mut req: Request<Body>) -> Self {
         let grpc = is_grpc(&req);
+        req.extensions_mut().insert(crate::context::RequestContext {
+            received_at: tokio::time::Instant::now(),
+            grpc,
+        });
         Self {
             inner: svc.oneshot(req),
             grpc,

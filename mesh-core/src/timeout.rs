@@ -149,9 +149,9 @@ impl Default for TimeoutConfig {
 
 impl TimeoutConfig {
     /// Checks the values; the error names the field and the bound.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), crate::config::Invalid> {
         match self.request {
-            Some(d) => crate::server::check_duration("request", d),
+            Some(d) => crate::config::check_setting_duration("request", d),
             None => Ok(()),
         }
     }
@@ -178,15 +178,16 @@ mod opt_duration {
     }
 }
 
-/// When the request was received, as a request extension: deadlines count from it, so that
-/// time spent in the layers above (readiness, queueing) is counted too. The server side sets
-/// it; without it, deadlines count from when [`Timeout`] is called.
+/// When the request was received, as a request extension set by hand: deadlines count from
+/// it, so that time spent in the layers above (readiness, queueing) is counted too. The
+/// server side stamps the same in its [`RequestContext`](crate::context::RequestContext),
+/// which wins; without either, deadlines count from when [`Timeout`] is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceivedAt(pub Instant);
 
-/// The deadline [`Timeout`] enforces, as a request extension for the layers below (a layer
-/// that waits, such as a queue, can give up early; a client can re-stamp `grpc-timeout` just
-/// before the request is written with [`encode_grpc_timeout`]).
+/// The deadline [`Timeout`] enforces, as a request extension for the layers below: a layer
+/// that makes the request wait re-stamps `grpc-timeout` with what is left before sending it
+/// on ([`encode_grpc_timeout`]; mesh-balance's queue does, when no endpoint was ready).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadline {
     /// When the request fails.
@@ -371,10 +372,11 @@ where
             return ResponseFuture::untimed(self.inner.call(req));
         }
         let now = Instant::now();
-        let start = req
-            .extensions()
-            .get::<ReceivedAt>()
-            .map_or(now, |r| r.0.min(now));
+        let received = match crate::context::RequestContext::of(&req) {
+            Some(context) => Some(context.received_at),
+            None => req.extensions().get::<ReceivedAt>().map(|r| r.0),
+        };
+        let start = received.map_or(now, |at| at.min(now));
         // A deadline too far to represent is no deadline.
         let route = self
             .request
@@ -666,6 +668,9 @@ mod tests {
             request: Some(Duration::ZERO),
             ..TimeoutConfig::default()
         };
-        assert_eq!(zero.validate().map_err(|e| e.0), Err("request"));
+        assert_eq!(
+            zero.validate().map_err(|e| e.field),
+            Err("request".to_owned())
+        );
     }
 }

@@ -593,17 +593,17 @@ fn the_policy_reads_from_configuration() {
         backoff_max: Duration::from_millis(1),
         ..RetryPolicy::default()
     };
-    assert_eq!(bad.validate().unwrap_err().0, "backoff_max");
+    assert_eq!(bad.validate().unwrap_err().field, "backoff_max");
     let bad = RetryPolicy {
         budget_ratio: -1.0,
         ..RetryPolicy::default()
     };
-    assert_eq!(bad.validate().unwrap_err().0, "budget_ratio");
+    assert_eq!(bad.validate().unwrap_err().field, "budget_ratio");
     let bad = RetryPolicy {
         max_retries: 100,
         ..RetryPolicy::default()
     };
-    assert_eq!(bad.validate().unwrap_err().0, "max_retries");
+    assert_eq!(bad.validate().unwrap_err().field, "max_retries");
 }
 
 #[tokio::test(start_paused = true)]

@@ -96,6 +96,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as ProtoDnsError, NetError};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use mesh_core::config::{Invalid, check_setting_duration, format_duration};
 use mesh_core::endpoint::Endpoint;
 use serde::{Deserialize, Serialize};
 
@@ -143,32 +144,18 @@ impl Default for DnsConfig {
 
 impl DnsConfig {
     /// Checks the values; the error names the field and what was expected.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let day = Duration::from_secs(24 * 3600);
-        let check = |field: &'static str, d: Duration| {
-            if d.is_zero() || d > day {
-                Err((
-                    field,
-                    format!(
-                        "expected a duration above 0 and at most 24h, got {}",
-                        mesh_core::config::format_duration(d)
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        check("min_ttl", self.min_ttl)?;
-        check("max_ttl", self.max_ttl)?;
-        check("timeout", self.timeout)?;
-        check("retry_backoff_max", self.retry_backoff_max)?;
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_setting_duration("min_ttl", self.min_ttl)?;
+        check_setting_duration("max_ttl", self.max_ttl)?;
+        check_setting_duration("timeout", self.timeout)?;
+        check_setting_duration("retry_backoff_max", self.retry_backoff_max)?;
         if self.max_ttl < self.min_ttl {
-            return Err((
+            return Err(Invalid::new(
                 "max_ttl",
+                format_duration(self.max_ttl),
                 format!(
-                    "expected at least min_ttl ({}), got {}",
-                    mesh_core::config::format_duration(self.min_ttl),
-                    mesh_core::config::format_duration(self.max_ttl)
+                    "expected at least min_ttl ({})",
+                    format_duration(self.min_ttl)
                 ),
             ));
         }
@@ -177,9 +164,10 @@ impl DnsConfig {
             .iter()
             .find(|addr| addr.port() == 0 || addr.ip().is_unspecified())
         {
-            return Err((
+            return Err(Invalid::new(
                 "nameservers",
-                format!("expected server addresses with an IP and a port, got {bad}"),
+                bad,
+                "expected server addresses with an IP and a port",
             ));
         }
         Ok(())
@@ -201,13 +189,8 @@ impl DnsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     /// A setting is out of range.
-    #[error("invalid DNS setting `{field}`: {message}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// What was expected.
-        message: String,
-    },
+    #[error("invalid DNS setting {0}")]
+    Invalid(#[source] Invalid),
     /// The system configuration could not be read or the resolver not built.
     #[error("cannot set up the DNS resolver: {0}")]
     Resolver(#[from] NetError),
@@ -243,9 +226,7 @@ impl DnsResolve {
     /// Needs no runtime; [`Resolve::resolve`] must be called inside a tokio runtime, on which
     /// the resolutions run.
     pub fn new(config: DnsConfig) -> Result<Self, DnsError> {
-        config
-            .validate()
-            .map_err(|(field, message)| DnsError::Invalid { field, message })?;
+        config.validate().map_err(DnsError::Invalid)?;
         let mut builder = if config.nameservers.is_empty() {
             TokioResolver::builder_tokio()?
         } else {

@@ -497,10 +497,10 @@ fn configuration_errors_name_the_field() {
         ),
     ];
     for (field, config) in cases {
-        let (named, message) = config.validate().unwrap_err();
-        assert_eq!(named, field, "{message}");
+        let invalid = config.validate().unwrap_err();
+        assert_eq!(invalid.field, field, "{}", invalid.expected);
         match DnsResolve::new(config) {
-            Err(e @ DnsError::Invalid { .. }) => {
+            Err(e @ DnsError::Invalid(_)) => {
                 assert!(e.to_string().contains(field), "{e}")
             }
             other => panic!("{field}: {other:?}"),

@@ -7,6 +7,9 @@
 //!   endpoint, so an unknown `Host` never becomes a series.
 //! - [`tcp`]: per listener, connections opened and open, closes by error kind, bytes.
 //! - [`process`]: CPU seconds, resident memory, open file descriptors, start time.
+//! - [`retry`]: requests through retry policies, retries, budget refusals (read at scrape
+//!   time from the counters of mesh-core's retry layers). The balancer's own metrics live in
+//!   mesh-balance (feature `metrics`), which registers them into the same plain registry.
 //! - [`Metrics`]: the registry they live in, and its exposition in the format the scraper asks
 //!   for ([`Metrics::encode`]: OpenMetrics text when the `Accept` header names it, Prometheus
 //!   text 0.0.4 otherwise).
@@ -32,6 +35,7 @@
 pub mod exposition;
 pub mod http;
 pub mod process;
+pub mod retry;
 pub mod tcp;
 
 use prometheus_client::encoding::text::encode;

@@ -1,28 +1,7 @@
 //! mesh-proxy, the sidecar: an outbound listener that balances the app's HTTP and gRPC calls
 //! per request, an inbound listener in front of the app, opaque TCP services, and an admin
-//! listener.
-//!
-//! The binary (`main.rs`) is thin wiring over this library, so that tests, the demo and other
-//! binaries (the ingress) run the same proxy in-process.
-//!
-//! # Stacks
-//!
-//! ```text
-//! outbound: accept -> detect (HTTP/1 | HTTP/2 | opaque: closed with a logged reason)
-//!           -> hyper server -> Respond (errors -> 502/503/504 or grpc-status)
-//!           -> AuthorityRouter (:authority / Host) -> [HttpService] -> Balancer (P2C, peak-EWMA)
-//!           -> EndpointClient (mTLS verifying the endpoint's identity, when it has one)
-//! inbound:  accept -> peek ClientHello: our SNI -> mTLS (caller's identity) | other SNI | plaintext
-//!           -> authorize (port policy) -> detect -> HTTP: hyper server -> Respond -> metrics -> app
-//!                                               -> opaque: TCP forward to the app
-//! opaque:   accept -> round robin per connection -> (mTLS) -> TCP forward, half-close preserved
-//! ```
-//!
-//! With an `[identity]` section the proxy makes its key in memory, sends a CSR (to the
-//! controller, or to a local issuer in `local` mode), is not `/ready` until it holds a
-//! certificate, and renews it in the background (mesh-tls).
-//!
-//! # Example
+//! listener. This crate is wiring: the stacks are mesh-stack's builders, the configuration is
+//! made of mesh-stack's sections ([`config`]).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -40,27 +19,20 @@
 //! # }
 //! ```
 
-pub mod admin;
 pub mod config;
-pub mod discovery;
-pub mod inbound;
-pub mod metrics;
-pub mod opaque;
-pub mod outbound;
-pub mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use anyhow::Context as _;
 use mesh_core::drain::Drain;
-use mesh_metrics::tcp::{ListenerMetrics, MeteredIo};
-use tokio::net::{TcpListener, TcpStream};
+use mesh_stack::serve::{bind, local_addr, spawn_accept};
+use mesh_stack::{Shared, admin, inbound, opaque, outbound};
+use tokio::net::TcpListener;
 
 pub use config::Config;
+pub use mesh_stack::admin::LogControl;
 
 /// A proxy whose listeners are bound, ready to [`run`](Proxy::run).
 #[derive(Debug)]
@@ -70,24 +42,13 @@ pub struct Proxy {
     outbound: TcpListener,
     inbound: Option<TcpListener>,
     opaque: Vec<(TcpListener, config::ServiceConfig)>,
-    log: Option<Arc<admin::LogControl>>,
+    log: Option<Arc<LogControl>>,
     identity: Option<(
         mesh_tls::local::LocalIdentity,
         Arc<dyn mesh_tls::local::Certify>,
     )>,
-    sources: discovery::Sources,
+    sources: mesh_stack::discovery::Sources,
     config_file: Option<std::path::PathBuf>,
-}
-
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
-}
-
-fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 impl Proxy {
@@ -100,25 +61,28 @@ impl Proxy {
             Some(inbound) => Some(bind(inbound.listen, "inbound.listen").await?),
             None => None,
         };
-        let identity = match &config.identity {
-            Some(c) => Some(identity(c)?),
-            None => None,
-        };
-        let sources = discovery::Sources::new(&config).await?;
+        let identity = config
+            .identity
+            .as_ref()
+            .map(mesh_stack::identity::from_config);
+        let (services, identity_config) = (&config.outbound.services, config.identity.as_ref());
+        let sources =
+            mesh_stack::discovery::Sources::new(services, &config.discovery, identity_config)
+                .await?;
         let mut opaque = Vec::new();
-        for svc in config.outbound.services.iter().filter(|s| s.opaque) {
+        for svc in services.iter().filter(|s| s.opaque) {
             if let Some(listen) = svc.listen {
                 opaque.push((bind(listen, &svc.authority).await?, svc.clone()));
             }
         }
         Ok(Self {
+            identity: identity.transpose()?,
             config,
             admin,
             outbound,
             inbound,
             opaque,
             log: None,
-            identity,
             sources,
             config_file: None,
         })
@@ -133,7 +97,7 @@ impl Proxy {
     }
 
     /// Lets the admin listener read and change the log filter (`/log-level`).
-    pub fn with_log_control(mut self, log: admin::LogControl) -> Self {
+    pub fn with_log_control(mut self, log: LogControl) -> Self {
         self.log = Some(Arc::new(log));
         self
     }
@@ -155,10 +119,10 @@ impl Proxy {
 
     /// The listeners of opaque services, by authority.
     pub fn opaque_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.opaque
-            .iter()
-            .map(|(l, svc)| (svc.authority.clone(), local_addr(l)))
-            .collect()
+        let addr = |(l, svc): &(TcpListener, config::ServiceConfig)| {
+            (svc.authority.clone(), local_addr(l))
+        };
+        self.opaque.iter().map(addr).collect()
     }
 
     /// The configuration in force.
@@ -172,37 +136,43 @@ impl Proxy {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let drain = Drain::new();
-        let ready = Arc::new(AtomicBool::new(false));
-        let config = Arc::new(self.config);
-
-        let mut registry = mesh_metrics::Metrics::new();
-        let http_metrics = mesh_metrics::http::HttpMetrics::register(registry.registry_mut());
-        let tcp_metrics = mesh_metrics::tcp::TcpMetrics::register(registry.registry_mut());
-        spawn_idle_series_sweep(
-            http_metrics.clone(),
-            config.metrics.idle_series_ttl,
-            drain.clone(),
-        );
-        let mut client = mesh_core::client::HttpClient::new(&config.client);
+        let (drain, ready) = (Drain::new(), Arc::new(AtomicBool::new(false)));
+        let config = self.config;
+        let mut metrics = mesh_metrics::Metrics::new();
+        let registry = metrics.registry_mut();
+        let http_metrics = mesh_metrics::http::HttpMetrics::register(registry);
+        let tcp_metrics = mesh_metrics::tcp::TcpMetrics::register(registry);
+        let ttl = config.metrics.idle_series_ttl;
+        mesh_stack::serve::spawn_idle_series_sweep(http_metrics.clone(), ttl, drain.clone());
+        let mut shared = Shared::new(config.workload.clone(), &config.client, &config.server);
+        if config.metrics.requests {
+            shared = shared.with_request_metrics(http_metrics);
+        }
         let mut tls = None;
-        let identity = match self.identity {
-            Some((identity, ca)) => {
-                let metrics = mesh_tls::metrics::IdentityMetrics::register(registry.registry_mut());
-                tokio::spawn(identity.clone().renew_forever(ca, metrics));
-                let connector = mesh_tls::connect::connector(&identity);
-                client = client.with_tls(connector.clone());
-                tls = Some(connector);
-                Some(identity)
-            }
-            None => None,
-        };
-        let inbound_counters = inbound::InboundCounters::register(registry.registry_mut());
-        let outbound = outbound::Outbound::new(&config, &client, &http_metrics, &self.sources)?;
-        metrics::register_balancers(&mut registry, outbound.balancers().to_vec());
-        metrics::register_retries(&mut registry, outbound.retries().clone());
+        let identity = self.identity.map(|(identity, certify)| {
+            tls = Some(mesh_stack::identity::start(&identity, certify, registry));
+            identity
+        });
+        if let Some(tls) = &tls {
+            shared = shared.with_tls(tls.clone());
+        }
+        let inbound_counters = inbound::InboundCounters::register(registry);
+        let balancers = mesh_balance::metrics::BalancerMetrics::register(registry);
+        let retries = mesh_metrics::retry::RetryMetrics::register(registry);
+        let services = &config.outbound.services;
+        let detect_timeout = config.outbound.detect_timeout;
+        let outbound = outbound::Outbound::new(
+            services,
+            detect_timeout,
+            &shared,
+            &self.sources,
+            &balancers,
+            retries,
+        )?;
         if let Some(path) = self.config_file {
-            spawn_route_reload(path, outbound.clone(), drain.clone());
+            let load =
+                |path: &std::path::Path| Config::load(Some(path)).map(|c| c.outbound.services);
+            outbound.reload_on_change(path, drain.clone(), load);
         }
         spawn_accept(
             self.outbound,
@@ -211,32 +181,25 @@ impl Proxy {
             tcp_metrics.listener("outbound", "outbound"),
             move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
         );
-        if let (Some(listener), Some(inbound_config)) = (self.inbound, &config.inbound) {
-            let inbound = inbound::Inbound::new(
-                inbound_config,
-                &config,
-                &client,
-                &http_metrics,
-                identity.clone(),
-                inbound_counters,
-            );
+        if let (Some(l), Some(inbound_config)) = (self.inbound, &config.inbound) {
+            let inbound =
+                inbound::Inbound::new(inbound_config, &shared, identity.clone(), inbound_counters);
             spawn_accept(
-                listener,
+                l,
                 drain.clone(),
                 "inbound",
                 tcp_metrics.listener("inbound", "inbound"),
                 move |stream, peer, drain| inbound.clone().serve(stream, peer, drain),
             );
         }
-        for (listener, svc) in self.opaque {
+        for (l, svc) in self.opaque {
             let forward =
                 opaque::OpaqueService::new(&svc, config.client.connect_timeout, tls.clone())?;
-            let listener_metrics = tcp_metrics.listener("outbound", &svc.authority);
             spawn_accept(
-                listener,
+                l,
                 drain.clone(),
                 "opaque",
-                listener_metrics,
+                tcp_metrics.listener("outbound", &svc.authority),
                 move |stream, peer, _| forward.clone().serve(stream, peer),
             );
         }
@@ -244,10 +207,11 @@ impl Proxy {
             .admin
             .enable_shutdown
             .then(|| Arc::new(tokio::sync::Notify::new()));
+        let config_text = toml::to_string(&config)?;
         let admin = admin::Admin::new(
             ready.clone(),
-            config.clone(),
-            Arc::new(registry),
+            config_text.into(),
+            Arc::new(metrics),
             self.log.clone(),
             shutdown_requested.clone(),
         );
@@ -258,193 +222,10 @@ impl Proxy {
             tcp_metrics.listener("inbound", "admin"),
             move |stream, peer, drain| admin.clone().serve(stream, peer, drain),
         );
-
-        match identity {
-            None => {
-                ready.store(true, Ordering::Release);
-                tracing::info!("proxy ready");
-            }
-            // Not ready until the certificate arrives: peers could not handshake before.
-            Some(identity) => {
-                let ready = ready.clone();
-                let drain = drain.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = identity.ready() => {
-                            ready.store(true, Ordering::Release);
-                            tracing::info!(identity = %identity.name(), "proxy ready: certificate in hand");
-                        }
-                        _ = drain.signaled() => {}
-                    }
-                });
-            }
-        }
-        match shutdown_requested {
-            Some(requested) => {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = requested.notified() => {}
-                }
-            }
-            None => shutdown.await,
-        }
-        ready.store(false, Ordering::Release);
+        mesh_stack::serve::spawn_readiness(identity, ready.clone(), drain.clone());
         let grace = config.runtime.shutdown_grace;
-        tracing::info!(
-            ?grace,
-            "shutting down: listeners closed, draining connections"
-        );
-        if drain.drain(grace).await {
-            tracing::info!("drained");
-        } else {
-            tracing::warn!(?grace, "grace period over: closing the connections left");
-        }
+        mesh_stack::serve::shutdown_and_drain(shutdown, shutdown_requested, &ready, drain, grace)
+            .await;
         Ok(())
     }
-}
-
-/// The workload's identity and what certifies it, as configured.
-fn identity(
-    c: &config::IdentityConfig,
-) -> anyhow::Result<(
-    mesh_tls::local::LocalIdentity,
-    Arc<dyn mesh_tls::local::Certify>,
-)> {
-    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&c.trust_anchors)
-        .context("identity.trust_anchors")?;
-    let ca: Arc<dyn mesh_tls::local::Certify> = match c.mode {
-        config::IdentityMode::Local => {
-            let (Some(cert), Some(key)) = (&c.issuer_cert, &c.issuer_key) else {
-                anyhow::bail!("identity: local mode needs issuer_cert and issuer_key");
-            };
-            mesh_tls::local::local_ca(cert, key, c.lifetime, &trust)
-                .context("identity.issuer_cert")?
-        }
-        config::IdentityMode::Controller => {
-            let (Some(addr), Some(controller), Some(token)) =
-                (c.controller, &c.controller_identity, &c.token_file)
-            else {
-                anyhow::bail!(
-                    "identity: controller mode needs controller, controller_identity and token_file"
-                );
-            };
-            Arc::new(
-                mesh_tls::api::ControllerClient::new(
-                    addr,
-                    controller,
-                    &trust,
-                    token.clone(),
-                    c.certify_timeout,
-                )
-                .context("identity.controller")?,
-            )
-        }
-    };
-    let identity = mesh_tls::local::LocalIdentity::new(c.name.clone(), trust)?;
-    Ok((identity, ca))
-}
-
-/// How often the configuration file is compared with what was loaded.
-const CONFIG_POLL: Duration = Duration::from_secs(1);
-
-/// Reloads routes when the configuration file's content changes.
-fn spawn_route_reload(path: std::path::PathBuf, outbound: outbound::Outbound, drain: Drain) {
-    tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
-        let mut ticks = tokio::time::interval(CONFIG_POLL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = drain.signaled() => return,
-                _ = ticks.tick() => {}
-            }
-            let now = std::fs::read(&path).ok();
-            if now.is_none() || now == last {
-                continue;
-            }
-            last = now;
-            match Config::load(Some(&path)) {
-                Ok(config) => outbound.reload_routes(&config),
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    error = %e,
-                    "the configuration file changed but does not load; keeping the old routes"
-                ),
-            }
-        }
-    });
-}
-
-/// Detects what a client speaks; `None` (logged) when it closed before saying anything.
-async fn detect_protocol<I>(
-    stream: &mut I,
-    timeout: Duration,
-    peer: SocketAddr,
-    side: &'static str,
-) -> Option<(mesh_core::detect::Protocol, bytes::Bytes)>
-where
-    I: tokio::io::AsyncRead + Unpin,
-{
-    match mesh_core::detect::detect(stream, timeout).await {
-        Ok(detected) => Some(detected),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, side, "connection closed during detection");
-            None
-        }
-    }
-}
-
-/// Drops request series unused for `ttl`, checking every half of it (at most every minute).
-fn spawn_idle_series_sweep(metrics: mesh_metrics::http::HttpMetrics, ttl: Duration, drain: Drain) {
-    let every = (ttl / 2).min(Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = drain.signaled() => return,
-                _ = ticks.tick() => {
-                    let dropped = metrics.drop_idle(ttl);
-                    if dropped > 0 {
-                        tracing::debug!(dropped, "idle request series dropped");
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Accepts until draining starts, then drops the listener so new connections are refused.
-fn spawn_accept<F, Fut>(
-    listener: TcpListener,
-    drain: Drain,
-    name: &'static str,
-    metrics: ListenerMetrics,
-    mut handle: F,
-) where
-    F: FnMut(MeteredIo<TcpStream>, SocketAddr, Drain) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = drain.signaled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    mesh_core::tcp::keep_alive(&stream);
-                    drain.spawn(handle(metrics.accepted(stream), peer, drain.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        tracing::debug!(listener = name, "listener closed");
-    });
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use mesh_core::client::{EndpointClient, HttpClient};
+use mesh_core::client::EndpointClient;
 use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Layer;
 
-use crate::Config;
+use crate::Shared;
 use crate::config::{InboundConfig, NamedPolicy, Policy};
 
 /// The inbound stack, shared by every inbound connection.
@@ -47,8 +47,8 @@ pub struct Inbound {
     connect_timeout: Duration,
     identity: Option<LocalIdentity>,
     policy: Arc<Policy>,
-    metrics: HttpMetrics,
-    count_requests: bool,
+    /// `None`: requests are not counted.
+    metrics: Option<HttpMetrics>,
     labels: RequestLabels,
     counters: InboundCounters,
 }
@@ -97,9 +97,7 @@ impl Inbound {
     /// Builds the stack in front of `inbound.app`.
     pub fn new(
         inbound: &InboundConfig,
-        config: &Config,
-        client: &HttpClient,
-        metrics: &HttpMetrics,
+        shared: &Shared,
         identity: Option<LocalIdentity>,
         counters: InboundCounters,
     ) -> Self {
@@ -107,8 +105,8 @@ impl Inbound {
             direction: Direction::Inbound.as_str().to_owned(),
             authority: inbound.app.to_string(),
             dst_service: inbound.app.to_string(),
-            dst_namespace: config.workload.namespace.clone(),
-            dst_workload: config.workload.name.clone(),
+            dst_namespace: shared.workload.namespace.clone(),
+            dst_workload: shared.workload.name.clone(),
             tls: "false".to_owned(),
             ..RequestLabels::default()
         };
@@ -128,15 +126,14 @@ impl Inbound {
             .find(|p| p.port == inbound.app.port())
             .map_or(default_policy, |p| p.policy.clone());
         Self {
-            app: client.endpoint(inbound.app),
+            app: shared.client.endpoint(inbound.app),
             app_addr: inbound.app,
-            server: HttpServer::new(&config.server),
+            server: shared.server.clone(),
             detect_timeout: inbound.detect_timeout,
-            connect_timeout: config.client.connect_timeout,
+            connect_timeout: shared.connect_timeout,
             identity,
             policy: Arc::new(policy),
-            metrics: metrics.clone(),
-            count_requests: config.metrics.requests,
+            metrics: shared.request_metrics.clone(),
             labels,
             counters,
         }
@@ -211,7 +208,8 @@ impl Inbound {
         let (protocol, prefix) = if tls == PeerTls::Passthrough {
             (Protocol::Opaque, Bytes::new())
         } else {
-            match crate::detect_protocol(&mut io, self.detect_timeout, peer, "inbound").await {
+            match crate::serve::detect_protocol(&mut io, self.detect_timeout, peer, "inbound").await
+            {
                 Some(detected) => detected,
                 None => return,
             }
@@ -267,10 +265,9 @@ impl Inbound {
                 if let Some(id) = tls.identity() {
                     labels.peer_identity = id.uri().to_owned();
                 }
-                let metrics = if self.count_requests {
-                    self.metrics.layer(labels)
-                } else {
-                    HttpMetrics::disabled()
+                let metrics = match &self.metrics {
+                    Some(metrics) => metrics.layer(labels),
+                    None => HttpMetrics::disabled(),
                 };
                 let app = WithPeer {
                     inner: metrics.layer(self.app.clone()),

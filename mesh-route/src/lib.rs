@@ -6,6 +6,43 @@
 //!
 //! The table of a service sits in an `ArcSwap`: a reload swaps it whole, and a request in
 //! flight keeps the backend it was given, so a weight change drops nothing.
+//!
+//! # Why a crate of its own
+//!
+//! Routing is used by every binary that balances requests: the sidecar's outbound side, the
+//! ingress (which adds hostnames in front), and a user's own binary or gRPC client. It needs
+//! `regex`, which mesh-core, the small stable contract every crate depends on, should not
+//! carry; and it depends on nothing but mesh-core (backends are any [`HttpService`]), so it
+//! stands beside the other concern crates rather than inside one of them.
+//!
+//! # Example
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use mesh_core::endpoint::Authority;
+//! use mesh_core::{Body, BoxError};
+//! use mesh_route::{RouteConfig, RouteTable, Routed};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let answer = |name: &'static str| {
+//!     mesh_core::erase(tower::service_fn(move |_req: http::Request<Body>| async move {
+//!         Ok::<_, BoxError>(http::Response::new(Body::full(name)))
+//!     }))
+//! };
+//! let mut backends = HashMap::new();
+//! backends.insert(Authority::parse("web-canary:80", 80)?, answer("canary"));
+//! let route: RouteConfig = toml::from_str(r#"
+//!     name = "beta"
+//!     matches = [{ headers = [{ name = "x-beta" }] }]
+//!     backends = [{ service = "web-canary:80" }]
+//! "#)?;
+//! let routes = vec![route];
+//! let table = RouteTable::compile(&routes, answer("stable"), &backends)?;
+//! let web = Routed::new(table); // a tower Service; `replace` swaps in a reloaded table
+//! # let _ = web;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,8 +151,10 @@ fn default_weight() -> u32 {
 #[derive(Debug, thiserror::Error)]
 #[error("route {route:?}: {reason}")]
 pub struct RouteError {
-    route: String,
-    reason: String,
+    /// The route's name (or `#index`).
+    pub route: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// A compiled route.
@@ -284,9 +323,9 @@ impl RouteTable {
             route
                 .timeout
                 .validate()
-                .map_err(|(field, m)| fail(format!("timeout.{field}: {m}")))?;
-            if let Some(Err((field, m))) = route.retry.as_ref().map(RetryPolicy::validate) {
-                return Err(fail(format!("retry.{field}: {m}")));
+                .map_err(|e| fail(e.within("timeout").to_string()))?;
+            if let Some(Err(e)) = route.retry.as_ref().map(RetryPolicy::validate) {
+                return Err(fail(e.within("retry").to_string()));
             }
             compiled.push(Route {
                 name: name.clone(),

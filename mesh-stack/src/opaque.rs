@@ -12,6 +12,7 @@ use mesh_core::tcp;
 use mesh_core::transport::{Alpn, BoxedIo, TlsConnect};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::StackError;
 use crate::config::ServiceConfig;
 
 /// One opaque service's forwarder.
@@ -30,12 +31,17 @@ impl OpaqueService {
         svc: &ServiceConfig,
         connect_timeout: Duration,
         tls: Option<Arc<dyn TlsConnect>>,
-    ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !svc.endpoints.is_empty(),
-            "service {:?} has no endpoints",
-            svc.authority
-        );
+    ) -> Result<Self, StackError> {
+        if svc.endpoints.is_empty() {
+            return Err(StackError::Config(mesh_core::config::Invalid::new(
+                "endpoints",
+                "[]",
+                format!(
+                    "opaque service {:?} needs at least one endpoint",
+                    svc.authority
+                ),
+            )));
+        }
         Ok(Self {
             authority: svc.authority.as_str().into(),
             endpoints: svc

@@ -28,8 +28,6 @@ use mesh_metrics::{Format, Metrics};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
-use crate::Config;
-
 /// The largest log filter accepted.
 const MAX_FILTER_BYTES: usize = 4096;
 
@@ -87,7 +85,8 @@ pub struct Admin {
 #[derive(Debug)]
 struct State {
     ready: Arc<AtomicBool>,
-    config: Arc<Config>,
+    /// The configuration in force, as shown on `/config`.
+    config: Arc<str>,
     metrics: Arc<Metrics>,
     log: Option<Arc<LogControl>>,
     /// Set when `/shutdown` is enabled: notified to start draining.
@@ -95,10 +94,11 @@ struct State {
 }
 
 impl Admin {
-    /// Serves readiness from `ready`; `/shutdown` notifies `shutdown` when given.
+    /// Serves readiness from `ready`, `config` (the configuration in force, as text) on
+    /// `/config`; `/shutdown` notifies `shutdown` when given.
     pub fn new(
         ready: Arc<AtomicBool>,
-        config: Arc<Config>,
+        config: Arc<str>,
         metrics: Arc<Metrics>,
         log: Option<Arc<LogControl>>,
         shutdown: Option<Arc<Notify>>,
@@ -180,10 +180,7 @@ async fn respond(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Res
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        (Method::GET | Method::HEAD, "/config") => match toml::to_string(&*state.config) {
-            Ok(body) => text(StatusCode::OK, body),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        (Method::GET | Method::HEAD, "/config") => text(StatusCode::OK, state.config.to_string()),
         (method, "/log-level") => {
             let Some(log) = &state.log else {
                 return text(

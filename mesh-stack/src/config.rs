@@ -1,0 +1,648 @@
+//! The configuration sections of the mesh's stacks, as serde structs a user can also build in
+//! code: the workload, metrics, the admin listener, outbound services (with their discovery,
+//! balancer, timeout, retries and routes), the inbound side and its policies, the identity,
+//! discovery sources and the runtime. A binary's own configuration is made of these sections
+//! (mesh-proxy's `Config` is one), loaded by `mesh_core::config`.
+//!
+//! Each section checks itself with `validate()`, which returns mesh-core's one
+//! [`Invalid`] (field, value, what was expected) with the field relative to the section; the
+//! binary places it (`Invalid::within("outbound")`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_balance::BalancerConfig;
+use mesh_core::config::{Invalid, check_duration, format_duration};
+use mesh_core::endpoint::Authority;
+use mesh_core::identity::Identity;
+use serde::{Deserialize, Serialize};
+
+/// Default admin listener (`/ready`, `/live`, `/config`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
+/// Default outbound listener: the app's calls to other services.
+pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
+/// Default inbound listener: other services' calls to the app.
+pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:4143";
+/// How long protocol detection waits for a client's first bytes.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The workload a proxy speaks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Its name (a Deployment's, say).
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+}
+
+/// What is measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Count requests, responses and latency per endpoint (on by default; off only to measure
+    /// what the counting costs).
+    pub requests: bool,
+    /// Request series unused this long are dropped from the exposition (they come back when
+    /// used again): gone endpoints do not pile up.
+    #[serde(with = "mesh_core::config::duration")]
+    pub idle_series_ttl: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            requests: true,
+            idle_series_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/ready`, `/live`, `/metrics`, `/config` and `/log-level` are served.
+    pub listen: SocketAddr,
+    /// Accept `POST /shutdown` (from loopback only).
+    pub enable_shutdown: bool,
+}
+
+/// The outbound side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Where the app's HTTP calls arrive.
+    pub listen: SocketAddr,
+    /// How long to wait for a client's first bytes before giving up on HTTP.
+    #[serde(with = "mesh_core::config::duration")]
+    pub detect_timeout: Duration,
+    /// The services, by authority.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One logical service and its endpoints.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` as clients name it (`:authority` / `Host`).
+    pub authority: String,
+    /// Its endpoints (with `discovery = "static"`): `"ip:port"`, or
+    /// `{ addr = "ip:port", pod = "name", identity = "spiffe://..." }`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Where its endpoints come from.
+    #[serde(default)]
+    pub discovery: DiscoverySource,
+    /// The name the source resolves, when it is not the authority: a DNS name (`host:port`, or
+    /// an SRV name `_grpc._tcp.web.example.com`), a service of the file, a Kubernetes Service
+    /// (`<svc>.<ns>.svc.cluster.local:<port>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
+    /// Forward bytes instead of HTTP, on a listener of its own.
+    #[serde(default)]
+    pub opaque: bool,
+    /// The listener of an opaque service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// How requests are balanced over the endpoints.
+    #[serde(default)]
+    pub balancer: BalancerConfig,
+    /// The request timeout, and whether gRPC's `grpc-timeout` is honoured (it is by default).
+    #[serde(default)]
+    pub timeout: mesh_core::timeout::TimeoutConfig,
+    /// Retries of failed requests, within a budget; none without this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<mesh_core::retry::RetryPolicy>,
+    /// Routes: matches that send requests to weighted backends (canaries, A/B); a request no
+    /// route matches goes to this service's own endpoints. Reloaded live with the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<mesh_route::RouteConfig>,
+    /// The workload behind the service, for metrics.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    /// The namespace of that workload, for metrics.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoverySource {
+    /// The `endpoints` list.
+    #[default]
+    Static,
+    /// The file of `discovery.file`, watched.
+    File,
+    /// DNS: A/AAAA or SRV records, re-resolved by TTL.
+    Dns,
+    /// The Kubernetes API's EndpointSlices (the proxy needs API credentials).
+    Kubernetes,
+    /// The controller's destination API (which watches Kubernetes for every proxy).
+    Destination,
+}
+
+impl DiscoverySource {
+    /// The value as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoverySource::Static => "static",
+            DiscoverySource::File => "file",
+            DiscoverySource::Dns => "dns",
+            DiscoverySource::Kubernetes => "kubernetes",
+            DiscoverySource::Destination => "destination",
+        }
+    }
+}
+
+/// The discovery sources' settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The services file (YAML or JSON) of `discovery = "file"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// DNS settings.
+    pub dns: mesh_discovery::dns::DnsConfig,
+    /// Kubernetes settings.
+    pub kubernetes: KubernetesDiscoveryConfig,
+    /// The destination API: by default the controller of `[identity]`.
+    pub destination: DestinationDiscoveryConfig,
+}
+
+/// Kubernetes discovery.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesDiscoveryConfig {
+    /// The API server's URL; by default, in-cluster configuration or `KUBECONFIG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The cluster's DNS domain and the mesh's trust domain.
+    #[serde(flatten)]
+    pub source: mesh_discovery::kubernetes::KubernetesConfig,
+}
+
+/// The destination API.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DestinationDiscoveryConfig {
+    /// The controller's address; by default `identity.controller`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<SocketAddr>,
+    /// The identity the controller proves; by default `identity.controller_identity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_identity: Option<Identity>,
+}
+
+/// One endpoint of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// Just the address.
+    Addr(SocketAddr),
+    /// The address and what is known of it.
+    Named {
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The pod's name, for metrics (`dst_pod`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pod: String,
+        /// The identity a meshed endpoint proves: reached over mutual TLS, verified to be
+        /// exactly this identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<Identity>,
+    },
+}
+
+impl EndpointConfig {
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            EndpointConfig::Addr(addr) | EndpointConfig::Named { addr, .. } => *addr,
+        }
+    }
+
+    /// The identity the endpoint proves, when it is meshed.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            EndpointConfig::Addr(_) => None,
+            EndpointConfig::Named { identity, .. } => identity.as_ref(),
+        }
+    }
+
+    /// As discovery would name it.
+    pub fn endpoint(&self) -> mesh_core::endpoint::Endpoint {
+        match self {
+            EndpointConfig::Addr(addr) => mesh_core::endpoint::Endpoint::new(*addr),
+            EndpointConfig::Named {
+                addr,
+                pod,
+                identity,
+            } => {
+                let labels = if pod.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![("pod".to_owned(), pod.clone())]
+                };
+                mesh_core::endpoint::Endpoint::meshed(*addr, labels, identity.clone())
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for EndpointConfig {
+    fn from(addr: SocketAddr) -> Self {
+        EndpointConfig::Addr(addr)
+    }
+}
+
+/// The inbound side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where other services' calls arrive.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    /// The local app.
+    pub app: SocketAddr,
+    /// How long to wait for a client's first bytes before treating the connection as opaque.
+    #[serde(
+        default = "default_detect_timeout",
+        with = "mesh_core::config::duration"
+    )]
+    pub detect_timeout: Duration,
+    /// Who may call the app, unless `ports` says otherwise for the app's port. Default:
+    /// `all-authenticated` when the proxy has an identity, `all-unauthenticated` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// Policies of particular app ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortPolicy>,
+}
+
+/// Who may call a port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Policy {
+    /// `all-authenticated` (any meshed workload, over mutual TLS) or `all-unauthenticated`
+    /// (anyone, plaintext too).
+    Named(NamedPolicy),
+    /// Only these identities, over mutual TLS.
+    Allow(Vec<Identity>),
+}
+
+/// The policies with a name.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedPolicy {
+    /// Mutual TLS from any workload the trust anchors vouch for.
+    AllAuthenticated,
+    /// Anyone, plaintext included.
+    AllUnauthenticated,
+}
+
+/// The policy of one app port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortPolicy {
+    /// The app's port (the connection's original destination port).
+    pub port: u16,
+    /// Who may call it.
+    pub policy: Policy,
+}
+
+/// Where the workload's certificate comes from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// The controller's identity service (a CSR and a token over TLS).
+    Controller,
+    /// Issuer files on disk, no controller: development and tests.
+    Local,
+}
+
+/// The workload's identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`.
+    pub name: Identity,
+    /// A PEM bundle of the roots that vouch for every workload (one or several).
+    pub trust_anchors: PathBuf,
+    /// `controller` (default) or `local`.
+    #[serde(default = "default_identity_mode")]
+    pub mode: IdentityMode,
+    /// The identity service's address (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<SocketAddr>,
+    /// The identity the controller proves (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_identity: Option<Identity>,
+    /// The token that proves our identity to the controller: a projected ServiceAccount
+    /// token in Kubernetes (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The issuer's certificate (local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_cert: Option<PathBuf>,
+    /// The issuer's key (local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_key: Option<PathBuf>,
+    /// The lifetime of leaves the local issuer signs (local mode).
+    #[serde(
+        default = "default_leaf_lifetime",
+        with = "mesh_core::config::duration"
+    )]
+    pub lifetime: Duration,
+    /// How long a call to the identity service may take.
+    #[serde(
+        default = "default_certify_timeout",
+        with = "mesh_core::config::duration"
+    )]
+    pub certify_timeout: Duration,
+}
+
+fn default_identity_mode() -> IdentityMode {
+    IdentityMode::Controller
+}
+
+fn default_leaf_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_certify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Threads and shutdown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per core the process may run on.
+    pub threads: usize,
+    /// After SIGTERM, how long in-flight requests may take.
+    #[serde(with = "mesh_core::config::duration")]
+    pub shutdown_grace: Duration,
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn default_inbound_listen() -> SocketAddr {
+    addr(DEFAULT_INBOUND_LISTEN)
+}
+
+fn default_detect_timeout() -> Duration {
+    DEFAULT_DETECT_TIMEOUT
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_ADMIN_LISTEN),
+            enable_shutdown: false,
+        }
+    }
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_OUTBOUND_LISTEN),
+            detect_timeout: DEFAULT_DETECT_TIMEOUT,
+            services: Vec::new(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// The most worker threads a runtime may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+impl MetricsConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_duration(
+            "idle_series_ttl",
+            self.idle_series_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 24 * 3600),
+        )
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.threads > MAX_THREADS {
+            return Err(Invalid::new(
+                "threads",
+                self.threads,
+                format!("expected at most {MAX_THREADS} (0 means one per core)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl IdentityConfig {
+    /// Checks that the mode has what it needs.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let needs = |field: &str, mode: &str, set: bool| {
+            if set {
+                Ok(())
+            } else {
+                Err(Invalid::missing(
+                    field,
+                    format!("mode = \"{mode}\" needs it"),
+                ))
+            }
+        };
+        match self.mode {
+            IdentityMode::Local => {
+                needs("issuer_cert", "local", self.issuer_cert.is_some())?;
+                needs("issuer_key", "local", self.issuer_key.is_some())?;
+            }
+            IdentityMode::Controller => {
+                needs("controller", "controller", self.controller.is_some())?;
+                needs(
+                    "controller_identity",
+                    "controller",
+                    self.controller_identity.is_some(),
+                )?;
+                needs("token_file", "controller", self.token_file.is_some())?;
+            }
+        }
+        if self.lifetime < Duration::from_secs(1) {
+            return Err(Invalid::new(
+                "lifetime",
+                format_duration(self.lifetime),
+                "expected at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// Does this policy need callers to prove an identity?
+    pub fn needs_identity(&self) -> bool {
+        self != &Policy::Named(NamedPolicy::AllUnauthenticated)
+    }
+}
+
+impl InboundConfig {
+    /// Checks the policies: only a proxy with an identity can require one.
+    pub fn validate(&self, has_identity: bool) -> Result<(), Invalid> {
+        const WHY: &str =
+            "only a proxy with an identity (an [identity] section) can authenticate callers";
+        if has_identity {
+            return Ok(());
+        }
+        if let Some(policy) = self.policy.as_ref().filter(|p| p.needs_identity()) {
+            return Err(Invalid::new("policy", format!("{policy:?}"), WHY));
+        }
+        if let Some(i) = self.ports.iter().position(|p| p.policy.needs_identity()) {
+            return Err(Invalid::new(
+                format!("ports[{i}].policy"),
+                format!("{:?}", self.ports[i].policy),
+                WHY,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    /// Checks the service alone: its authority, settings, and that its endpoints, discovery
+    /// and listener fit together. Returns its authority.
+    pub fn validate(&self) -> Result<Authority, Invalid> {
+        let authority = Authority::parse(&self.authority, 80).map_err(|e| {
+            Invalid::new("authority", format!("{:?}", self.authority), e.to_string())
+        })?;
+        self.timeout.validate().map_err(|e| e.within("timeout"))?;
+        if let Some(retry) = &self.retry {
+            retry.validate().map_err(|e| e.within("retry"))?;
+        }
+        self.balancer.validate().map_err(|e| e.within("balancer"))?;
+        match self.discovery {
+            DiscoverySource::Static if self.endpoints.is_empty() => {
+                return Err(Invalid::new(
+                    "endpoints",
+                    "[]",
+                    "a static service needs at least one endpoint",
+                ));
+            }
+            DiscoverySource::Static => {}
+            other if !self.endpoints.is_empty() => {
+                return Err(Invalid::new(
+                    "endpoints",
+                    format!("{} endpoint(s)", self.endpoints.len()),
+                    format!(
+                        "a service with discovery = \"{}\" takes its endpoints from that source",
+                        other.as_str()
+                    ),
+                ));
+            }
+            _ if self.opaque => {
+                return Err(Invalid::new(
+                    "discovery",
+                    format!("\"{}\"", self.discovery.as_str()),
+                    "opaque services take static endpoints",
+                ));
+            }
+            _ => {}
+        }
+        match (self.opaque, self.listen) {
+            (true, None) => Err(Invalid::missing(
+                "listen",
+                "an opaque service needs a listen address of its own",
+            )),
+            (false, Some(listen)) => Err(Invalid::new(
+                "listen",
+                listen,
+                "only opaque services have a listener of their own (set opaque = true)",
+            )),
+            _ => Ok(authority),
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// Checks every service, that no authority is configured twice, and that the discovery
+    /// sources the services name are set up. Fields are relative to the outbound section,
+    /// except those of `discovery` (named in full).
+    pub fn validate(
+        &self,
+        discovery: &DiscoveryConfig,
+        identity: Option<&IdentityConfig>,
+    ) -> Result<(), Invalid> {
+        let mut seen = HashSet::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let section = format!("services[{i}]");
+            let authority = svc.validate().map_err(|e| e.within(&section))?;
+            if !seen.insert(authority) {
+                return Err(Invalid::new(
+                    format!("{section}.authority"),
+                    format!("{:?}", svc.authority),
+                    "this service is already configured",
+                ));
+            }
+            match svc.discovery {
+                DiscoverySource::File if discovery.file.is_none() => {
+                    return Err(Invalid::missing(
+                        "discovery.file",
+                        format!("service {:?} uses discovery = \"file\"", svc.authority),
+                    ));
+                }
+                DiscoverySource::Destination
+                    if discovery.destination.controller.is_none()
+                        && identity.and_then(|i| i.controller).is_none() =>
+                {
+                    return Err(Invalid::missing(
+                        "discovery.destination.controller",
+                        format!(
+                            "service {:?} uses discovery = \"destination\"; set it or identity.controller",
+                            svc.authority
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DiscoveryConfig {
+    /// Checks the sources' settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.dns.validate().map_err(|e| e.within("dns"))
+    }
+}

@@ -1,0 +1,160 @@
+//! The discovery sources that services use, made once at start and shared: a service names
+//! its source (`static`, `file`, `dns`, `kubernetes`, `destination`) and [`Sources::resolve`]
+//! gives its endpoint stream, the balancer's input.
+//!
+//! ```
+//! use mesh_stack::config::{DiscoveryConfig, ServiceConfig};
+//! use mesh_stack::discovery::Sources;
+//!
+//! # async fn f(services: Vec<ServiceConfig>) -> Result<(), mesh_stack::StackError> {
+//! let sources = Sources::new(&services, &DiscoveryConfig::default(), None).await?;
+//! let authority = services[0].validate().map_err(mesh_stack::StackError::Config)?;
+//! let endpoints = sources.resolve(&services[0], &authority)?; // a tower `Discover` stream
+//! # let _ = endpoints;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::endpoint::Authority;
+use mesh_discovery::{Resolution, Resolve, StaticResolve};
+
+use crate::StackError;
+use crate::config::{DiscoveryConfig, DiscoverySource, IdentityConfig, ServiceConfig};
+
+/// How often the services file is compared with what was read, beside the watcher's events.
+const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// The sources in use.
+#[derive(Debug, Default)]
+pub struct Sources {
+    file: Option<Arc<dyn Resolve>>,
+    dns: Option<Arc<dyn Resolve>>,
+    kubernetes: Option<Arc<dyn Resolve>>,
+    destination: Option<Arc<dyn Resolve>>,
+}
+
+impl Sources {
+    /// Starts each source that one of `services` uses. The destination API is reached with
+    /// the trust anchors (and by default the controller) of `identity`.
+    pub async fn new(
+        services: &[ServiceConfig],
+        discovery: &DiscoveryConfig,
+        identity: Option<&IdentityConfig>,
+    ) -> Result<Self, StackError> {
+        let uses = |source: DiscoverySource| services.iter().any(|s| s.discovery == source);
+        let mut sources = Self::default();
+        if uses(DiscoverySource::File)
+            && let Some(path) = &discovery.file
+        {
+            let file = mesh_discovery::file::FileResolve::new(path.clone(), FILE_POLL)
+                .map_err(setup("discovery.file"))?;
+            sources.file = Some(Arc::new(file));
+        }
+        if uses(DiscoverySource::Dns) {
+            let dns = mesh_discovery::dns::DnsResolve::new(discovery.dns.clone())
+                .map_err(setup("discovery.dns"))?;
+            sources.dns = Some(Arc::new(dns));
+        }
+        if uses(DiscoverySource::Kubernetes) {
+            let k8s = &discovery.kubernetes;
+            let kube_config = match &k8s.api {
+                Some(url) => kube::Config::new(
+                    url.parse::<http::Uri>()
+                        .map_err(setup("discovery.kubernetes.api"))?,
+                ),
+                None => kube::Config::infer()
+                    .await
+                    .map_err(|e| StackError::Discovery {
+                        key: "discovery.kubernetes",
+                        source: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
+                    })?,
+            };
+            let client =
+                kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))?;
+            sources.kubernetes = Some(Arc::new(
+                mesh_discovery::kubernetes::KubernetesResolve::new(client, k8s.source.clone()),
+            ));
+        }
+        if uses(DiscoverySource::Destination) {
+            let destination = &discovery.destination;
+            let missing = |key: &'static str, why: &str| StackError::Discovery {
+                key,
+                source: why.to_owned().into(),
+            };
+            let addr = destination
+                .controller
+                .or(identity.and_then(|i| i.controller))
+                .ok_or_else(|| missing("discovery.destination.controller", "not set"))?;
+            let controller = destination
+                .controller_identity
+                .clone()
+                .or(identity.and_then(|i| i.controller_identity.clone()))
+                .ok_or_else(|| {
+                    missing(
+                        "discovery.destination.controller_identity",
+                        "not set (nor identity.controller_identity)",
+                    )
+                })?;
+            let trust = identity.map(|i| i.trust_anchors.clone()).ok_or_else(|| {
+                missing(
+                    "discovery.destination",
+                    "discovery = \"destination\" needs [identity] (its trust anchors verify the controller)",
+                )
+            })?;
+            let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&trust)
+                .map_err(setup("identity.trust_anchors"))?;
+            let channel = mesh_tls::api::controller_channel(addr, &controller, &trust, None)
+                .map_err(setup("discovery.destination"))?;
+            sources.destination = Some(Arc::new(mesh_discovery::remote::RemoteResolve::new(
+                channel,
+            )));
+        }
+        Ok(sources)
+    }
+
+    /// The endpoint stream of `svc`.
+    pub fn resolve(
+        &self,
+        svc: &ServiceConfig,
+        authority: &Authority,
+    ) -> Result<Resolution, StackError> {
+        let name = svc.resolve.clone().unwrap_or_else(|| authority.to_string());
+        let failed = |source| StackError::Resolve {
+            service: svc.authority.clone(),
+            source,
+        };
+        let source = match svc.discovery {
+            DiscoverySource::Static => {
+                return StaticResolve::new([(
+                    name.clone(),
+                    svc.endpoints.iter().map(|e| e.endpoint()).collect(),
+                )])
+                .resolve(&name)
+                .map_err(failed);
+            }
+            DiscoverySource::File => &self.file,
+            DiscoverySource::Dns => &self.dns,
+            DiscoverySource::Kubernetes => &self.kubernetes,
+            DiscoverySource::Destination => &self.destination,
+        };
+        let source = source.as_ref().ok_or_else(|| StackError::Discovery {
+            key: "discovery",
+            source: format!("discovery source {} is not set up", svc.discovery.as_str()).into(),
+        })?;
+        source.resolve(&name).map_err(failed)
+    }
+}
+
+/// Names the configuration key of a source that could not be set up.
+fn setup<E>(key: &'static str) -> impl FnOnce(E) -> StackError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| StackError::Discovery {
+        key,
+        source: Box::new(e),
+    }
+}
