@@ -308,4 +308,40 @@ mod tests {
             StatusCode::IM_A_TEAPOT
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_request_is_stamped_once_with_its_context() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut svc = RespondLayer::new().layer(mock);
+        let received = tokio::time::Instant::now();
+        let grpc = Request::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc+proto")
+            .body(Body::Empty)
+            .unwrap();
+        let rsp = tokio::spawn(svc.call(grpc));
+        let (req, send) = handle.next_request().await.unwrap();
+        let context = crate::context::RequestContext::of(&req).copied();
+        assert_eq!(
+            context,
+            Some(crate::context::RequestContext {
+                received_at: received,
+                grpc: true
+            })
+        );
+        // The layers below read the stamp, not the header: one parse per request.
+        let mut stamped = Request::new(Body::Empty);
+        stamped.extensions_mut().insert(context.unwrap());
+        assert!(is_grpc(&stamped));
+        send.send_response(Response::new(Body::Empty));
+        rsp.await.unwrap().unwrap();
+
+        let rsp = tokio::spawn(svc.call(Request::new(Body::Empty)));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            crate::context::RequestContext::of(&req).map(|c| c.grpc),
+            Some(false)
+        );
+        send.send_response(Response::new(Body::Empty));
+        rsp.await.unwrap().unwrap();
+    }
 }

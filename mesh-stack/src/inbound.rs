@@ -8,6 +8,26 @@
 //! -> authorize (the app port's policy) -> denied: HTTP 403 / gRPC PERMISSION_DENIED, or close
 //! -> detect HTTP -> metrics (labelled with the caller) -> the app; opaque: TCP forward
 //! ```
+//!
+//! ```no_run
+//! use mesh_stack::config::{InboundConfig, WorkloadConfig};
+//! use mesh_stack::inbound::{Inbound, InboundCounters};
+//! use mesh_stack::Shared;
+//!
+//! # async fn run(listener: tokio::net::TcpListener, identity: mesh_tls::local::LocalIdentity)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! let config: InboundConfig = toml::from_str("app = \"127.0.0.1:8080\"")?;
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let shared = Shared::new(WorkloadConfig::default(), &Default::default(), &Default::default());
+//! // With an identity: mTLS required (`all-authenticated`) unless `policy` says otherwise.
+//! let inbound = Inbound::new(&config, &shared, Some(identity), InboundCounters::register(&mut registry));
+//! let drain = mesh_core::drain::Drain::new();
+//! loop {
+//!     let (stream, peer) = listener.accept().await?;
+//!     tokio::spawn(inbound.clone().serve(stream, peer, drain.clone()));
+//! }
+//! # }
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,22 @@
 //! Opaque TCP services: connections balanced round robin over the endpoints, bytes copied
 //! both ways with half-close. A meshed endpoint (one with an identity) is reached over mutual
 //! TLS, like HTTP.
+//!
+//! ```no_run
+//! use mesh_stack::config::ServiceConfig;
+//! use mesh_stack::opaque::OpaqueService;
+//!
+//! # async fn run(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+//! let svc: ServiceConfig = toml::from_str(
+//!     "authority = \"db:5432\"\nopaque = true\nlisten = \"127.0.0.1:5432\"\nendpoints = [\"10.0.0.9:5432\"]",
+//! )?;
+//! let forward = OpaqueService::new(&svc, std::time::Duration::from_secs(1), None)?;
+//! loop {
+//!     let (stream, peer) = listener.accept().await?;
+//!     tokio::spawn(forward.clone().serve(stream, peer));
+//! }
+//! # }
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
