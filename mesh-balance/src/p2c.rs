@@ -15,7 +15,7 @@ use http::{Request, Response};
 use mesh_core::body::{Body, BodyObserver, ObservedBody};
 use mesh_core::classify::{Class, classify_head};
 use mesh_core::endpoint::Endpoint;
-use mesh_core::error::{ProxyError, is_grpc};
+use mesh_core::error::{Cause, ProxyError, is_grpc};
 use mesh_core::{Availability, BoxError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -393,12 +393,12 @@ where
         let config = &shared.timing.config;
         if shared.failing_fast.load(Ordering::Relaxed) {
             let error = BalanceError::FailFast(config.failfast_timeout);
-            return ResponseFuture::failed(ProxyError::unavailable("fail-fast", error));
+            return ResponseFuture::failed(ProxyError::new(Cause::FailFast, error));
         }
         if shared.queued.fetch_add(1, Ordering::AcqRel) >= config.queue_capacity {
             shared.queued.fetch_sub(1, Ordering::AcqRel);
             let error = BalanceError::QueueFull(config.queue_capacity);
-            return ResponseFuture::failed(ProxyError::unavailable("queue-full", error));
+            return ResponseFuture::failed(ProxyError::new(Cause::QueueFull, error));
         }
         let queued = QueueSlot(shared.clone());
         ResponseFuture::Queued {
@@ -438,9 +438,7 @@ where
         let now = Instant::now();
         if now >= deadline || shared.failing_fast.load(Ordering::Relaxed) {
             shared.failing_fast.store(true, Ordering::Relaxed);
-            return Err(
-                ProxyError::unavailable("fail-fast", BalanceError::FailFast(timeout)).into(),
-            );
+            return Err(ProxyError::new(Cause::FailFast, BalanceError::FailFast(timeout)).into());
         }
         let changed = shared.changed.notified();
         tokio::select! {

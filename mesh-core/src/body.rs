@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::BoxError;
-use crate::classify::{Class, classify_end, grpc_status};
+use crate::classify::{Class, classify_end};
+use crate::grpc::{Code, grpc_status};
 
 /// A request or response body on the data path.
 #[derive(Debug, Default)]
@@ -42,7 +43,7 @@ pub enum BodyEnd {
         /// The class from the trailers, when classifying.
         class: Option<Class>,
         /// The `grpc-status` of the trailers, when classifying and present.
-        grpc_status: Option<u16>,
+        grpc_status: Option<Code>,
     },
     /// The peer broke it off (reset, connection lost).
     Failed,

@@ -6,10 +6,13 @@
 //! - gRPC: the `grpc-status` decides, read from the trailers, or from the headers of a
 //!   trailers-only response. UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE and DATA_LOSS
 //!   are failures (the server or the path is unwell); the other statuses are the application
-//!   answering (NOT_FOUND, INVALID_ARGUMENT, ... are successes of the endpoint). A gRPC
-//!   response that ends without any status broke mid-way: a failure.
+//!   answering (NOT_FOUND, INVALID_ARGUMENT, ... are successes of the endpoint), and so is a
+//!   code gRPC does not define (see [`Code`]). A gRPC response that ends without any status
+//!   broke mid-way: a failure.
 
 use http::{HeaderMap, Response};
+
+use crate::grpc::{Code, grpc_status};
 
 /// Success or failure of one response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,28 +23,9 @@ pub enum Class {
     Failure,
 }
 
-/// gRPC status codes that mean the endpoint failed.
-pub const GRPC_FAILURE_CODES: [u16; 5] = [
-    2,  // UNKNOWN
-    4,  // DEADLINE_EXCEEDED
-    13, // INTERNAL
-    14, // UNAVAILABLE
-    15, // DATA_LOSS
-];
-
-/// The `grpc-status` in these headers or trailers, if any.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    let value = headers.get("grpc-status")?;
-    std::str::from_utf8(value.as_bytes())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The class of a gRPC status code.
-pub fn grpc_class(code: u16) -> Class {
-    if GRPC_FAILURE_CODES.contains(&code) {
+/// The class of a gRPC status code ([`Code::is_failure`]).
+pub fn grpc_class(code: Code) -> Class {
+    if code.is_failure() {
         Class::Failure
     } else {
         Class::Success

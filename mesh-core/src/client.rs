@@ -8,6 +8,16 @@
 //! An endpoint with an identity is reached over mutual TLS when the client has a
 //! [`TlsConnect`] (`HttpClient::with_tls`): the TLS connector verifies that the server proves
 //! exactly that identity, and ALPN says h2 or http/1.1.
+//!
+//! # Errors
+//!
+//! Every failure is a [`ProxyError`] whose [`Cause`] says how far the request got. Before it
+//! was sent: `connect`, `connect-timeout`, `tls-handshake`, `h2-handshake`, `endpoint-down`
+//! (backing off, nothing tried); an HTTP/2 stream the endpoint refused unprocessed
+//! (`REFUSED_STREAM`, or beyond the last stream of a graceful `GOAWAY`) is `refused-stream`;
+//! a request the HTTP/2 connection gave back unsent (it closed first) is sent once more on a
+//! fresh connection, and is `connection-closed` if that one gives it back too. Anything after
+//! the request was sent (a reset, a closed connection, a protocol error) is `upstream`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use crate::body::Body;
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 use crate::identity::Identity;
 use crate::transport::{Alpn, BoxedIo, TlsConnect};
 use crate::{BoxError, tcp};
@@ -184,7 +194,7 @@ impl TlsTarget {
         self.tls
             .connect(tcp, &self.identity, alpn)
             .await
-            .map_err(|e| ProxyError::bad_gateway("tls-handshake", TlsFailed(e)))
+            .map_err(|e| ProxyError::new(Cause::TlsHandshake, TlsFailed(e)))
     }
 }
 
@@ -410,14 +420,14 @@ impl Inner {
             return Ok(conn);
         }
         if let Some(down) = self.backing_off() {
-            return Err(ProxyError::bad_gateway("endpoint-down", down));
+            return Err(ProxyError::new(Cause::EndpointDown, down));
         }
         let connecting = self.connecting.clone().lock_owned().await;
         if let Some(conn) = self.live_h2() {
             return Ok(conn);
         }
         if let Some(down) = self.backing_off() {
-            return Err(ProxyError::bad_gateway("endpoint-down", down));
+            return Err(ProxyError::new(Cause::EndpointDown, down));
         }
         // Connect in a task of its own: if this request is cancelled, the attempt goes on and
         // serves the requests waiting behind it.
@@ -428,14 +438,14 @@ impl Inner {
         });
         match attempt.await {
             Ok(result) => result,
-            Err(e) => Err(ProxyError::bad_gateway("connect", e)),
+            Err(e) => Err(ProxyError::new(Cause::Connect, e)),
         }
     }
 
     async fn connect_h2(&self) -> Result<Arc<H2Connection>, ProxyError> {
         let result = async {
             let tcp = tcp::connect(self.addr, self.client.connect_timeout).await?;
-            let h2_failed = |e| ProxyError::bad_gateway("h2-handshake", e);
+            let h2_failed = |e| ProxyError::new(Cause::H2Handshake, e);
             // The connection task is boxed so that plain and TLS connections share one type.
             let handshake: (_, Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) =
                 match &self.tls {
@@ -497,19 +507,25 @@ impl Inner {
                     let _ = self.h2.compare_and_swap(&Some(conn), None);
                     let conn = self.h2_connection().await?;
                     let mut tx = conn.tx.clone();
-                    match tx.send_request(req).await {
+                    match tx.try_send_request(req).await {
                         Ok(rsp) => Ok(rsp.map(Body::Incoming)),
-                        Err(e) => Err(ProxyError::bad_gateway("upstream", e).into()),
+                        Err(mut e) => {
+                            let unsent = e.take_message().is_some();
+                            if unsent {
+                                let _ = self.h2.compare_and_swap(&Some(conn), None);
+                            }
+                            Err(h2_request_failed(e.into_error(), unsent).into())
+                        }
                     }
                 }
-                None => Err(ProxyError::bad_gateway("upstream", e.into_error()).into()),
+                None => Err(h2_request_failed(e.into_error(), false).into()),
             },
         }
     }
 
     async fn send_h1(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         if let Some(down) = self.backing_off() {
-            return Err(ProxyError::bad_gateway("endpoint-down", down).into());
+            return Err(ProxyError::new(Cause::EndpointDown, down).into());
         }
         let (mut parts, body) = req.into_parts();
         let path = parts
@@ -521,7 +537,7 @@ impl Inner {
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = self.authority.clone();
         uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::bad_gateway("endpoint-uri", e))?;
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::new(Cause::EndpointUri, e))?;
         strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, body);
         let sent = match &self.h1 {
@@ -537,11 +553,41 @@ impl Inner {
             }
             Err(e) if e.is_connect() => {
                 self.record_failure(&crate::error::error_chain(&e));
-                Err(ProxyError::bad_gateway("connect", e).into())
+                // The TLS connector classifies its own failures (`tls-handshake`,
+                // `connect-timeout`); the plain connector's are `connect`.
+                let cause = match crate::error::classify(&e) {
+                    cause if cause.never_reached_app() => cause,
+                    _ => Cause::Connect,
+                };
+                Err(ProxyError::new(cause, e).into())
             }
-            Err(e) => Err(ProxyError::bad_gateway("upstream", e).into()),
+            Err(e) => Err(ProxyError::new(Cause::Upstream, e).into()),
         }
     }
+}
+
+/// Classifies an HTTP/2 request that failed: a stream the endpoint refused unprocessed is a
+/// [`Cause::RefusedStream`] (told by the h2 error's reason, not its text); a request the
+/// connection gave back `unsent` is a [`Cause::ConnectionClosed`]; anything else happened
+/// after the request was sent, [`Cause::Upstream`].
+fn h2_request_failed(e: hyper::Error, unsent: bool) -> ProxyError {
+    let mut refused = false;
+    let mut next = std::error::Error::source(&e);
+    while let Some(source) = next {
+        if let Some(h2) = source.downcast_ref::<h2::Error>() {
+            refused = Cause::of_h2(h2) == Cause::RefusedStream;
+            break;
+        }
+        next = source.source();
+    }
+    let cause = if refused {
+        Cause::RefusedStream
+    } else if unsent {
+        Cause::ConnectionClosed
+    } else {
+        Cause::Upstream
+    };
+    ProxyError::new(cause, e)
 }
 
 /// Makes the URI absolute from the `Host` header (scheme `http`).
@@ -551,8 +597,8 @@ fn absolute_uri_from_host(req: &mut Request<Body>) -> Result<(), ProxyError> {
         .get(header::HOST)
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
         .ok_or_else(|| {
-            ProxyError::bad_gateway(
-                "no-authority",
+            ProxyError::new(
+                Cause::NoAuthority,
                 "the request has neither :authority nor Host",
             )
         })?;
@@ -562,8 +608,7 @@ fn absolute_uri_from_host(req: &mut Request<Body>) -> Result<(), ProxyError> {
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|e| ProxyError::bad_gateway("no-authority", e))?;
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::new(Cause::NoAuthority, e))?;
     Ok(())
 }
 
@@ -622,25 +667,25 @@ mod tests {
         assert!(endpoint.is_available());
 
         let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
-        assert_eq!(classify(&*err).1, "connect");
+        assert_eq!(classify(&*err).reason(), "connect");
         assert!(!endpoint.is_available());
 
         // During the backoff no connect is attempted: the error says why, at once.
         let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
-        assert_eq!(classify(&*err).1, "endpoint-down");
+        assert_eq!(classify(&*err).reason(), "endpoint-down");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
         let err = endpoint
             .clone()
             .oneshot(Request::new(Body::Empty))
             .await
             .unwrap_err();
-        assert_eq!(classify(&*err).1, "endpoint-down");
+        assert_eq!(classify(&*err).reason(), "endpoint-down");
 
         // After it, the endpoint is tried again (and fails again, backing off longer).
         tokio::time::advance(CONNECT_BACKOFF_MIN).await;
         assert!(endpoint.is_available());
         let err = endpoint.clone().oneshot(h2_request()).await.unwrap_err();
-        assert_eq!(classify(&*err).1, "connect");
+        assert_eq!(classify(&*err).reason(), "connect");
         tokio::time::advance(CONNECT_BACKOFF_MIN).await;
         assert!(
             !endpoint.is_available(),

@@ -4,8 +4,10 @@
 //!
 //! - [`endpoint`]: endpoints, authorities (service names), directions;
 //! - [`context`]: what the server side learns of a request once (received at, gRPC);
-//! - [`error`]: error classification and the one mapping from an error to a response;
+//! - [`error`]: error causes, their classification and the one mapping from an error to a
+//!   response;
 //! - [`classify`]: success or failure of a response (5xx, gRPC status), for accrual and metrics;
+//! - [`grpc`]: gRPC status codes;
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque) with a bounded read;
 //! - [`server`] and [`client`]: hyper 1 plumbing (h2 end to end, pooled HTTP/1.1), and the
 //!   [`Respond`](server::Respond) layer that answers errors;
@@ -50,6 +52,7 @@ pub mod detect;
 pub mod drain;
 pub mod endpoint;
 pub mod error;
+pub mod grpc;
 pub mod identity;
 pub mod retry;
 pub mod router;

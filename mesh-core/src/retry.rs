@@ -11,15 +11,19 @@
 //! `conditions` name, it has retries left (`max_retries`, default 2), its body can be replayed
 //! (below) and the budget has room:
 //!
-//! - `connect-failure`: the error is a [`ProxyError`] of kind
-//!   [`BadGateway`](ErrorKind::BadGateway) whose reason says the request never left:
-//!   `connect`, `connect-timeout`, `endpoint-down`, `tls-handshake` or `h2-handshake` (see
-//!   [`client`](crate::client));
-//! - `refused-stream`: the endpoint refused the HTTP/2 stream (`REFUSED_STREAM`, which
-//!   RFC 9113 guarantees was not processed), or a layer classified the error with the reason
-//!   `refused-stream`;
+//! - `connect-failure`: the error's [`Cause`] (what [`classify`] finds) says the request
+//!   [never reached the application](Cause::never_reached_app), other than a refused stream:
+//!   the endpoint could not be reached (`connect`, `connect-timeout`, `endpoint-down`,
+//!   `tls-handshake`, `h2-handshake`, `connection-closed`; see [`client`](crate::client)), or
+//!   the mesh stopped the request itself (`fail-fast`, `queue-full` from the balancer,
+//!   `unknown-authority`...). An authorization denial is not a failure to retry: it is an
+//!   answer;
+//! - `refused-stream`: the cause is [`Cause::RefusedStream`]: the endpoint refused the HTTP/2
+//!   stream with `REFUSED_STREAM`, or a graceful `GOAWAY` left it unprocessed, which RFC 9113
+//!   guarantees means the application did not see it (the client tells it by the h2 error's
+//!   reason, never by its text);
 //! - `gateway-error`: a response 502, 503 or 504, or an error that the mesh answers with one
-//!   of those ([`classify`]);
+//!   of those (its cause's [`ErrorKind`]);
 //! - `5xx`: any response 500 to 599, or any error but an authorization denial;
 //! - `grpc` (a list of codes, by name such as `"unavailable"` or by number): a gRPC request
 //!   whose response head carries one of these `grpc-status` codes (a trailers-only response).
@@ -29,11 +33,13 @@
 //!
 //! **Idempotency.** `connect-failure` and `refused-stream` mean the application never saw the
 //! request, so they are retried whatever the method. The other conditions mean the application
-//! may have acted on the request: they apply only to idempotent methods (GET, HEAD, OPTIONS,
-//! PUT, DELETE, TRACE), unless the policy sets `retry_non_idempotent` (POST, PATCH and the
-//! rest). **gRPC requests are POSTs**: a gRPC route whose methods are safe to repeat opts in
-//! to retries on `grpc` codes and HTTP statuses by setting `retry_non_idempotent = true`; the
-//! proxy cannot tell a gRPC read from a write. CONNECT requests and upgrades are never retried.
+//! may have acted on the request (an `upstream` error is a reset or a closed connection after
+//! the request was sent; a timeout may come after the application started): they apply only
+//! to idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), unless the policy sets
+//! `retry_non_idempotent` (POST, PATCH and the rest). **gRPC requests are POSTs**: a gRPC
+//! route whose methods are safe to repeat opts in to retries on `grpc` codes and HTTP statuses
+//! by setting `retry_non_idempotent = true`; the proxy cannot tell a gRPC read from a write.
+//! CONNECT requests and upgrades are never retried.
 //!
 //! **Only on the response head.** The decision reads the response head (status and headers),
 //! never its body: once the head is handed to the caller the request is over, so a response
@@ -117,24 +123,11 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::BoxError;
 use crate::body::Body;
-use crate::classify::grpc_status;
-use crate::error::{ErrorKind, ProxyError, classify, is_grpc};
+use crate::error::{Cause, ErrorKind, classify, is_grpc};
+use crate::grpc::{Code, grpc_status};
 
 /// The response header that says how many retries a response needed.
 pub const RETRIES_HEADER: &str = "mesh-retries";
-
-/// The reasons of a [`ProxyError`] that mean the request never left the proxy.
-pub const CONNECT_FAILURE_REASONS: [&str; 5] = [
-    "connect",
-    "connect-timeout",
-    "endpoint-down",
-    "tls-handshake",
-    "h2-handshake",
-];
-
-/// What h2 says of `REFUSED_STREAM` (its `Reason::description`): mesh-core does not depend on
-/// h2 to downcast its error, so the refusal is recognised by its text.
-const REFUSED_STREAM_TEXT: &str = "refused stream before processing any application logic";
 
 /// A failure that may be retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,113 +138,11 @@ pub enum RetryOn {
     ServerError,
     /// A 502, 503 or 504 response, or an error the mesh answers with one.
     GatewayError,
-    /// The connection to the endpoint could not be made: the request never left.
+    /// The request never reached the application: the endpoint could not be reached, or the
+    /// mesh stopped the request before sending it ([`Cause::never_reached_app`]).
     ConnectFailure,
-    /// The endpoint refused the HTTP/2 stream before processing it.
+    /// The endpoint refused the HTTP/2 stream before processing it ([`Cause::RefusedStream`]).
     RefusedStream,
-}
-
-/// A gRPC status code; in configuration, its name (`"unavailable"`, `"resource-exhausted"`,
-/// also `UNAVAILABLE` or `resource_exhausted`) or its number (`14`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GrpcCode(u16);
-
-const GRPC_NAMES: [&str; 17] = [
-    "ok",
-    "cancelled",
-    "unknown",
-    "invalid-argument",
-    "deadline-exceeded",
-    "not-found",
-    "already-exists",
-    "permission-denied",
-    "resource-exhausted",
-    "failed-precondition",
-    "aborted",
-    "out-of-range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data-loss",
-    "unauthenticated",
-];
-
-impl GrpcCode {
-    /// UNAVAILABLE (14).
-    pub const UNAVAILABLE: GrpcCode = GrpcCode(14);
-    /// RESOURCE_EXHAUSTED (8).
-    pub const RESOURCE_EXHAUSTED: GrpcCode = GrpcCode(8);
-
-    /// The code of this number, if gRPC defines it (0 to 16).
-    pub fn new(code: u16) -> Option<Self> {
-        (usize::from(code) < GRPC_NAMES.len()).then_some(GrpcCode(code))
-    }
-
-    /// The number.
-    pub fn code(self) -> u16 {
-        self.0
-    }
-
-    /// The name, in kebab case.
-    pub fn name(self) -> &'static str {
-        GRPC_NAMES.get(usize::from(self.0)).copied().unwrap_or("?")
-    }
-}
-
-impl std::str::FromStr for GrpcCode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let normal = text.to_ascii_lowercase().replace('_', "-");
-        let code = match normal.parse::<u16>() {
-            Ok(n) => n,
-            Err(_) => GRPC_NAMES
-                .iter()
-                .position(|n| *n == normal)
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "{text:?} is not a gRPC status (expected a name such as \"unavailable\" \
-                         or a number from 0 to 16)"
-                    )
-                })?,
-        };
-        GrpcCode::new(code).ok_or_else(|| format!("{code} is not a gRPC status (0 to 16)"))
-    }
-}
-
-impl Serialize for GrpcCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> Deserialize<'de> for GrpcCode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = GrpcCode;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a gRPC status name or number")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<GrpcCode, E> {
-                u16::try_from(n)
-                    .ok()
-                    .and_then(GrpcCode::new)
-                    .ok_or_else(|| E::custom(format!("{n} is not a gRPC status (0 to 16)")))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<GrpcCode, E> {
-                u64::try_from(n)
-                    .map_err(|_| E::custom(format!("{n} is not a gRPC status (0 to 16)")))
-                    .and_then(|n| self.visit_u64(n))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<GrpcCode, E> {
-                text.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
 }
 
 /// The retry settings of a route.
@@ -262,8 +153,9 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     /// Which failures are retried.
     pub conditions: Vec<RetryOn>,
-    /// gRPC statuses, in the head of a trailers-only response, that are retried.
-    pub grpc: Vec<GrpcCode>,
+    /// gRPC statuses, in the head of a trailers-only response, that are retried; in
+    /// configuration, names (`"unavailable"`) or numbers (see [`Code`]).
+    pub grpc: Vec<Code>,
     /// The first backoff bound; it doubles per retry up to `backoff_max`.
     #[serde(with = "crate::config::duration")]
     pub backoff_min: Duration,
@@ -293,7 +185,7 @@ impl Default for RetryPolicy {
                 RetryOn::ConnectFailure,
                 RetryOn::RefusedStream,
             ],
-            grpc: vec![GrpcCode::UNAVAILABLE],
+            grpc: vec![Code::UNAVAILABLE],
             backoff_min: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
             retry_non_idempotent: false,
@@ -352,16 +244,14 @@ impl RetryPolicy {
         match result {
             Err(e) => {
                 let e: &(dyn StdError + 'static) = &**e;
-                let (kind, reason) = classify(e);
-                if self.on(RetryOn::ConnectFailure)
-                    && kind == ErrorKind::BadGateway
-                    && CONNECT_FAILURE_REASONS.contains(&reason)
-                {
+                let cause = classify(e);
+                if self.on(RetryOn::ConnectFailure) && is_connect_failure(cause) {
                     return true;
                 }
-                if self.on(RetryOn::RefusedStream) && is_refused_stream(e) {
+                if self.on(RetryOn::RefusedStream) && cause == Cause::RefusedStream {
                     return true;
                 }
+                let kind = cause.kind();
                 response_ok
                     && ((self.on(RetryOn::ServerError) && kind != ErrorKind::Forbidden)
                         || (self.on(RetryOn::GatewayError)
@@ -380,26 +270,18 @@ impl RetryPolicy {
                 (self.on(RetryOn::ServerError) && rsp.status().is_server_error())
                     || (self.on(RetryOn::GatewayError) && matches!(status, 502..=504))
                     || (grpc
-                        && grpc_status(rsp.headers())
-                            .is_some_and(|code| self.grpc.iter().any(|c| c.0 == code)))
+                        && grpc_status(rsp.headers()).is_some_and(|code| self.grpc.contains(&code)))
             }
         }
     }
 }
 
-/// Did the endpoint refuse the stream (HTTP/2 `REFUSED_STREAM`)?
-fn is_refused_stream(err: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.downcast_ref::<ProxyError>()
-            .is_some_and(|p| p.reason() == "refused-stream")
-            || e.to_string().contains(REFUSED_STREAM_TEXT)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+/// Did the request fail before reaching the application, other than by a refused stream (its
+/// own condition)? An authorization denial is an answer, not a failure to retry.
+fn is_connect_failure(cause: Cause) -> bool {
+    cause.never_reached_app()
+        && cause != Cause::RefusedStream
+        && cause.kind() != ErrorKind::Forbidden
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -13,7 +13,7 @@ use tower::{Service, ServiceExt};
 use crate::BoxError;
 use crate::body::Body;
 use crate::endpoint::Authority;
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 
 /// The authority a request names: the URI's (HTTP/2, absolute-form HTTP/1) or the `Host`
 /// header's.
@@ -101,7 +101,7 @@ where
             None => RouteError::NoAuthority,
         };
         RouteFuture::Failed {
-            error: Some(ProxyError::unavailable("unknown-authority", error)),
+            error: Some(ProxyError::new(Cause::UnknownAuthority, error)),
         }
     }
 }
@@ -149,7 +149,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{ErrorKind, classify};
+    use crate::error::{Cause, classify};
 
     type Mock = tower_test::mock::Mock<Request<Body>, Response<Body>>;
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -196,16 +196,10 @@ mod tests {
             .body(Body::Empty)
             .unwrap();
         let err = router.call(req).await.unwrap_err();
-        assert_eq!(
-            classify(&*err),
-            (ErrorKind::Unavailable, "unknown-authority")
-        );
+        assert_eq!(classify(&*err), Cause::UnknownAuthority);
         assert!(err.to_string().contains("other:80"));
         let req = Request::builder().uri("/").body(Body::Empty).unwrap();
         let err = router.call(req).await.unwrap_err();
-        assert_eq!(
-            classify(&*err),
-            (ErrorKind::Unavailable, "unknown-authority")
-        );
+        assert_eq!(classify(&*err), Cause::UnknownAuthority);
     }
 }

@@ -282,7 +282,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ProxyError;
+    use crate::error::{Cause, ProxyError};
     use http::StatusCode;
 
     #[tokio::test(start_paused = true)]
@@ -291,7 +291,7 @@ mod tests {
         let mut svc = RespondLayer::new().layer(mock);
         let rsp = tokio::spawn(svc.call(Request::new(Body::Empty)));
         let (_req, send) = handle.next_request().await.unwrap();
-        send.send_error(ProxyError::unavailable("fail-fast", "no endpoint ready"));
+        send.send_error(ProxyError::new(Cause::FailFast, "no endpoint ready"));
         let rsp = rsp.await.unwrap().unwrap();
         assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 
 /// Bytes copied in each direction by a finished forward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,8 +23,8 @@ pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpS
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return Err(ProxyError::bad_gateway(
-                "connect",
+            return Err(ProxyError::new(
+                Cause::Connect,
                 ConnectError { addr, source: e },
             ));
         }
@@ -33,8 +33,8 @@ pub async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpS
                 io::ErrorKind::TimedOut,
                 format!("no answer within {connect_timeout:?}"),
             );
-            return Err(ProxyError::bad_gateway(
-                "connect-timeout",
+            return Err(ProxyError::new(
+                Cause::ConnectTimeout,
                 ConnectError { addr, source: e },
             ));
         }

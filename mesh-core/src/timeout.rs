@@ -52,10 +52,11 @@
 //! future of `SendRequest::send_request` go away: its dispatch task resets the stream with
 //! `RST_STREAM(CANCEL)` (h2 also resets a stream no handle refers to any more), so the
 //! upstream stops working on an answer nobody will read; an HTTP/1 request in flight closes
-//! its connection. The layer returns a [`ProxyError`] of kind
-//! [`GatewayTimeout`](crate::error::ErrorKind::GatewayTimeout), with reason
-//! [`REQUEST_TIMEOUT`] (`request-timeout`) or [`GRPC_DEADLINE`] (`grpc-deadline`), and a
-//! [`TimeoutError`] as its source. [`Respond`](crate::server::Respond) turns it into a 504, or
+//! its connection. The layer returns a [`ProxyError`] of cause
+//! [`RequestTimeout`](Cause::RequestTimeout) (reason [`REQUEST_TIMEOUT`], `request-timeout`)
+//! or [`GrpcDeadline`](Cause::GrpcDeadline) ([`GRPC_DEADLINE`], `grpc-deadline`), both of kind
+//! [`GatewayTimeout`](crate::error::ErrorKind::GatewayTimeout), and a [`TimeoutError`] as its
+//! source. [`Respond`](crate::server::Respond) turns it into a 504, or
 //! for a gRPC request into HTTP 200 with `grpc-status: 4` (DEADLINE_EXCEEDED), as
 //! [`error_response`](crate::error::error_response) does for every error.
 //!
@@ -102,16 +103,17 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::{Body, BodyError};
-use crate::error::{GRPC_DEADLINE_EXCEEDED, PROXY_ERROR_HEADER, ProxyError, is_grpc};
+use crate::error::{Cause, PROXY_ERROR_HEADER, ProxyError, is_grpc};
+use crate::grpc::{Code, GRPC_STATUS};
 
 /// The gRPC request header that carries the caller's deadline.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The reason of a route timeout, in [`PROXY_ERROR_HEADER`] and metrics.
-pub const REQUEST_TIMEOUT: &str = "request-timeout";
+pub const REQUEST_TIMEOUT: &str = Cause::RequestTimeout.reason();
 
 /// The reason of a gRPC deadline, in [`PROXY_ERROR_HEADER`] and metrics.
-pub const GRPC_DEADLINE: &str = "grpc-deadline";
+pub const GRPC_DEADLINE: &str = Cause::GrpcDeadline.reason();
 
 /// The largest `grpc-timeout` value: 8 digits.
 const MAX_GRPC_TIMEOUT_VALUE: u128 = 99_999_999;
@@ -209,11 +211,11 @@ pub enum TimeoutError {
 
 impl TimeoutError {
     fn into_proxy_error(self) -> ProxyError {
-        let reason = match self {
-            TimeoutError::Request(_) => REQUEST_TIMEOUT,
-            TimeoutError::GrpcDeadline(_) => GRPC_DEADLINE,
+        let cause = match self {
+            TimeoutError::Request(_) => Cause::RequestTimeout,
+            TimeoutError::GrpcDeadline(_) => Cause::GrpcDeadline,
         };
-        ProxyError::timeout(reason, self)
+        ProxyError::new(cause, self)
     }
 }
 
@@ -507,7 +509,7 @@ pin_project_lite::pin_project! {
 impl DeadlineBody {
     fn trailers(error: TimeoutError) -> HeaderMap {
         let mut trailers = HeaderMap::with_capacity(3);
-        trailers.insert("grpc-status", HeaderValue::from(GRPC_DEADLINE_EXCEEDED));
+        trailers.insert(GRPC_STATUS, HeaderValue::from(Code::DEADLINE_EXCEEDED));
         let detail = format!("{GRPC_DEADLINE}: {error}");
         // The detail is ASCII with no '%': a valid grpc-message as it is.
         let detail = HeaderValue::try_from(detail)

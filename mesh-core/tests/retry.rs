@@ -16,8 +16,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use mesh_core::error::ProxyError;
-use mesh_core::retry::{GrpcCode, RetryLayer, RetryOn, RetryPolicy, RetryStats};
+use mesh_core::error::{Cause, ProxyError};
+use mesh_core::grpc::Code;
+use mesh_core::retry::{RetryLayer, RetryOn, RetryPolicy, RetryStats};
 use mesh_core::{Body, BoxError};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -27,7 +28,9 @@ use tower::{Layer, Service, ServiceExt};
 enum Outcome {
     Status(u16),
     Grpc(u16),
-    Error(&'static str, &'static str),
+    Error(Cause, &'static str),
+    /// An HTTP/2 error with this reason, unclassified: as hyper's error carries it.
+    H2(h2::Reason),
 }
 
 /// What the inner service saw of one attempt.
@@ -104,7 +107,8 @@ impl Fake {
                 .header("grpc-status", code)
                 .body(Body::Empty)
                 .unwrap()),
-            Outcome::Error(reason, text) => Err(ProxyError::bad_gateway(reason, text).into()),
+            Outcome::Error(cause, text) => Err(ProxyError::new(cause, text).into()),
+            Outcome::H2(reason) => Err(h2::Error::from(reason).into()),
         }
     }
 
@@ -290,7 +294,7 @@ async fn statuses_outside_the_conditions_are_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn connect_failures_are_retried_whatever_the_method() {
     let fake = Fake::new(
-        [Outcome::Error("connect", "connection refused")],
+        [Outcome::Error(Cause::Connect, "connection refused")],
         Outcome::Status(200),
     );
     let (mut svc, stats) = fake.stack(&RetryPolicy::default());
@@ -304,20 +308,24 @@ async fn connect_failures_are_retried_whatever_the_method() {
     let seen = fake.seen();
     assert_eq!(seen[0], seen[1]);
 
-    for reason in ["connect-timeout", "endpoint-down", "tls-handshake"] {
-        let fake = Fake::new([Outcome::Error(reason, "down")], Outcome::Status(200));
+    for cause in [
+        Cause::ConnectTimeout,
+        Cause::EndpointDown,
+        Cause::TlsHandshake,
+    ] {
+        let fake = Fake::new([Outcome::Error(cause, "down")], Outcome::Status(200));
         let (mut svc, _) = fake.stack(&RetryPolicy::default());
         let rsp = send(&mut svc, request(Method::POST, Body::Empty))
             .await
             .unwrap();
-        assert_eq!(rsp.status(), 200, "{reason}");
+        assert_eq!(rsp.status(), 200, "{cause}");
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn errors_after_sending_follow_the_method() {
     // The request may have reached the application: a POST is not sent again.
-    let fake = Fake::new([], Outcome::Error("upstream", "connection reset"));
+    let fake = Fake::new([], Outcome::Error(Cause::Upstream, "connection reset"));
     let (mut svc, _) = fake.stack(&RetryPolicy::default());
     let err = send(&mut svc, request(Method::POST, Body::full("order")))
         .await
@@ -327,7 +335,7 @@ async fn errors_after_sending_follow_the_method() {
 
     // A GET is: the mesh answers that error with a 502, a gateway error.
     let fake = Fake::new(
-        [Outcome::Error("upstream", "connection reset")],
+        [Outcome::Error(Cause::Upstream, "connection reset")],
         Outcome::Status(200),
     );
     let (mut svc, _) = fake.stack(&RetryPolicy::default());
@@ -338,7 +346,7 @@ async fn errors_after_sending_follow_the_method() {
     assert_eq!(fake.calls(), 2);
 
     // Without conditions for it, no retry even for a GET.
-    let fake = Fake::new([], Outcome::Error("upstream", "connection reset"));
+    let fake = Fake::new([], Outcome::Error(Cause::Upstream, "connection reset"));
     let policy = RetryPolicy {
         conditions: vec![RetryOn::ConnectFailure],
         ..RetryPolicy::default()
@@ -352,12 +360,10 @@ async fn errors_after_sending_follow_the_method() {
 
 #[tokio::test(start_paused = true)]
 async fn refused_streams_are_retried_whatever_the_method() {
-    // How hyper reports an h2 REFUSED_STREAM: the h2 error's text.
+    // How hyper reports an h2 REFUSED_STREAM: its error's source is the h2 error, whose
+    // reason says it.
     let fake = Fake::new(
-        [Outcome::Error(
-            "upstream",
-            "stream error received: refused stream before processing any application logic",
-        )],
+        [Outcome::H2(h2::Reason::REFUSED_STREAM)],
         Outcome::Status(200),
     );
     let (mut svc, _) = fake.stack(&RetryPolicy::default());
@@ -366,6 +372,50 @@ async fn refused_streams_are_retried_whatever_the_method() {
         .unwrap();
     assert_eq!(rsp.status(), 200);
     assert_eq!(fake.calls(), 2);
+
+    // As the client classifies it.
+    let fake = Fake::new(
+        [Outcome::Error(Cause::RefusedStream, "refused")],
+        Outcome::Status(200),
+    );
+    let (mut svc, _) = fake.stack(&RetryPolicy::default());
+    let rsp = send(&mut svc, request(Method::POST, Body::Empty))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(fake.calls(), 2);
+
+    // The cause decides, not the text: an upstream failure that merely says so, or another
+    // reset, is not retried for a POST.
+    for outcome in [
+        Outcome::Error(
+            Cause::Upstream,
+            "stream error received: refused stream before processing any application logic",
+        ),
+        Outcome::H2(h2::Reason::INTERNAL_ERROR),
+    ] {
+        let fake = Fake::new([outcome.clone()], Outcome::Status(200));
+        let (mut svc, _) = fake.stack(&RetryPolicy::default());
+        send(&mut svc, request(Method::POST, Body::Empty))
+            .await
+            .unwrap_err();
+        assert_eq!(fake.calls(), 1, "{outcome:?}");
+    }
+
+    // Without the condition, a refused stream is not retried.
+    let fake = Fake::new(
+        [Outcome::H2(h2::Reason::REFUSED_STREAM)],
+        Outcome::Status(200),
+    );
+    let policy = RetryPolicy {
+        conditions: vec![RetryOn::ConnectFailure],
+        ..RetryPolicy::default()
+    };
+    let (mut svc, _) = fake.stack(&policy);
+    send(&mut svc, request(Method::POST, Body::Empty))
+        .await
+        .unwrap_err();
+    assert_eq!(fake.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -399,7 +449,7 @@ async fn grpc_trailers_only_statuses_are_retried_when_the_route_allows() {
 
     // More codes, by name.
     let policy = RetryPolicy {
-        grpc: vec![GrpcCode::UNAVAILABLE, GrpcCode::RESOURCE_EXHAUSTED],
+        grpc: vec![Code::UNAVAILABLE, Code::RESOURCE_EXHAUSTED],
         ..grpc_route
     };
     let fake = Fake::new([Outcome::Grpc(8), Outcome::Grpc(14)], Outcome::Grpc(0));
@@ -573,7 +623,7 @@ fn the_policy_reads_from_configuration() {
         policy.conditions,
         [RetryOn::ServerError, RetryOn::ConnectFailure]
     );
-    let codes: Vec<u16> = policy.grpc.iter().map(|c| c.code()).collect();
+    let codes: Vec<u16> = policy.grpc.iter().map(|c| c.as_u16()).collect();
     assert_eq!(codes, [14, 8, 4]);
     assert_eq!(policy.backoff_min, Duration::from_millis(10));
     assert_eq!(policy.max_buffered_body, 64 * 1024);
@@ -618,7 +668,7 @@ async fn an_unread_body_is_sent_whole_to_the_retry() {
             if first {
                 seen.lock().unwrap().push(Bytes::new());
                 return Err::<Response<Body>, BoxError>(
-                    ProxyError::bad_gateway("connect", "connection refused").into(),
+                    ProxyError::new(Cause::Connect, "connection refused").into(),
                 );
             }
             let body = req.into_body().collect().await?.to_bytes();

@@ -130,6 +130,12 @@ fn grpc_request(grpc_timeout: Option<&'static str>) -> Request<Body> {
     req
 }
 
+/// What an error is classified as: its kind and its reason.
+fn kind_and_reason(err: &(dyn std::error::Error + 'static)) -> (ErrorKind, &'static str) {
+    let cause = classify(err);
+    (cause.kind(), cause.reason())
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.to_str().unwrap())
 }
@@ -151,7 +157,7 @@ async fn route_timeout_fails_with_gateway_timeout_and_cancels_upstream() {
     assert_eq!(proxy.kind(), ErrorKind::GatewayTimeout);
     assert_eq!(proxy.reason(), "request-timeout");
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "request-timeout")
     );
     assert!(upstream.was_cancelled(), "the upstream future was dropped");
@@ -217,7 +223,7 @@ async fn grpc_deadline_error_is_classified_as_a_timeout() {
     let err = svc.oneshot(grpc_request(Some("200m"))).await.unwrap_err();
 
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "grpc-deadline")
     );
     let rsp = error_response(&*err, true);
@@ -233,7 +239,7 @@ async fn the_earlier_route_timeout_wins_over_a_later_grpc_deadline() {
     let err = svc.oneshot(grpc_request(Some("3S"))).await.unwrap_err();
 
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "request-timeout")
     );
     // The caller's deadline is what travels upstream, not the route's.
@@ -298,13 +304,13 @@ async fn a_deadline_spent_before_forwarding_fails_without_sending() {
 
     let err = svc.clone().oneshot(req).await.unwrap_err();
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "grpc-deadline")
     );
 
     let err = svc.oneshot(grpc_request(Some("0n"))).await.unwrap_err();
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "grpc-deadline")
     );
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
@@ -319,7 +325,7 @@ async fn malformed_grpc_timeout_is_ignored_and_forwarded_unchanged() {
 
     // The route timeout still applies; the header is the upstream's to judge.
     assert_eq!(
-        classify(&*err),
+        kind_and_reason(&*err),
         (ErrorKind::GatewayTimeout, "request-timeout")
     );
     assert_eq!(upstream.seen_grpc_timeout().unwrap(), "1.5S");

@@ -19,10 +19,11 @@ use tokio::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use mesh_core::body::{Body, BodyEnd, BodyObserver, ObservedBody};
-use mesh_core::classify::{Class, classify_head, grpc_status};
+use mesh_core::classify::{Class, classify_head};
 use mesh_core::error::is_grpc;
+use mesh_core::grpc::{Code, grpc_status};
 use mesh_core::{Availability, BoxError};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -59,8 +60,21 @@ struct ResponseLabels {
     #[prometheus(flatten)]
     request: RequestLabels,
     status_code: String,
-    grpc_status: String,
+    /// Empty when the response carried none.
+    grpc_status: Option<GrpcStatus>,
     classification: &'static str,
+}
+
+/// A `grpc_status` label value: the code's decimal number, as it came (even a code gRPC does
+/// not define).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct GrpcStatus(Code);
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        write!(encoder, "{}", self.0)
+    }
 }
 
 /// The latency buckets, in seconds: 100 µs (a proxied call on loopback) to 30 s.
@@ -204,7 +218,7 @@ struct Handles {
 }
 
 /// HTTP status (0: none), gRPC status, success.
-type ResponseKey = (u16, Option<u16>, bool);
+type ResponseKey = (u16, Option<Code>, bool);
 
 impl std::fmt::Debug for EndpointMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,7 +250,7 @@ impl EndpointMetrics {
         self.handles().latency.observe(seconds);
     }
 
-    fn response(&self, status: Option<StatusCode>, grpc: Option<u16>, class: Class) {
+    fn response(&self, status: Option<StatusCode>, grpc: Option<Code>, class: Class) {
         let key = (
             status.map_or(0, |s| s.as_u16()),
             grpc,
@@ -250,7 +264,7 @@ impl EndpointMetrics {
         let labels = ResponseLabels {
             request: self.labels.clone(),
             status_code: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            grpc_status: grpc.map(|g| g.to_string()).unwrap_or_default(),
+            grpc_status: grpc.map(GrpcStatus),
             classification: if key.2 { "success" } else { "failure" },
         };
         let counter = self.families.responses.get_or_create(&labels).clone();
@@ -473,5 +487,43 @@ mod tests {
         let text = exposition(&registry);
         assert!(text.contains("classification=\"failure\"} 1"), "{text}");
         assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",dst_pod=\"\",tls=\"false\",peer_identity=\"\"} 1"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_status_labels_are_the_codes_numbers() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        // Trailers-only gRPC responses: the status is in the head.
+        let backend = tower::service_fn(|req: Request<Body>| async move {
+            let code = req.headers()["x-answer"].clone();
+            let rsp = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", code)
+                .body(Body::Empty)
+                .unwrap();
+            Ok::<_, BoxError>(rsp)
+        });
+        let svc = metrics.layer(labels()).layer(backend);
+        for code in ["14", "5", "0", "0", "42"] {
+            let req = Request::builder()
+                .header("content-type", "application/grpc")
+                .header("x-answer", code)
+                .body(Body::Empty)
+                .unwrap();
+            svc.clone().oneshot(req).await.unwrap();
+        }
+        let text = exposition(&registry);
+        for (label, class, count) in [
+            ("14", "failure", 1),
+            ("5", "success", 1),
+            ("0", "success", 2),
+            // A code gRPC does not define, as it came: the application's answer.
+            ("42", "success", 1),
+        ] {
+            let series = format!(
+                "status_code=\"200\",grpc_status=\"{label}\",classification=\"{class}\"}} {count}"
+            );
+            assert!(text.contains(&series), "{series}: {text}");
+        }
     }
 }

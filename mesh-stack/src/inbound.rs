@@ -40,7 +40,7 @@ use mesh_core::client::EndpointClient;
 use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
-use mesh_core::error::ProxyError;
+use mesh_core::error::{Cause, ProxyError};
 use mesh_core::identity::PeerTls;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::{Body, BoxError, tcp};
@@ -354,8 +354,8 @@ impl tower::Service<Request<Body>> for Deny {
 
     fn call(&mut self, _: Request<Body>) -> Self::Future {
         self.counter.inc();
-        std::future::ready(Err(ProxyError::forbidden(
-            "unauthorized",
+        std::future::ready(Err(ProxyError::new(
+            Cause::Unauthorized,
             Unauthorized(self.why.clone()),
         )
         .into()))
