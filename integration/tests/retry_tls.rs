@@ -11,17 +11,16 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use mesh_core::client::{ClientConfig, EndpointClient, HttpClient, ResponseFuture};
+use mesh_core::client::{ClientConfig, HttpClient};
 use mesh_core::error::{Cause, classify};
 use mesh_core::identity::Identity;
 use mesh_core::retry::{RetryLayer, RetryPolicy};
-use mesh_core::{Body, BoxError};
+use mesh_core::Body;
 use mesh_integration::mtls::{Pki, WorkloadCert};
 use mesh_integration::start_backend;
 use mesh_tls::ca::Issuer;
@@ -114,29 +113,6 @@ async fn backend() -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
     (addr, bodies)
 }
 
-/// Sends each request to the next endpoint in turn, as a balancer would pick another one.
-#[derive(Clone)]
-struct InTurn {
-    endpoints: Arc<Vec<EndpointClient>>,
-    next: Arc<AtomicUsize>,
-}
-
-impl Service<Request<Body>> for InTurn {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        let n = self.next.fetch_add(1, Ordering::SeqCst) % self.endpoints.len();
-        let mut endpoint = self.endpoints[n].clone();
-        endpoint.call(req)
-    }
-}
-
 fn post(version: Version) -> Request<Body> {
     Request::builder()
         .method(Method::POST)
@@ -173,10 +149,8 @@ async fn retried_across(pki: &Pki, failing: SocketAddr, accepted: &AtomicUsize) 
         ];
         let retry = RetryLayer::new(&RetryPolicy::default());
         let stats = retry.stats();
-        let mut svc = retry.layer(InTurn {
-            endpoints: Arc::new(endpoints),
-            next: Arc::default(),
-        });
+        // In turn, as a balancer would pick another endpoint for the retry.
+        let mut svc = retry.layer(mesh_balance::RoundRobin::new(endpoints).unwrap());
         let rsp = svc
             .ready()
             .await
