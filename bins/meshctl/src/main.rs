@@ -1,56 +1,5 @@
-//! meshctl: the mesh's command line. It reads the proxies' request metrics and answers two
-//! questions: how is each workload doing (`stat`), and who talks to whom (`edges`).
-//!
-//! ```text
-//! meshctl stat  [--proxy ADDR]... [--prometheus URL] [--window SECS] [--direction outbound|inbound]
-//! meshctl edges [--proxy ADDR]... [--prometheus URL] [--window SECS] [--direction outbound|inbound]
-//! ```
-//!
-//! Exactly one source:
-//!
-//! - `--proxy ADDR` (repeatable): a proxy's admin server, `host:port` (port 4191 if left
-//!   out). Each `/metrics` is read twice, `--window` seconds apart (default 2, fractions
-//!   allowed); rates come from the counter deltas and latencies from the bucket deltas.
-//! - `--prometheus URL`: a Prometheus server (`http://prometheus:9090`). meshctl runs instant
-//!   queries such as `sum by (dst_namespace, dst_workload) (rate(request_total[60000ms]))`
-//!   and `histogram_quantile(0.99, sum by (le, …) (rate(response_latency_seconds_bucket[…])))`.
-//!   The window defaults to 60 s here: a rate needs two scrapes inside it. `--job REGEX` keeps
-//!   only series of matching scrape jobs (`--job '.*mesh-proxy.*'`, as the dashboards do).
-//!
-//! `--direction` picks the side that recorded a call: `outbound` (default, by the caller's
-//! proxy: what the client saw) or `inbound` (by the callee's proxy). Each call between meshed
-//! pods is recorded on both sides, so one side is shown, never a sum of both.
-//!
-//! `stat` shows one row per destination workload (`dst_namespace`, `dst_workload`): success
-//! rate (`response_total{classification="success"}` over all responses), requests per second
-//! (`request_total`) and the p50, p95 and p99 of `response_latency_seconds`, interpolated
-//! inside a bucket as Prometheus's `histogram_quantile` does:
-//!
-//! ```text
-//! $ meshctl stat --proxy 127.0.0.1:4191
-//! NAMESPACE  WORKLOAD  SUCCESS  RPS     P50     P95     P99
-//! demo       api       90.00%   412.50  0.63ms  0.98ms  1.79ms
-//! demo       db        100.00%  20.00   3.10ms  4.85ms  4.97ms
-//! ```
-//!
-//! `edges` shows one row per source and destination workload, with the share of its requests
-//! over mTLS (`yes`, `no`, or a percentage) and the peer identities seen:
-//!
-//! ```text
-//! $ meshctl edges --proxy 127.0.0.1:4191 --window 0.5
-//! SRC       DST       RPS     SUCCESS  TLS  IDENTITY
-//! demo/web  demo/api  412.50  90.00%   no   -
-//! ```
-//!
-//! Workloads and pairs without traffic in the window are left out; when nothing is left,
-//! meshctl says "no traffic seen". Exit codes: 0 success, 1 error (a proxy or Prometheus
-//! unreachable or answering an error, a bad URL, no traffic), 2 bad usage.
-
-mod http;
-mod prom;
-mod report;
-mod scrape;
-mod table;
+//! The `meshctl` command: flags parsed with clap, wired to the `meshctl` library (see its
+//! documentation for the commands, their sources and their output).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -58,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-
-use report::{Direction, Source};
+use meshctl::prom::{PromClient, PromSource};
+use meshctl::query::{Direction, Source};
+use meshctl::{report, scrape};
 
 /// The default window with `--proxy`, in seconds.
 const PROXY_WINDOW: f64 = 2.0;
@@ -151,38 +101,46 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Stat(args) => (true, args),
         Command::Edges(args) => (false, args),
     };
-    let (source, window, place) = match args.source.prometheus {
+    let direction = args.direction;
+    let (out, window, place) = match args.source.prometheus {
         Some(url) => {
             let window = args.window.unwrap_or(PROMETHEUS_WINDOW);
-            let prom = prom::Prometheus::new(&url, Duration::from_secs_f64(window), args.job)?;
-            (
-                Source::Prometheus(prom),
-                window,
-                format!("in Prometheus at {url}"),
-            )
+            let client = PromClient::new(&url)?;
+            let source = PromSource::new(client, Duration::from_secs_f64(window), args.job);
+            let out = table(&source, is_stat, direction).await?;
+            (out, window, format!("in Prometheus at {url}"))
         }
         None => {
             let window = args.window.unwrap_or(PROXY_WINDOW);
             let rates =
                 scrape::scrape_rates(&args.source.proxy, Duration::from_secs_f64(window)).await?;
+            let out = table(&rates, is_stat, direction).await?;
             let place = format!("at proxy {}", args.source.proxy.join(", "));
-            (Source::Scraped(rates), window, place)
+            (out, window, place)
         }
     };
-    let (table, empty) = if is_stat {
-        let rows = report::stat(&source, args.direction).await?;
-        (report::stat_table(&rows), rows.is_empty())
-    } else {
-        let rows = report::edges(&source, args.direction).await?;
-        (report::edges_table(&rows), rows.is_empty())
-    };
-    if empty {
-        bail!(
+    match out {
+        Some(out) => Ok(out),
+        None => bail!(
             "no traffic seen: no {} requests in the last {window}s {place}",
-            args.direction.as_str()
-        );
+            direction.as_str()
+        ),
     }
-    Ok(table)
+}
+
+/// The `stat` or `edges` table from `source`; `None` when it has no rows.
+async fn table(
+    source: &impl Source,
+    is_stat: bool,
+    direction: Direction,
+) -> anyhow::Result<Option<String>> {
+    Ok(if is_stat {
+        let rows = report::stat(source, direction).await?;
+        (!rows.is_empty()).then(|| report::stat_table(&rows))
+    } else {
+        let rows = report::edges(source, direction).await?;
+        (!rows.is_empty()).then(|| report::edges_table(&rows))
+    })
 }
 
 #[cfg(test)]

@@ -1,115 +1,48 @@
-//! What `stat` and `edges` ask, and how the answers become table rows.
+//! `stat` and `edges`: how the answers to their queries become rows, and the rows tables.
 //!
-//! Both sources answer the same few queries (a sum of per-second rates by some labels, or a
-//! latency quantile by some labels), so the rows are built the same way whether the numbers
-//! come from two scrapes of the proxies or from Prometheus.
+//! Both sources answer the same few queries of [`crate::query`] (a sum of per-second rates by
+//! some labels, or a latency quantile by some labels), so the rows are built the same way
+//! whether the numbers come from two scrapes of the proxies or from Prometheus: [`stat`] and
+//! [`edges`] take any [`Source`], and [`build_stat`] and [`build_edges`] are the pure part.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mesh_metrics::exposition::Labels;
-
-use crate::{prom, scrape};
-
-/// Which side of a call the series were recorded on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Direction {
-    /// By the calling proxy: what the client saw.
-    Outbound,
-    /// By the called proxy.
-    Inbound,
-}
-
-impl Direction {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Outbound => "outbound",
-            Self::Inbound => "inbound",
-        }
-    }
-}
-
-/// One question, asked of the series of one direction.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Query {
-    /// `sum by (by) (rate(metric[window]))`.
-    Sum {
-        metric: &'static str,
-        by: &'static [&'static str],
-    },
-    /// `histogram_quantile(q, sum by (le, by) (rate(response_latency_seconds_bucket[window])))`.
-    Quantile { q: f64, by: &'static [&'static str] },
-}
-
-/// The latency histogram's bucket series.
-pub(crate) const LATENCY_BUCKET: &str = "response_latency_seconds_bucket";
-const REQUESTS: &str = "request_total";
-const RESPONSES: &str = "response_total";
-
-const DST: &[&str] = &["dst_namespace", "dst_workload"];
-const DST_CLASS: &[&str] = &["dst_namespace", "dst_workload", "classification"];
-const EDGE_TLS: &[&str] = &[
-    "src_namespace",
-    "src_workload",
-    "dst_namespace",
-    "dst_workload",
-    "tls",
-    "peer_identity",
-];
-const EDGE_CLASS: &[&str] = &[
-    "src_namespace",
-    "src_workload",
-    "dst_namespace",
-    "dst_workload",
-    "classification",
-];
-
-/// The answer to a query: one value per combination of the `by` labels.
-pub(crate) type Vector = Vec<(Labels, f64)>;
-
-/// Where the numbers come from.
-#[derive(Debug)]
-pub(crate) enum Source {
-    /// Rates from two scrapes of the proxies.
-    Scraped(scrape::Rates),
-    /// Prometheus's query API.
-    Prometheus(prom::Prometheus),
-}
-
-impl Source {
-    async fn eval(&self, query: Query, direction: Direction) -> anyhow::Result<Vector> {
-        match self {
-            Self::Scraped(rates) => Ok(rates.eval(query, direction)),
-            Self::Prometheus(prom) => prom.eval(query, direction).await,
-        }
-    }
-}
+use crate::query::{
+    CLASSIFICATION, DST_NAMESPACE, DST_WORKLOAD, Direction, EDGE_REQUESTS, EDGE_RESPONSES, Labels,
+    PEER_IDENTITY, SRC_NAMESPACE, SRC_WORKLOAD, STAT_LATENCY, STAT_REQUESTS, STAT_RESPONSES,
+    SUCCESS, Sample, Source, TLS, label,
+};
 
 /// A row of `stat`: one destination workload.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct StatRow {
-    pub(crate) namespace: String,
-    pub(crate) workload: String,
+pub struct StatRow {
+    /// `dst_namespace`, possibly empty.
+    pub namespace: String,
+    /// `dst_workload`, possibly empty.
+    pub workload: String,
     /// Successes per response, NaN without responses.
-    pub(crate) success: f64,
-    pub(crate) rps: f64,
+    pub success: f64,
+    /// Requests per second.
+    pub rps: f64,
     /// p50, p95, p99 in seconds; NaN when unknown.
-    pub(crate) latency: [f64; 3],
+    pub latency: [f64; 3],
 }
 
 /// A row of `edges`: one source workload calling one destination workload.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct EdgeRow {
-    pub(crate) src: String,
-    pub(crate) dst: String,
-    pub(crate) rps: f64,
-    pub(crate) success: f64,
-    /// The share of requests over mTLS, 0 to 1.
-    pub(crate) tls: f64,
-    pub(crate) identities: BTreeSet<String>,
-}
-
-fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
-    labels.get(name).map_or("", String::as_str)
+pub struct EdgeRow {
+    /// The caller, as [`workload_name`] writes it.
+    pub src: String,
+    /// The callee, as [`workload_name`] writes it.
+    pub dst: String,
+    /// Requests per second.
+    pub rps: f64,
+    /// Successes per response, NaN without responses.
+    pub success: f64,
+    /// The share of requests over mTLS, 0 to 1 (NaN without requests).
+    pub tls: f64,
+    /// The peer identities seen.
+    pub identities: BTreeSet<String>,
 }
 
 /// Rates that count: NaN (no data) and negatives (none in a rate) are left out.
@@ -128,7 +61,7 @@ impl Counts {
     fn add_response(&mut self, labels: &Labels, value: f64) {
         if usable(value) {
             self.responses += value;
-            if label(labels, "classification") == "success" {
+            if label(labels, CLASSIFICATION) == SUCCESS {
                 self.ok += value;
             }
         }
@@ -149,35 +82,30 @@ impl Counts {
 
 /// Success rate, RPS and latency per destination workload, sorted by namespace and workload;
 /// workloads without traffic in the window are left out.
-pub(crate) async fn stat(source: &Source, direction: Direction) -> anyhow::Result<Vec<StatRow>> {
+pub async fn stat(source: &impl Source, direction: Direction) -> anyhow::Result<Vec<StatRow>> {
+    let [p50, p95, p99] = STAT_LATENCY;
     let (requests, responses, p50, p95, p99) = tokio::try_join!(
-        source.eval(
-            Query::Sum {
-                metric: REQUESTS,
-                by: DST
-            },
-            direction
-        ),
-        source.eval(
-            Query::Sum {
-                metric: RESPONSES,
-                by: DST_CLASS
-            },
-            direction
-        ),
-        source.eval(Query::Quantile { q: 0.5, by: DST }, direction),
-        source.eval(Query::Quantile { q: 0.95, by: DST }, direction),
-        source.eval(Query::Quantile { q: 0.99, by: DST }, direction),
+        source.eval(STAT_REQUESTS, direction),
+        source.eval(STAT_RESPONSES, direction),
+        source.eval(p50, direction),
+        source.eval(p95, direction),
+        source.eval(p99, direction),
     )?;
     Ok(build_stat(&requests, &responses, [&p50, &p95, &p99]))
 }
 
-fn build_stat(requests: &Vector, responses: &Vector, quantiles: [&Vector; 3]) -> Vec<StatRow> {
+/// The rows of `stat` from the answers to [`STAT_REQUESTS`], [`STAT_RESPONSES`] and
+/// [`STAT_LATENCY`].
+pub fn build_stat(
+    requests: &[Sample],
+    responses: &[Sample],
+    quantiles: [&[Sample]; 3],
+) -> Vec<StatRow> {
     type Key = (String, String);
     let key = |labels: &Labels| -> Key {
         (
-            label(labels, "dst_namespace").to_owned(),
-            label(labels, "dst_workload").to_owned(),
+            label(labels, DST_NAMESPACE).to_owned(),
+            label(labels, DST_WORKLOAD).to_owned(),
         )
     };
     let mut rows: BTreeMap<Key, (Counts, [f64; 3])> = BTreeMap::new();
@@ -214,29 +142,17 @@ fn build_stat(requests: &Vector, responses: &Vector, quantiles: [&Vector; 3]) ->
 
 /// RPS, success rate and mTLS per (source, destination) workload pair, sorted; pairs without
 /// traffic in the window are left out.
-pub(crate) async fn edges(source: &Source, direction: Direction) -> anyhow::Result<Vec<EdgeRow>> {
+pub async fn edges(source: &impl Source, direction: Direction) -> anyhow::Result<Vec<EdgeRow>> {
     let (requests, responses) = tokio::try_join!(
-        source.eval(
-            Query::Sum {
-                metric: REQUESTS,
-                by: EDGE_TLS
-            },
-            direction
-        ),
-        source.eval(
-            Query::Sum {
-                metric: RESPONSES,
-                by: EDGE_CLASS
-            },
-            direction
-        ),
+        source.eval(EDGE_REQUESTS, direction),
+        source.eval(EDGE_RESPONSES, direction),
     )?;
     Ok(build_edges(&requests, &responses))
 }
 
 /// `namespace/workload`, `-` for an empty part, or just `-` when both are empty (an
 /// unmeshed caller, say).
-pub(crate) fn workload_name(namespace: &str, workload: &str) -> String {
+pub fn workload_name(namespace: &str, workload: &str) -> String {
     if namespace.is_empty() && workload.is_empty() {
         return "-".to_owned();
     }
@@ -250,18 +166,13 @@ pub(crate) fn workload_name(namespace: &str, workload: &str) -> String {
     format!("{}/{}", or_dash(namespace), or_dash(workload))
 }
 
-fn build_edges(requests: &Vector, responses: &Vector) -> Vec<EdgeRow> {
+/// The rows of `edges` from the answers to [`EDGE_REQUESTS`] and [`EDGE_RESPONSES`].
+pub fn build_edges(requests: &[Sample], responses: &[Sample]) -> Vec<EdgeRow> {
     type Key = (String, String);
     let key = |labels: &Labels| -> Key {
         (
-            workload_name(
-                label(labels, "src_namespace"),
-                label(labels, "src_workload"),
-            ),
-            workload_name(
-                label(labels, "dst_namespace"),
-                label(labels, "dst_workload"),
-            ),
+            workload_name(label(labels, SRC_NAMESPACE), label(labels, SRC_WORKLOAD)),
+            workload_name(label(labels, DST_NAMESPACE), label(labels, DST_WORKLOAD)),
         )
     };
     #[derive(Default)]
@@ -277,10 +188,10 @@ fn build_edges(requests: &Vector, responses: &Vector) -> Vec<EdgeRow> {
         }
         let edge = edges.entry(key(labels)).or_default();
         edge.counts.rps += value;
-        if label(labels, "tls") == "true" {
+        if label(labels, TLS) == "true" {
             edge.tls_rps += value;
         }
-        let identity = label(labels, "peer_identity");
+        let identity = label(labels, PEER_IDENTITY);
         if !identity.is_empty() {
             edge.identities.insert(identity.to_owned());
         }
@@ -311,7 +222,7 @@ fn build_edges(requests: &Vector, responses: &Vector) -> Vec<EdgeRow> {
 }
 
 /// `90.00%`, or `-` when unknown.
-pub(crate) fn fmt_percent(share: f64) -> String {
+pub fn fmt_percent(share: f64) -> String {
     if share.is_finite() {
         format!("{:.2}%", share * 100.0)
     } else {
@@ -320,12 +231,12 @@ pub(crate) fn fmt_percent(share: f64) -> String {
 }
 
 /// Requests per second with two decimals.
-pub(crate) fn fmt_rps(rps: f64) -> String {
+pub fn fmt_rps(rps: f64) -> String {
     format!("{rps:.2}")
 }
 
 /// A latency in seconds as `0.85ms`, `12.3ms`, `250ms` or `1.50s`; `-` when unknown.
-pub(crate) fn fmt_latency(seconds: f64) -> String {
+pub fn fmt_latency(seconds: f64) -> String {
     if !seconds.is_finite() {
         return "-".to_owned();
     }
@@ -342,7 +253,7 @@ pub(crate) fn fmt_latency(seconds: f64) -> String {
 }
 
 /// `yes` (all requests over mTLS), `no` (none), else the share; `-` when unknown.
-pub(crate) fn fmt_tls(share: f64) -> String {
+pub fn fmt_tls(share: f64) -> String {
     if !share.is_finite() {
         "-".to_owned()
     } else if share >= 1.0 - 1e-9 {
@@ -355,7 +266,7 @@ pub(crate) fn fmt_tls(share: f64) -> String {
 }
 
 /// The stat table.
-pub(crate) fn stat_table(rows: &[StatRow]) -> String {
+pub fn stat_table(rows: &[StatRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -392,7 +303,7 @@ pub(crate) fn stat_table(rows: &[StatRow]) -> String {
 }
 
 /// The edges table.
-pub(crate) fn edges_table(rows: &[EdgeRow]) -> String {
+pub fn edges_table(rows: &[EdgeRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

@@ -9,25 +9,28 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mesh_metrics::exposition::{self, Labels, Sample, histogram_quantile};
+use mesh_metrics::exposition::{self, Sample, histogram_quantile};
 
-use crate::report::{Direction, LATENCY_BUCKET, Query, Vector};
+use crate::query::{
+    DIRECTION, Direction, LATENCY_BUCKET, LE, Labels, Query, REQUESTS, RESPONSES, Source, Vector,
+};
 
 /// The Prometheus text format, which the proxy serves unless asked for OpenMetrics.
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
 
 /// Only these series are kept.
-const WANTED: [&str; 3] = ["request_total", "response_total", LATENCY_BUCKET];
+const WANTED: [&str; 3] = [REQUESTS, RESPONSES, LATENCY_BUCKET];
 
-/// The per-second rates of the request series of all the proxies, over the window.
+/// The per-second rates of the request series of all the proxies, over the window: a
+/// [`Source`] that answers queries as Prometheus would over the same rates.
 #[derive(Debug, Default)]
-pub(crate) struct Rates {
+pub struct Rates {
     samples: Vec<Sample>,
 }
 
 /// `host:port` of a proxy's admin server from what the user typed: an `http://` prefix and a
 /// `/metrics` suffix are dropped, and a missing port is the default admin port, 4191.
-pub(crate) fn admin_authority(addr: &str) -> anyhow::Result<String> {
+pub fn admin_authority(addr: &str) -> anyhow::Result<String> {
     if addr.starts_with("https://") {
         bail!("proxy {addr}: the admin server speaks plain HTTP; give host:port");
     }
@@ -53,7 +56,7 @@ pub(crate) fn admin_authority(addr: &str) -> anyhow::Result<String> {
 }
 
 /// Scrapes every proxy twice, `window` apart, all at once; an error names the proxy.
-pub(crate) async fn scrape_rates(proxies: &[String], window: Duration) -> anyhow::Result<Rates> {
+pub async fn scrape_rates(proxies: &[String], window: Duration) -> anyhow::Result<Rates> {
     let mut tasks = Vec::with_capacity(proxies.len());
     for addr in proxies {
         let addr = addr.clone();
@@ -96,7 +99,7 @@ async fn proxy_rates(addr: &str, window: Duration) -> anyhow::Result<Vec<Sample>
 }
 
 /// Per-second rates of `after - before` over `elapsed` seconds.
-pub(crate) fn rates(before: &[Sample], after: &[Sample], elapsed: f64) -> Vec<Sample> {
+pub fn rates(before: &[Sample], after: &[Sample], elapsed: f64) -> Vec<Sample> {
     let previous: BTreeMap<(&str, &Labels), f64> = before
         .iter()
         .map(|s| ((s.name.as_str(), &s.labels), s.value))
@@ -129,12 +132,22 @@ fn group(labels: &Labels, by: &[&str]) -> Labels {
 }
 
 impl Rates {
+    /// Rates computed elsewhere (by [`rates`], say).
+    pub fn new(samples: Vec<Sample>) -> Self {
+        Self { samples }
+    }
+
+    /// The per-second rates.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
     /// Answers `query` as Prometheus would over the same rates.
-    pub(crate) fn eval(&self, query: Query, direction: Direction) -> Vector {
+    pub fn answer(&self, query: Query, direction: Direction) -> Vector {
         let of = |metric: &'static str| {
             self.samples.iter().filter(move |s| {
                 s.name == metric
-                    && s.labels.get("direction").map(String::as_str) == Some(direction.as_str())
+                    && s.labels.get(DIRECTION).map(String::as_str) == Some(direction.as_str())
             })
         };
         match query {
@@ -148,10 +161,7 @@ impl Rates {
             Query::Quantile { q, by } => {
                 let mut histograms: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
                 for s in of(LATENCY_BUCKET) {
-                    let Some(le) = s
-                        .labels
-                        .get("le")
-                        .and_then(|le| exposition::parse_value(le))
+                    let Some(le) = s.labels.get(LE).and_then(|le| exposition::parse_value(le))
                     else {
                         continue;
                     };
@@ -166,6 +176,12 @@ impl Rates {
                     .collect()
             }
         }
+    }
+}
+
+impl Source for Rates {
+    async fn eval(&self, query: Query, direction: Direction) -> anyhow::Result<Vector> {
+        Ok(self.answer(query, direction))
     }
 }
 
@@ -224,7 +240,7 @@ mod tests {
             samples: rates(&before, &after, 1.0),
         };
         let by: &'static [&'static str] = &["dst_namespace", "dst_workload"];
-        let sum = rates.eval(
+        let sum = rates.answer(
             Query::Sum {
                 metric: "request_total",
                 by,
@@ -234,10 +250,10 @@ mod tests {
         assert_eq!(sum.len(), 1);
         assert_eq!(sum[0].0["dst_workload"], "api");
         assert_eq!(sum[0].1, 10.0);
-        let p = rates.eval(Query::Quantile { q: 0.75, by }, Direction::Outbound);
+        let p = rates.answer(Query::Quantile { q: 0.75, by }, Direction::Outbound);
         assert_eq!(p.len(), 1);
         assert!((p[0].1 - 0.15).abs() < 1e-9);
-        let inbound = rates.eval(
+        let inbound = rates.answer(
             Query::Sum {
                 metric: "request_total",
                 by,
