@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_core::config::{self as core_config, ConfigError, Source};
+use mesh_core::config::{self as core_config, ConfigError, Invalid, Source};
 use mesh_core::identity::Identity;
 use serde::{Deserialize, Serialize};
 
@@ -152,45 +152,45 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot; the error names the key, the value and what was
+    /// expected (mesh-core's one validation error).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, value: String, message: &str| ConfigError::Invalid {
-            key: key.to_owned(),
-            value: format!(" = {value}"),
-            message: message.to_owned(),
-        };
         if self.tokens.file.is_none() && !self.tokens.kubernetes {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "tokens",
-                "(empty)".into(),
+                "(empty)",
                 "set tokens.file, or tokens.kubernetes = true",
-            ));
+            )
+            .into());
         }
-        if self.identity.leaf_lifetime < Duration::from_secs(1) {
-            return Err(invalid(
-                "identity.leaf_lifetime",
-                core_config::format_duration(self.identity.leaf_lifetime),
-                "expected at least 1s",
-            ));
+        let identity = &self.identity;
+        if identity.leaf_lifetime < Duration::from_secs(1) {
+            let lifetime = core_config::format_duration(identity.leaf_lifetime);
+            return Err(
+                Invalid::new("identity.leaf_lifetime", lifetime, "expected at least 1s").into(),
+            );
         }
-        if Identity::new(&self.identity.trust_domain, "a", "b").is_err() {
-            return Err(invalid(
+        if Identity::new(&identity.trust_domain, "a", "b").is_err() {
+            let domain = format!("{:?}", identity.trust_domain);
+            return Err(Invalid::new(
                 "identity.trust_domain",
-                format!("{:?}", self.identity.trust_domain),
+                domain,
                 "expected a lowercase DNS name",
-            ));
+            )
+            .into());
         }
-        if let Some(name) = &self.identity.name
-            && name.trust_domain() != self.identity.trust_domain
+        if let Some(name) = &identity.name
+            && name.trust_domain() != identity.trust_domain
         {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "identity.name",
                 format!("{:?}", name.uri()),
-                &format!(
+                format!(
                     "expected an identity in the trust domain {:?}",
-                    self.identity.trust_domain
+                    identity.trust_domain
                 ),
-            ));
+            )
+            .into());
         }
         Ok(())
     }
