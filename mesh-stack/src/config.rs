@@ -595,14 +595,8 @@ impl ServiceConfig {
 }
 
 impl OutboundConfig {
-    /// Checks every service, that no authority is configured twice, and that the discovery
-    /// sources the services name are set up. Fields are relative to the outbound section,
-    /// except those of `discovery` (named in full).
-    pub fn validate(
-        &self,
-        discovery: &DiscoveryConfig,
-        identity: Option<&IdentityConfig>,
-    ) -> Result<(), Invalid> {
+    /// Checks every service, and that no authority is configured twice.
+    pub fn validate(&self) -> Result<(), Invalid> {
         let mut seen = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
             let section = format!("services[{i}]");
@@ -614,19 +608,34 @@ impl OutboundConfig {
                     "this service is already configured",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl DiscoveryConfig {
+    /// Checks the sources' settings, and that every source one of `services` names is set
+    /// up (the destination API's controller may come from `identity`).
+    pub fn validate(
+        &self,
+        services: &[ServiceConfig],
+        identity: Option<&IdentityConfig>,
+    ) -> Result<(), Invalid> {
+        self.dns.validate().map_err(|e| e.within("dns"))?;
+        for svc in services {
             match svc.discovery {
-                DiscoverySource::File if discovery.file.is_none() => {
+                DiscoverySource::File if self.file.is_none() => {
                     return Err(Invalid::missing(
-                        "discovery.file",
+                        "file",
                         format!("service {:?} uses discovery = \"file\"", svc.authority),
                     ));
                 }
                 DiscoverySource::Destination
-                    if discovery.destination.controller.is_none()
+                    if self.destination.controller.is_none()
                         && identity.and_then(|i| i.controller).is_none() =>
                 {
                     return Err(Invalid::missing(
-                        "discovery.destination.controller",
+                        "destination.controller",
                         format!(
                             "service {:?} uses discovery = \"destination\"; set it or identity.controller",
                             svc.authority
@@ -640,9 +649,44 @@ impl OutboundConfig {
     }
 }
 
-impl DiscoveryConfig {
-    /// Checks the sources' settings.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        self.dns.validate().map_err(|e| e.within("dns"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(toml: &str) -> ServiceConfig {
+        toml::from_str(toml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn sections_name_the_field_the_value_and_what_was_expected() {
+        let svc = service(
+            "authority = \"web:80\"\nendpoints = [\"127.0.0.1:1\"]\nretry = { max_retries = 99 }",
+        );
+        let outbound = OutboundConfig {
+            services: vec![svc],
+            ..OutboundConfig::default()
+        };
+        let e = outbound.validate().map_err(|e| e.within("outbound"));
+        assert_eq!(
+            e,
+            Err(Invalid::new(
+                "outbound.services[0].retry.max_retries",
+                99,
+                "expected 0 to 10"
+            ))
+        );
+
+        let svc = service("authority = \"web:80\"\ndiscovery = \"file\"");
+        let e = DiscoveryConfig::default().validate(&[svc], None);
+        assert_eq!(e.map_err(|e| e.field), Err("file".to_owned()));
+
+        let runtime = RuntimeConfig {
+            threads: 4096,
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(
+            runtime.validate().map_err(|e| e.value),
+            Err("4096".to_owned())
+        );
     }
 }

@@ -104,18 +104,11 @@ impl Config {
                 .validate(self.identity.is_some())
                 .map_err(|e| e.within("inbound"))?;
         }
+        self.outbound.validate().map_err(|e| e.within("outbound"))?;
+        let services = &self.outbound.services;
         self.discovery
-            .validate()
+            .validate(services, self.identity.as_ref())
             .map_err(|e| e.within("discovery"))?;
-        self.outbound
-            .validate(&self.discovery, self.identity.as_ref())
-            .map_err(|e| {
-                if e.field.starts_with("discovery.") {
-                    e
-                } else {
-                    e.within("outbound")
-                }
-            })?;
         Ok(())
     }
 }
