@@ -1,11 +1,15 @@
 """The run skeleton that every mode shares.
 
 `Bench` owns one run: its output and temporary directories, its processes and ports, the test
-backends, and the measurements that several modes repeat on a proxy that is already running:
-the smoke test, the max-throughput test with the CPU per request, and the latency test at a
-fixed rate. `new_output_dir`, `run_guarded`, `machine_meta` and `write_results` are the steps
-around the measurements: where the results go, stopping everything on any exit path, and
-writing results.md / results.json (/ chart.svg)."""
+backends, starting each kind of proxy, and the measurements that several modes repeat on a
+proxy that is already running: the smoke test, the max-throughput test with the CPU per
+request, and the latency test at a fixed rate. Their results, and the parts that the modes'
+results share (`Outcome`, the figures the reports read), are typed here too.
+
+`run_mode` is the frame of a mode's run: where the results go (`new_output_dir`), the build,
+stopping everything on any exit path (`run_guarded`), then writing results.md / results.json
+(/ chart.svg) with `machine_meta` and `write_results`, and the exit code. `measure_each` is the
+loop over the proxies that most modes run."""
 
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import h2load
 from .common import (
@@ -27,10 +32,10 @@ from .common import (
 )
 from .h2load import H2loadResult
 from .procfs import core_busy, core_jiffies, cpu_model, cpu_seconds
-from .processes import Procs, free_port, http_get, wait_http_ok, wait_tcp
+from .processes import Procs, free_port, http_get, tail, wait_http_ok, wait_tcp
 from .proxy_configs import envoy_config, haproxy_config, mesh_proxy_config, nginx_config
 from .stats import percentile
-from .tools import envoy_binary
+from .tools import build, envoy_binary
 
 # The max-throughput test: 16 connections with 32 concurrent streams each.
 MAX_CONNS, MAX_STREAMS = 16, 32
@@ -129,9 +134,72 @@ class RateRun:
         }
 
 
+@dataclass
+class Outcome:
+    """How the measurement of one proxy (or pair) ended. Its results.json keys frame those of
+    what was measured: proxy and ok first, the error last."""
+
+    proxy: str  # its name in the reports
+    ok: bool = False  # everything ran and passed
+    error: str | None = None  # what stopped it
+
+    def outcome_dict(self, measured: dict) -> dict:
+        d = {"proxy": self.proxy, "ok": self.ok} | measured
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+def stage_figure(stage: str, figure: str) -> property:
+    """A figure of one stage of a result (its `throughput` or its `latency`), or None when that
+    stage did not run."""
+
+    def get(self: object) -> float | None:
+        part = getattr(self, stage)
+        return getattr(part, figure) if part is not None else None
+
+    return property(get)
+
+
+class ThroughputFigures:
+    """The figures of a result's max-throughput test, for the reports."""
+
+    req_per_s = stage_figure("throughput", "req_per_s")
+    cpu_us_per_req = stage_figure("throughput", "cpu_us_per_req")
+
+
+class ProxyFigures(ThroughputFigures):
+    """The figures of a result's max-throughput and latency tests, for the reports."""
+
+    cpu_us_per_req_at_rate = stage_figure("latency", "cpu_us_per_req_at_rate")
+    p50_us = stage_figure("latency", "p50_us")
+    p99_us = stage_figure("latency", "p99_us")
+
+
+def set_added_latency(results: list, direct: ProxyFigures | None) -> None:
+    """Added p50 / p99 of each result: its latency minus `direct`'s, measured in the same run;
+    None where either failed."""
+    for r in results:
+        if r.ok and direct is not None and direct.ok:
+            r.added_p50_us = r.p50_us - direct.p50_us
+            r.added_p99_us = r.p99_us - direct.p99_us
+        else:
+            r.added_p50_us = r.added_p99_us = None
+
+
 def rate_per_connection(args: argparse.Namespace) -> int:
     """--rate is spread evenly over --rate-conns connections, each at least 1 req/s."""
     return max(1, round(args.rate / args.rate_conns))
+
+
+def throughput_latency_meta(args: argparse.Namespace) -> dict:
+    """The keys of results.json "meta" that give the load of the max-throughput and latency tests."""
+    return {
+        "requests": args.requests,
+        "rate_rps": rate_per_connection(args) * args.rate_conns,
+        "rate_conns": args.rate_conns,
+        "rate_seconds": args.rate_seconds,
+    }
 
 
 class Bench:
@@ -158,6 +226,25 @@ class Bench:
 
     # ---- setup ---------------------------------------------------------------------------
 
+    def launch(self, stem: str, argv: list[str], port: int, ready_url: str | None = None) -> subprocess.Popen:
+        """Start argv (its output in logs/<stem>.log) and wait until it accepts TCP connections on
+        port and, with ready_url, answers 200 there. A process that does not get there is stopped."""
+        lf = self.logs / f"{stem}.log"
+        p = self.procs.start(stem, argv, lf)
+        try:
+            wait_tcp(port, p, lf)
+            if ready_url:
+                wait_http_ok(ready_url, p, lf)
+        except BenchError:
+            self.procs.stop(p)
+            raise
+        return p
+
+    def check_running(self, p: subprocess.Popen | None, what: str, stem: str) -> None:
+        """BenchError, with the end of its log (logs/<stem>.log), when p exited during the run."""
+        if p is not None and p.poll() is not None:
+            raise BenchError(f"{what} exited (code {p.returncode}) during the run\n{tail(self.logs / f'{stem}.log')}")
+
     def start_backend(self, log_stem: str, name: str, extra: list[str]) -> int:
         """Start one mesh-bench-backend on the load core; returns its port."""
         exe = self.bin_dir / "mesh-bench-backend"
@@ -165,9 +252,7 @@ class Bench:
             raise BenchError(f"{exe} not found: build it (cargo build --release -p mesh-bench) or drop --no-build")
         port = free_port(self.used_ports)
         argv = ["taskset", "-c", LOAD_CORE, str(exe), "--listen", f"127.0.0.1:{port}", "--name", name] + extra
-        lf = self.logs / f"{log_stem}.log"
-        p = self.procs.start(log_stem, argv, lf)
-        wait_tcp(port, p, lf)
+        self.launch(log_stem, argv, port)
         return port
 
     def start_backends(self) -> None:
@@ -192,6 +277,38 @@ class Bench:
             out.append(int(body.strip()))
         return out
 
+    def proxy_command(
+        self, kind: str, write_config: Callable[[int | None], str], prefix: Path, mesh_exe: Path | None = None,
+    ) -> tuple[list[str], str | None]:
+        """The command line of a proxy of `kind`, pinned to the proxy core, and the URL that
+        answers 200 once it is ready: /ready on the admin port of mesh-proxy (once it holds a
+        certificate, when it has an identity) and of Envoy; None for the others.
+
+        write_config(admin port, None for the kinds without one) writes the configuration and
+        returns its path. prefix: nginx's prefix directory. mesh_exe: the mesh-proxy executable
+        for this start (--ab), instead of the run's one."""
+        admin = None
+        if kind in MESH_PROXY_KINDS:
+            exe = mesh_exe or self.mesh_exe
+            if not exe.exists():
+                raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
+            admin = free_port(self.used_ports)
+            argv = [str(exe), "--config", write_config(admin)]
+        elif kind == "envoy":
+            exe = envoy_binary()
+            if exe is None:
+                raise BenchError(f"envoy not found ({TOOLS['envoy']})")
+            admin = free_port(self.used_ports)
+            argv = [exe, "-c", write_config(admin), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
+        elif kind in ("haproxy", "haproxy-tcp"):
+            argv = ["haproxy", "-db", "-f", write_config(None)]
+        elif kind == "nginx":
+            argv = ["nginx", "-e", "stderr", "-p", str(prefix), "-c", write_config(None)]
+        else:
+            raise BenchError(f"unknown proxy {kind}")
+        ready_url = None if admin is None else f"http://127.0.0.1:{admin}/ready"
+        return ["taskset", "-c", PROXY_CORE] + argv, ready_url
+
     def start_proxy(
         self, name: str, backends: list[int] | None = None, policy: str = "rr", log_name: str | None = None,
         mesh_exe: Path | None = None,
@@ -206,44 +323,31 @@ class Bench:
         if name == "direct":
             return None, backends[0]
         port = free_port(self.used_ports)
-        lf = self.logs / f"{log_name or name}.log"
-        pin = ["taskset", "-c", PROXY_CORE]
-        ready_url = None
-        if name in MESH_PROXY_KINDS:
-            exe = mesh_exe or self.mesh_exe
-            if not exe.exists():
-                raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
-            admin = free_port(self.used_ports)
-            conf = mesh_proxy_config(self.cfg, port, admin, backends, metrics=name != NO_METRICS)
-            argv = pin + [str(exe), "--config", conf]
-            ready_url = f"http://127.0.0.1:{admin}/ready"
-        elif name == "envoy":
-            exe = envoy_binary()
-            if exe is None:
-                raise BenchError(f"envoy not found ({TOOLS['envoy']})")
-            admin = free_port(self.used_ports)
-            argv = pin + [
-                exe, "-c", envoy_config(self.cfg, port, admin, backends, policy),
-                "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
-            ]
-            ready_url = f"http://127.0.0.1:{admin}/ready"
-        elif name in ("haproxy", "haproxy-tcp"):
-            mode = "tcp" if name == "haproxy-tcp" else "http"
-            argv = pin + ["haproxy", "-db", "-f", haproxy_config(self.cfg, port, backends, mode, policy)]
-        elif name == "nginx":
-            conf = nginx_config(self.cfg, port, backends, policy)
-            argv = pin + ["nginx", "-e", "stderr", "-p", str(self.cfg), "-c", conf]
-        else:
-            raise BenchError(f"unknown proxy {name}")
-        p = self.procs.start(name, argv, lf)
+
+        def write_config(admin: int | None) -> str:
+            if name in MESH_PROXY_KINDS:
+                return mesh_proxy_config(self.cfg, port, admin, backends, metrics=name != NO_METRICS)
+            if name == "envoy":
+                return envoy_config(self.cfg, port, admin, backends, policy)
+            if name == "nginx":
+                return nginx_config(self.cfg, port, backends, policy)
+            return haproxy_config(self.cfg, port, backends, "tcp" if name == "haproxy-tcp" else "http", policy)
+
+        argv, ready_url = self.proxy_command(name, write_config, self.cfg, mesh_exe)
+        return self.launch(log_name or name, argv, port, ready_url), port
+
+    @contextmanager
+    def proxy(
+        self, name: str, backends: list[int] | None = None, policy: str = "rr", log_name: str | None = None,
+        mesh_exe: Path | None = None,
+    ) -> Iterator[tuple[subprocess.Popen | None, int]]:
+        """start_proxy for the length of a with block, at the end of which the proxy is stopped."""
+        p, port = self.start_proxy(name, backends, policy, log_name, mesh_exe)
         try:
-            wait_tcp(port, p, lf)
-            if ready_url:
-                wait_http_ok(ready_url, p, lf)
-        except BenchError:
-            self.procs.stop(p)
-            raise
-        return p, port
+            yield p, port
+        finally:
+            if p is not None:
+                self.procs.stop(p)
 
     # ---- measurements --------------------------------------------------------------------
 
@@ -320,6 +424,30 @@ def new_output_dir(args: argparse.Namespace, mode: str | None) -> tuple[str, Pat
     return stamp, out
 
 
+def run_mode(
+    args: argparse.Namespace, mode: str | None, body: Callable[[Bench], None], measured: Callable[[], bool],
+    write: Callable[[Bench, str], bool],
+) -> int:
+    """A mode's run around its measurements: the output directory (suffixed with mode), the
+    build, then body(bench), which fills the mode's results in place, guarded by run_guarded.
+    When measured() says there is something to write, even from an interrupted run,
+    write(bench, the run's timestamp) writes the results and says whether everything passed.
+
+    Returns the exit code: 0 when everything passed, 3 when something failed, 1 on a setup error
+    (a failed build, or nothing measured) and 130 when interrupted."""
+    stamp, out = new_output_dir(args, mode)
+    if not build(args):
+        return 1
+    bench = Bench(args, out)
+    rc = run_guarded(bench, lambda: body(bench))
+    if not measured():
+        return rc or 1
+    if rc:
+        log("writing the partial results gathered so far")
+    passed = write(bench, stamp)
+    return rc or (0 if passed else 3)
+
+
 def run_guarded(bench: Bench, body: Callable[[], None]) -> int:
     """Runs the measurements; returns 0, 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP) or 1 on
     a setup error. Whatever happens, every process of the run is stopped. The body fills its
@@ -335,6 +463,24 @@ def run_guarded(bench: Bench, body: Callable[[], None]) -> int:
         return 1
     finally:
         bench.close()
+
+
+def measure_each(
+    names: list[str], skip: list[str], results: list, result_type: type, measure: Callable[[str], object],
+    heading: str = "",
+) -> None:
+    """Measures each proxy in turn into results, filled as it goes so that an interruption keeps
+    what was measured. A proxy that is not installed gets a failed result_type instead."""
+    for name in names:
+        shown = label(name)
+        if name in skip:
+            results.append(result_type(proxy=shown, error=f"{name} not installed ({TOOLS.get(name, '')})"))
+            continue
+        log(f"=== {shown}{heading} ===")
+        r = measure(name)
+        if not r.ok:
+            log(f"{shown} FAILED: {r.error}")
+        results.append(r)
 
 
 def machine_meta(stamp: str, mode: str) -> dict:

@@ -11,15 +11,15 @@ import subprocess
 import time
 
 from .bench import Bench
-from .common import AUTHORITY, LOAD_CORE, PROXY_CORE, TOOLS, BenchError, log
+from .common import AUTHORITY, LOAD_CORE, PROXY_CORE, BenchError, log
 from .pair_configs import (
     envoy_client_config, envoy_server_config, haproxy_client_config, haproxy_server_config, mesh_client_config,
     mesh_server_config, nginx_client_config, nginx_server_config,
 )
 from .pki import DNS_ID, SERVER_NAME, SPIFFE_ID, Certs
 from .procfs import core_busy, core_jiffies
-from .processes import free_port, wait_http_ok, wait_tcp
-from .tools import envoy_binary, tool_versions
+from .processes import free_port
+from .tools import tool_versions
 
 PAIR_KINDS = ["mesh-proxy", "envoy", "haproxy", "nginx"]
 HS_TOOL = "mesh-bench-handshake"
@@ -132,56 +132,30 @@ class PairStarter:
         stem = f"{kind}-{role}{tag}"
         d = b.cfg / stem
         d.mkdir(parents=True, exist_ok=True)
-        lf = b.logs / f"{stem}.log"
         port = free_port(b.used_ports)
-        pin = ["taskset", "-c", PROXY_CORE]
-        ready_url = None
         c = self.certs
-        if kind == "mesh-proxy":
-            exe = b.mesh_exe
-            if not exe.exists():
-                raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
-            admin = free_port(b.used_ports)
-            if role == "client":
-                conf = mesh_client_config(d, c, port, admin, b_port)
-            else:
-                conf = mesh_server_config(d, c, port, admin, self.backend, present)
-            argv = pin + [str(exe), "--config", conf]
-            ready_url = f"http://127.0.0.1:{admin}/ready"  # 200 once it holds a certificate
-        elif kind == "envoy":
-            exe = envoy_binary()
-            if exe is None:
-                raise BenchError(f"envoy not found ({TOOLS['envoy']})")
-            admin = free_port(b.used_ports)
-            if role == "client":
-                conf = envoy_client_config(d, c, port, admin, b_port)
-            else:
-                conf = envoy_server_config(d, c, port, admin, self.backend, present)
-            argv = pin + [exe, "-c", conf, "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
-            ready_url = f"http://127.0.0.1:{admin}/ready"
-        elif kind == "haproxy":
-            if role == "client":
-                conf = haproxy_client_config(d, c, port, b_port)
-            else:
-                conf = haproxy_server_config(d, c, port, self.backend, present)
-            argv = pin + ["haproxy", "-db", "-f", conf]
-        elif kind == "nginx":
-            if role == "client":
-                conf = nginx_client_config(d, c, port, b_port)
-            else:
-                conf = nginx_server_config(d, c, port, self.backend, present)
-            argv = pin + ["nginx", "-e", "stderr", "-p", str(d), "-c", conf]
-        else:
+        client = role == "client"
+
+        def write_config(admin: int | None) -> str:
+            if kind == "mesh-proxy":
+                return (mesh_client_config(d, c, port, admin, b_port) if client
+                        else mesh_server_config(d, c, port, admin, self.backend, present))
+            if kind == "envoy":
+                return (envoy_client_config(d, c, port, admin, b_port) if client
+                        else envoy_server_config(d, c, port, admin, self.backend, present))
+            if kind == "haproxy":
+                return (haproxy_client_config(d, c, port, b_port) if client
+                        else haproxy_server_config(d, c, port, self.backend, present))
+            if kind == "nginx":
+                return (nginx_client_config(d, c, port, b_port) if client
+                        else nginx_server_config(d, c, port, self.backend, present))
             raise BenchError(f"unknown proxy {kind}")
-        p = b.procs.start(stem, argv, lf)
+
+        argv, ready_url = b.proxy_command(kind, write_config, d)
         try:
-            wait_tcp(port, p, lf)
-            if ready_url:
-                wait_http_ok(ready_url, p, lf)
+            return b.launch(stem, argv, port, ready_url), port
         except BenchError as e:
-            b.procs.stop(p)
-            raise BenchError(f"{kind} {'A (client side)' if role == 'client' else 'B (server side)'}: {e}") from None
-        return p, port
+            raise BenchError(f"{kind} {'A (client side)' if client else 'B (server side)'}: {e}") from None
 
     def start_pair(self, kind: str, tag: str = "", present: str = "server"
                    ) -> tuple[subprocess.Popen, int, subprocess.Popen, int]:

@@ -31,6 +31,24 @@ def code_block(text: str | None) -> list[str]:
     return ["  ```"] + ["  " + x for x in (text or "").splitlines()] + ["  ```"]
 
 
+def failures_section(entries: list[tuple[str, list[str | None]]]) -> list[str]:
+    """The "Failures:" list at the end of a report. entries: (heading, in markdown, and the errors
+    shown under it); no section when there is none."""
+    if not entries:
+        return []
+    lines = ["", "Failures:", ""]
+    for heading, errors in entries:
+        lines.append(f"- {heading}:")
+        for error in errors:
+            lines += code_block(error)
+    return lines
+
+
+def run_failures(runs: list) -> list[str]:
+    """The failures section of the runs (anything with proxy, ok and error) that failed."""
+    return failures_section([(f"**{r.proxy}**", [r.error]) for r in runs if not r.ok])
+
+
 COLORS = {
     "direct": "#9e9e9e",
     "mesh-proxy": "#1b7f3b",
@@ -53,6 +71,51 @@ def nice_step(span: float, max_ticks: int = 5) -> float:
     return 10 * exp
 
 
+def svg_open(width: float, height: float, left: float, title: str, subtitle: str) -> list[str]:
+    """The start of a chart: its root element on a white background, the title and, under it,
+    subtitle (markup: its text already escaped)."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'font-family="Helvetica, Arial, sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="28" font-size="18" font-weight="bold">{html.escape(title)}</text>',
+        f'<text x="{left}" y="48" fill="#444">{subtitle}</text>',
+    ]
+
+
+def svg_legend(s: list[str], x: float, entries: list[tuple[str, str]], pad: float, char_width: float) -> None:
+    """A row of colour swatches with their names under the title. entries: (name, colour); each
+    takes pad plus char_width per character of its name."""
+    for text, color in entries:
+        s.append(f'<rect x="{x}" y="64" width="14" height="14" fill="{color}"/>')
+        s.append(f'<text x="{x + 20}" y="76">{html.escape(text)}</text>')
+        x += pad + char_width * len(text)
+
+
+def svg_panel_frame(
+    s: list[str], x0: float, top: float, pw: float, title: str, subtitle: str, ticks: list[tuple[float, str]],
+    y0: float, axis_top: float, axis_bottom: float,
+) -> None:
+    """A panel's title and subtitle, its grid lines with their tick labels (ticks: (y, label)),
+    the zero line at y0 and the vertical axis."""
+    s.append(f'<text x="{x0 + pw / 2}" y="{top}" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}</text>')
+    s.append(f'<text x="{x0 + pw / 2}" y="{top + 18}" text-anchor="middle" fill="#444">{html.escape(subtitle)}</text>')
+    for y, text in ticks:
+        s.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+        s.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555" font-size="11">{text}</text>')
+    s.append(f'<line x1="{x0}" y1="{y0:.1f}" x2="{x0 + pw}" y2="{y0:.1f}" stroke="#333"/>')
+    s.append(f'<line x1="{x0}" y1="{axis_top}" x2="{x0}" y2="{axis_bottom:.1f}" stroke="#333"/>')
+
+
+def svg_footnote(s: list[str], x: float, y: float, text: str) -> None:
+    """A line of small print under the panels (text: markup)."""
+    s.append(f'<text x="{x}" y="{y}" fill="#444" font-size="11">{text}</text>')
+
+
+def svg_close(s: list[str]) -> str:
+    return "\n".join(s + ["</svg>"]) + "\n"
+
+
 def svg_bar_panel(
     s: list[str], x0: float, top: float, pw: float, plot_h: float, title: str, subtitle: str,
     bars: list[dict], fixed_max: float | None = None, ref: tuple[float, str] | None = None,
@@ -72,16 +135,9 @@ def svg_bar_panel(
     def y_of(v: float) -> float:
         return ptop + plot_h * (vmax - v) / vmax
 
-    s.append(f'<text x="{x0 + pw / 2}" y="{top}" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}</text>')
-    s.append(f'<text x="{x0 + pw / 2}" y="{top + 18}" text-anchor="middle" fill="#444">{html.escape(subtitle)}</text>')
-    for t in range(ticks + 1):
-        v = step * t
-        y = y_of(v)
-        s.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        s.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555" font-size="11">{v:g}</text>')
     y0 = y_of(0.0)
-    s.append(f'<line x1="{x0}" y1="{y0:.1f}" x2="{x0 + pw}" y2="{y0:.1f}" stroke="#333"/>')
-    s.append(f'<line x1="{x0}" y1="{ptop}" x2="{x0}" y2="{y0:.1f}" stroke="#333"/>')
+    svg_panel_frame(s, x0, top, pw, title, subtitle, [(y_of(step * t), f"{step * t:g}") for t in range(ticks + 1)],
+                    y0, ptop, y0)
     slot = pw / max(1, len(bars))
     bw = slot * 0.72
     for j, b in enumerate(bars):

@@ -7,14 +7,15 @@ and max-throughput test (with the proxy's CPU per request) and nothing else."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from .bench import Bench, ThroughputRun
+from .bench import Bench, ThroughputFigures, ThroughputRun, machine_meta, run_mode, write_results
 from .common import BenchError, log
 from .procfs import peak_rss_kib
-from .processes import tail
-from .report import fmt
+from .report import failures_section, fmt
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Variant:
 
 
 @dataclass
-class RoundRun:
+class RoundRun(ThroughputFigures):
     """One variant in one round. A failed run keeps what it measured before failing."""
 
     proxy: str
@@ -38,14 +39,6 @@ class RoundRun:
     error: str | None = None
     throughput: ThroughputRun | None = None
     peak_rss_mib: float | None = None
-
-    @property
-    def req_per_s(self) -> float | None:
-        return self.throughput.req_per_s if self.throughput else None
-
-    @property
-    def cpu_us_per_req(self) -> float | None:
-        return self.throughput.cpu_us_per_req if self.throughput else None
 
     def to_dict(self) -> dict:
         d: dict = {"proxy": self.proxy, "round": self.round, "ok": self.ok}
@@ -79,21 +72,13 @@ def measure_round(bench: Bench, variant: Variant, rnd: int) -> RoundRun:
     res = RoundRun(proxy=variant.label, round=rnd)
     stem = f"{variant.log_stem}-r{rnd}"
     try:
-        p, port = bench.start_proxy(variant.proxy, log_name=stem, mesh_exe=variant.mesh_exe)
+        with bench.proxy(variant.proxy, log_name=stem, mesh_exe=variant.mesh_exe) as (p, port):
+            res.throughput = bench.max_throughput(variant.label, p, port)
+            bench.check_running(p, variant.label, stem)
+            res.peak_rss_mib = peak_rss_kib(p.pid) / 1024.0 if p else None
+            res.ok = True
     except BenchError as e:
         res.error = str(e)
-        return res
-    try:
-        res.throughput = bench.max_throughput(variant.label, p, port)
-        if p and p.poll() is not None:
-            raise BenchError(f"{variant.label} exited (code {p.returncode}) during the run\n{tail(bench.logs / f'{stem}.log')}")
-        res.peak_rss_mib = peak_rss_kib(p.pid) / 1024.0 if p else None
-        res.ok = True
-    except BenchError as e:
-        res.error = str(e)
-    finally:
-        if p:
-            bench.procs.stop(p)
     return res
 
 
@@ -109,6 +94,43 @@ def run_rounds(bench: Bench, variants: list[Variant], rounds: int, into: list[Ro
             if not r.ok:
                 log(f"{v.label} FAILED (round {rnd}): {r.error}")
             rd.runs[v.side] = r
+
+
+def run_rounds_mode(
+    args: argparse.Namespace, mode: str, variants: list[Variant], n_rounds: int,
+    summarize: Callable[[list[Round]], object], markdown: Callable[[list[Round], object, dict], str],
+    mode_meta: Callable[[], dict], check: Callable[[Bench], None] | None = None,
+) -> int:
+    """A whole run of --metrics-cost or --ab: n_rounds rounds of the variants over the default
+    mode's backends, then results.md and results.json with the rounds and summarize(rounds).
+    check(bench) runs first, inside the guarded run; mode_meta() gives the keys of "meta" that
+    follow the rounds and their order. Every run of every round must succeed."""
+    rounds: list[Round] = []
+
+    def body(bench: Bench) -> None:
+        if check is not None:
+            check(bench)
+        bench.start_backends()
+        run_rounds(bench, variants, n_rounds, rounds)
+
+    def write(bench: Bench, stamp: str) -> bool:
+        summary = summarize(rounds)
+        meta = machine_meta(stamp, mode) | {"rounds": n_rounds, "order": [v.label for v in variants]} | mode_meta()
+        md = markdown(rounds, summary, meta)
+        write_results(bench.out, md, {"meta": meta, "summary": summary, "rounds": rounds})
+        return all_complete(rounds, [v.side for v in variants])
+
+    return run_mode(args, mode, body, lambda: any(rd.runs for rd in rounds), write)
+
+
+def load_meta(args: argparse.Namespace) -> dict:
+    """The keys of "meta" that say how each run of a round was loaded."""
+    return {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "duration_cap_s": args.duration,
+        "slow_ms": args.slow_ms,
+    }
 
 
 def ok_values(rounds: list[Round], side: str, attr: str) -> list[float]:
@@ -127,6 +149,11 @@ def all_complete(rounds: list[Round], sides: list[str]) -> bool:
 
 def failed_runs(rounds: list[Round]) -> list[RoundRun]:
     return [r for rd in rounds for r in rd.runs.values() if not r.ok]
+
+
+def round_failures(rounds: list[Round]) -> list[str]:
+    """The failures section of both modes' reports: each failed run with its round."""
+    return failures_section([(f"**{r.proxy}**, round {r.round}", [r.error]) for r in failed_runs(rounds)])
 
 
 # ---- table cells of both modes' reports ----------------------------------------------------

@@ -13,10 +13,10 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..bench import MAX_CONNS, MAX_STREAMS, Bench, machine_meta, new_output_dir, run_guarded, write_results
+from ..bench import MAX_CONNS, MAX_STREAMS, Bench
 from ..common import AUTHORITY, LOAD_CORE, PROXY_CORE, BenchError, log
-from ..report import code_block, fmt
-from ..rounds import Round, Variant, all_complete, cpu_cell, failed_runs, ok_values, rps_cell, run_rounds
+from ..report import fmt
+from ..rounds import Round, Variant, cpu_cell, load_meta, ok_values, round_failures, rps_cell, run_rounds_mode
 from ..stats import median, ratio
 from ..tools import tool_versions
 
@@ -160,25 +160,16 @@ def ab_markdown(rounds: list[Round], summary: ABSummary, meta: dict) -> str:
         "smaller than this is within the noise of the machine.",
         f"- {sm.rounds_complete} of {meta['rounds']} rounds complete.",
     ]
-    failed = failed_runs(rounds)
-    if failed:
-        lines += ["", "Failures:", ""]
-        for r in failed:
-            lines.append(f"- **{r.proxy}**, round {r.round}:")
-            lines += code_block(r.error)
+    lines += round_failures(rounds)
     lines.append("")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
     old_exe, new_exe = args.ab
-    stamp, out = new_output_dir(args, "ab")
-    bench = Bench(args, out)
-    variants = ab_variants(old_exe, new_exe)
     binaries: dict[str, dict] = {}
-    rounds: list[Round] = []
 
-    def body() -> None:
+    def check(bench: Bench) -> None:
         # --ab never builds (the work tree may hold neither build): the backend must exist.
         backend = bench.bin_dir / "mesh-bench-backend"
         if not backend.exists():
@@ -186,28 +177,9 @@ def run(args: argparse.Namespace, skip: list[str]) -> int:
         binaries[OLD], binaries[NEW] = binary_info(old_exe), binary_info(new_exe)
         if binaries[OLD]["sha256"] == binaries[NEW]["sha256"]:
             log("note: OLD and NEW have the same contents; the run measures the noise of the machine")
-        bench.start_backends()
-        run_rounds(bench, variants, args.rounds, rounds)
 
-    rc = run_guarded(bench, body)
-    if not any(rd.runs for rd in rounds):
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
-    summary = ab_derive(rounds)
-    meta = machine_meta(stamp, "ab") | {
-        "rounds": args.rounds,
-        "order": [v.label for v in variants],
-        "binaries": binaries,
-        "requests": args.requests,
-        "warmup": args.warmup,
-        "duration_cap_s": args.duration,
-        "slow_ms": args.slow_ms,
-        "authority": AUTHORITY,
-        "tools": tool_versions(),
-    }
-    md = ab_markdown(rounds, summary, meta)
-    write_results(out, md, {"meta": meta, "summary": summary, "rounds": rounds})
-    if rc:
-        return rc
-    return 0 if all_complete(rounds, [OLD, NEW]) else 3
+    return run_rounds_mode(
+        args, "ab", ab_variants(old_exe, new_exe), args.rounds, ab_derive, ab_markdown,
+        lambda: {"binaries": binaries} | load_meta(args) | {"authority": AUTHORITY, "tools": tool_versions()},
+        check,
+    )

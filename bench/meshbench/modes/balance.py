@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import argparse
 import html
-from dataclasses import dataclass, field
+import subprocess
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .. import h2load
-from ..bench import Bench, machine_meta, new_output_dir, run_guarded, write_results
+from ..bench import Bench, machine_meta, run_mode, write_results
 from ..common import AUTHORITY, LOAD_CORE, PROXY_CORE, TOOLS, BenchError, log
 from ..h2load import H2loadResult, LoggedRequest
-from ..processes import tail
-from ..report import COLORS, code_block, fmt, svg_bar_panel, us
+from ..report import (
+    COLORS, failures_section, fmt, svg_bar_panel, svg_close, svg_footnote, svg_legend, svg_open, us,
+)
 from ..stats import max_min, percentile
-from ..tools import build, tool_versions
+from ..tools import tool_versions
+
+T = TypeVar("T")
 
 BAL_PROXIES = ["mesh-proxy", "envoy", "haproxy", "nginx"]
 BASELINE = "baseline"  # mesh-proxy over the two fast backends only (test 1)
@@ -40,6 +46,11 @@ def bal_label(name: str) -> str:
     return BAL_LABELS.get(name, name)
 
 
+def bal_kind(name: str) -> str:
+    """The proxy that runs for name: the baseline is mesh-proxy (over two backends)."""
+    return "mesh-proxy" if name == BASELINE else name
+
+
 # ---- results -----------------------------------------------------------------------------
 
 
@@ -59,18 +70,7 @@ class SlowBackendRun:
     p99_ratio: float | None = None  # p99 / the baseline's p99; set by derive
 
     def to_dict(self) -> dict:
-        return {
-            "h2load": self.h2load.to_dict(),
-            "counts": self.counts,
-            "logged": self.logged,
-            "non_2xx": self.non_2xx,
-            "slow_share_pct": self.slow_share_pct,
-            "p50_us": self.p50_us,
-            "p90_us": self.p90_us,
-            "p99_us": self.p99_us,
-            "max_us": self.max_us,
-            "p99_ratio": self.p99_ratio,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -85,14 +85,7 @@ class OneConnRun:
     h2load: H2loadResult
 
     def to_dict(self) -> dict:
-        return {
-            "streams": self.streams,
-            "requests": self.requests,
-            "ok_2xx": self.ok_2xx,
-            "counts": self.counts,
-            "max_min": self.max_min,
-            "h2load": self.h2load.to_dict(),
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -111,18 +104,7 @@ class FailingBackendRun:
     meets_target: bool
 
     def to_dict(self) -> dict:
-        return {
-            "h2load": self.h2load.to_dict(),
-            "counts": self.counts,
-            "logged": self.logged,
-            "non_2xx": self.non_2xx,
-            "non_2xx_by_status": self.non_2xx_by_status,
-            "failing_backend_got": self.failing_backend_got,
-            "last_non_2xx_at": self.last_non_2xx_at,
-            "last_n": self.last_n,
-            "success_last_pct": self.success_last_pct,
-            "meets_target": self.meets_target,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -154,7 +136,7 @@ class BalanceResults:
 
 def slow_backend_stats(r: H2loadResult, counts: list[int], rows: list[LoggedRequest], requests: int) -> SlowBackendRun:
     """Test 1's figures from h2load's summary, the backend counters and h2load's request log."""
-    durs = sorted(row.duration_us for row in rows if row.is_2xx)
+    durs, _ = h2load.latencies(rows)
     if not durs:
         raise BenchError(f"slow-backend test: no 2xx response ({r.to_dict()})")
     total = sum(counts)
@@ -230,45 +212,38 @@ class Balance:
     def run(self, name: str, test: str, tag: str, extra: list[str], log_file: Path | None) -> tuple[H2loadResult, list[int]]:
         """Start `name` fresh, reset the counters, run h2load, read the counters, stop it."""
         b = self.bench
-        proxy = "mesh-proxy" if name == BASELINE else name
         ups = self.upstreams(test, name)
-        p, port = b.start_proxy(proxy, ups, policy="least", log_name=f"{name}-{tag}")
-        try:
+        with self.proxy(name, ups, tag) as (p, port):
             b.reset_counts(list(self.ports.values()))
             if log_file is not None:
                 log_file.unlink(missing_ok=True)
             r = h2load.run(port, extra, timeout=max(30.0, self.args.duration), log_file=log_file)
             counts = b.counts(ups)
-            if p is not None and p.poll() is not None:
-                raise BenchError(f"{proxy} exited (code {p.returncode}) during the run\n{tail(b.logs / f'{name}-{tag}.log')}")
-        finally:
-            if p is not None:
-                b.procs.stop(p)
+            b.check_running(p, bal_kind(name), f"{name}-{tag}")
         return r, counts
+
+    def proxy(self, name: str, ups: list[int], tag: str) -> AbstractContextManager[tuple[subprocess.Popen | None, int]]:
+        """A fresh `name` in its least-loaded configuration over ups, for a with block."""
+        return self.bench.proxy(bal_kind(name), ups, policy="least", log_name=f"{name}-{tag}")
 
     def preflight(self, name: str) -> None:
         """30 requests through a throw-away instance over fast backends: proves the generated
         config works before the measured (fresh, unwarmed) runs."""
-        b = self.bench
-        proxy = "mesh-proxy" if name == BASELINE else name
-        p, port = b.start_proxy(proxy, self.upstreams("one_conn", name), policy="least", log_name=f"{name}-preflight")
-        try:
-            b.smoke(port)
-        finally:
-            if p is not None:
-                b.procs.stop(p)
+        with self.proxy(name, self.upstreams("one_conn", name), "preflight") as (_p, port):
+            self.bench.smoke(port)
 
-    def read_and_drop_log(self, path: Path) -> list[LoggedRequest]:
-        rows = h2load.read_request_log(path)
+    def logged_run(self, name: str, test: str, stats: Callable[[H2loadResult, list[int], list[LoggedRequest], int], T]) -> T:
+        """The closed-loop load of tests 1 and 3 (BAL_REQUESTS over -c BAL_CONNS -m BAL_STREAMS),
+        and stats of h2load's summary, the backend counters and h2load's request log."""
+        lf = self.bench.logs / f"{name}-{test}.tsv"
+        r, counts = self.run(name, test, test, ["-c", str(BAL_CONNS), "-m", str(BAL_STREAMS), "-n", str(BAL_REQUESTS)], lf)
+        rows = h2load.read_request_log(lf)
         if not self.args.keep_latency_logs:
-            path.unlink(missing_ok=True)
-        return rows
+            lf.unlink(missing_ok=True)
+        return stats(r, counts, rows, BAL_REQUESTS)
 
     def slow(self, name: str) -> SlowBackendRun:
-        n = BAL_REQUESTS
-        lf = self.bench.logs / f"{name}-slow.tsv"
-        r, counts = self.run(name, "slow", "slow", ["-c", str(BAL_CONNS), "-m", str(BAL_STREAMS), "-n", str(n)], lf)
-        return slow_backend_stats(r, counts, self.read_and_drop_log(lf), n)
+        return self.logged_run(name, "slow", slow_backend_stats)
 
     def one_conn(self, name: str) -> dict[str, OneConnRun]:
         out = {}
@@ -279,10 +254,7 @@ class Balance:
         return out
 
     def failing(self, name: str) -> FailingBackendRun:
-        n = BAL_REQUESTS
-        lf = self.bench.logs / f"{name}-failing.tsv"
-        r, counts = self.run(name, "failing", "failing", ["-c", str(BAL_CONNS), "-m", str(BAL_STREAMS), "-n", str(n)], lf)
-        return failing_backend_stats(r, counts, self.read_and_drop_log(lf), n)
+        return self.logged_run(name, "failing", failing_backend_stats)
 
     def measure_all(self, names: list[str], skip: list[str], res: BalanceResults) -> None:
         """Fills res in place, so an interruption still leaves what was measured."""
@@ -334,6 +306,31 @@ def balance_markdown(res: BalanceResults, meta: dict) -> str:
     def spread(v: float | None) -> str:
         return "∞ (a backend got 0)" if v is None else f"{v:.2f}"
 
+    def table(
+        heading: str, header: str, align: str, who: list[str], measured: dict, row: Callable[[str, object], str],
+    ) -> list[str]:
+        """A test's section: a row per proxy from its result, or why there is none."""
+        lines = ["", heading, "", header, align]
+        empty_cells = align.count("|") - 3  # after the proxy and why it has no figures
+        for name in who:
+            r = measured.get(name)
+            lines.append(f"| {bal_label(name)} | {failed(name)} |" + " |" * empty_cells if r is None else row(name, r))
+        return lines
+
+    def slow_row(name: str, r: SlowBackendRun) -> str:
+        share = "— (no b3)" if r.slow_share_pct is None else f"{r.slow_share_pct:.1f} %"
+        rt = "1.00 (baseline)" if name == BASELINE else fmt(r.p99_ratio, ".2f")
+        return f"| {bal_label(name)} | {share} | {counts(r.counts)} | {us(r.p50_us)} | {us(r.p99_us)} | {rt} | {r.non_2xx} |"
+
+    def one_conn_row(name: str, runs: dict[str, OneConnRun]) -> str:
+        a, b = runs[f"m{BAL_STREAMS}"], runs["m1"]
+        return f"| {name} | {counts(a.counts)} | {spread(a.max_min)} | {counts(b.counts)} | {spread(b.max_min)} |"
+
+    def failing_row(name: str, f: FailingBackendRun) -> str:
+        last = "none" if f.last_non_2xx_at is None else str(f.last_non_2xx_at)
+        return (f"| {name} | {f.non_2xx} | {f.failing_backend_got} | {last} | "
+                f"{f.success_last_pct:.1f} % | {'yes' if f.meets_target else '**no**'} |")
+
     lines = [
         f"# Balancing benchmark {meta['timestamp']}",
         "",
@@ -343,54 +340,25 @@ def balance_markdown(res: BalanceResults, meta: dict) -> str:
         "(a new process: no warm-up, nothing learned), after a throw-away 30-request preflight instance. h2load sends "
         f"every request as fast as it can (closed loop, {BAL_CONNS * BAL_STREAMS} in flight for -c {BAL_CONNS} -m {BAL_STREAMS}), "
         "so a run lasts a fraction of a second to a few seconds and the balancer's first decisions weigh in.",
-        "",
+    ]
+    lines += table(
         f"## 1. Slow backend (b3 +{slow_ms} ms), {BAL_REQUESTS} requests, h2load -c {BAL_CONNS} -m {BAL_STREAMS}",
-        "",
         "| proxy | b3 (slow) share | counts b1/b2/b3 | p50 | p99 | p99 / baseline p99 | non-2xx |",
         "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for name in [BASELINE] + names:
-        r = res.slow.get(name)
-        if r is None:
-            lines.append(f"| {bal_label(name)} | {failed(name)} | | | | | |")
-            continue
-        share = "— (no b3)" if r.slow_share_pct is None else f"{r.slow_share_pct:.1f} %"
-        rt = "1.00 (baseline)" if name == BASELINE else fmt(r.p99_ratio, ".2f")
-        lines.append(
-            f"| {bal_label(name)} | {share} | {counts(r.counts)} | {us(r.p50_us)} | {us(r.p99_us)} | {rt} | {r.non_2xx} |"
-        )
-    n1 = meta["one_conn_requests"]
-    lines += [
-        "",
-        f"## 2. Equal backends, {n1} requests over ONE client connection",
-        "",
+        [BASELINE] + names, res.slow, slow_row,
+    )
+    lines += table(
+        f"## 2. Equal backends, {meta['one_conn_requests']} requests over ONE client connection",
         f"| proxy | -c 1 -m {BAL_STREAMS}: b1/b2/b3 | max/min | -c 1 -m 1: b1/b2/b3 | max/min |",
         "|---|---|---:|---|---:|",
-    ]
-    for name in names:
-        runs = res.one_conn.get(name)
-        if runs is None:
-            lines.append(f"| {name} | {failed(name)} | | | |")
-            continue
-        a, b = runs[f"m{BAL_STREAMS}"], runs["m1"]
-        lines.append(f"| {name} | {counts(a.counts)} | {spread(a.max_min)} | {counts(b.counts)} | {spread(b.max_min)} |")
-    lines += [
-        "",
+        names, res.one_conn, one_conn_row,
+    )
+    lines += table(
         f"## 3. One failing backend (b3 answers {FAIL_STATUS}), {BAL_REQUESTS} requests, h2load -c {BAL_CONNS} -m {BAL_STREAMS}",
-        "",
         f"| proxy | non-2xx (of {BAL_REQUESTS}) | b3 (failing) got | last non-2xx at # | success, last {LAST_N} | ≥ {TARGET_SUCCESS_PCT:g} % |",
         "|---|---:|---:|---:|---:|:---:|",
-    ]
-    for name in names:
-        f = res.failing.get(name)
-        if f is None:
-            lines.append(f"| {name} | {failed(name)} | | | | |")
-            continue
-        last = "none" if f.last_non_2xx_at is None else str(f.last_non_2xx_at)
-        lines.append(
-            f"| {name} | {f.non_2xx} | {f.failing_backend_got} | {last} | "
-            f"{f.success_last_pct:.1f} % | {'yes' if f.meets_target else '**no**'} |"
-        )
+        names, res.failing, failing_row,
+    )
     lines += [
         "",
         "Requests are ordered by completion (start + duration, from h2load's --log-file). Note: **nginx retries on error** "
@@ -407,12 +375,7 @@ def balance_markdown(res: BalanceResults, meta: dict) -> str:
     ]
     for name in names:
         lines.append(f"| {name} | {BAL_CONFIG.get(name, '')} |")
-    if errors:
-        lines += ["", "Failures:", ""]
-        for name, errs in errors.items():
-            lines.append(f"- **{bal_label(name)}**:")
-            for e in errs:
-                lines += code_block(e)
+    lines += failures_section([(f"**{bal_label(name)}**", errs) for name, errs in errors.items()])
     lines.append("")
     return "\n".join(lines)
 
@@ -432,20 +395,12 @@ def svg_balance_chart(res: BalanceResults, meta: dict) -> str:
     row2 = top + plot_h + 125
     width = left + 3 * pw + 2 * gap + 20
     height = row2 + 52 + plot_h + 95
-    s = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="Helvetica, Arial, sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="28" font-size="18" font-weight="bold">Balancing: slow backend, one connection, failing backend</text>',
-        f'<text x="{left}" y="48" fill="#444">{html.escape(meta["timestamp"])} · {html.escape(meta["cpu"])} · proxy on 1 core · '
-        f'fresh proxy process per run · h2load closed loop · "failed" = proxy did not run (see results.md)</text>',
-    ]
-    lx = left
-    for n in [BASELINE] + names:
-        s.append(f'<rect x="{lx}" y="64" width="14" height="14" fill="{colors.get(n, "#555")}"/>')
-        text = bal_label(n)
-        s.append(f'<text x="{lx + 20}" y="76">{html.escape(text)}</text>')
-        lx += 40 + 7 * len(text)
+    s = svg_open(
+        width, height, left, "Balancing: slow backend, one connection, failing backend",
+        f'{html.escape(meta["timestamp"])} · {html.escape(meta["cpu"])} · proxy on 1 core · '
+        'fresh proxy process per run · h2load closed loop · "failed" = proxy did not run (see results.md)',
+    )
+    svg_legend(s, left, [(bal_label(n), colors.get(n, "#555")) for n in [BASELINE] + names], 40, 7)
 
     # Row 1: slow share, p99 ratio, success of the last 1000.
     slow_names = [BASELINE] + names
@@ -497,62 +452,57 @@ def svg_balance_chart(res: BalanceResults, meta: dict) -> str:
     svg_bar_panel(s, left, row2, width - left - 20, plot_h, f"Per-backend counts, {n1} requests over ONE client connection (equal backends)",
                   f"requests served by b1 / b2 / b3, with -c 1 -m {BAL_STREAMS} and -c 1 -m 1 (even is better)", bars,
                   ref=(n1 / 3, f"even: {n1 / 3:.0f}"), groups=groups)
-    s.append(
-        f'<text x="{left}" y="{height - 30}" fill="#444" font-size="11">Slow and failing tests: {BAL_REQUESTS} requests, h2load '
-        f'-c {BAL_CONNS} -m {BAL_STREAMS}, proxy started fresh. Peers: Envoy LEAST_REQUEST + outlier detection, HAProxy '
-        "leastconn + observe layer7, nginx least_conn + max_fails.</text>"
+    svg_footnote(
+        s, left, height - 30, f"Slow and failing tests: {BAL_REQUESTS} requests, h2load -c {BAL_CONNS} -m {BAL_STREAMS}, "
+        "proxy started fresh. Peers: Envoy LEAST_REQUEST + outlier detection, HAProxy leastconn + observe layer7, nginx "
+        "least_conn + max_fails.",
     )
-    s.append(
-        f'<text x="{left}" y="{height - 14}" fill="#444" font-size="11">nginx retries on error/timeout (grpc_next_upstream '
-        f"default) but neither counts nor retries a {FAIL_STATUS}: it has no passive ejection on 5xx. Details and raw "
-        "counts: results.md.</text>"
+    svg_footnote(
+        s, left, height - 14, f"nginx retries on error/timeout (grpc_next_upstream default) but neither counts nor "
+        f"retries a {FAIL_STATUS}: it has no passive ejection on 5xx. Details and raw counts: results.md.",
     )
-    s.append("</svg>")
-    return "\n".join(s) + "\n"
+    return svg_close(s)
 
 
 # ---- the mode ----------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
-    stamp, out = new_output_dir(args, "balance")
-    if not build(args):
-        return 1
     names = [p for p in args.proxies if p != "direct"]
-    bench = Bench(args, out)
-    bal = Balance(bench)
     res = BalanceResults()
+    bal: list[Balance] = []  # one, on the run's Bench; a list so that the body can hand it on
 
-    def body() -> None:
-        bal.start_backends()
-        bal.measure_all(names, skip, res)
+    def body(bench: Bench) -> None:
+        bal.append(Balance(bench))
+        bal[0].start_backends()
+        bal[0].measure_all(names, skip, res)
 
-    rc = run_guarded(bench, body)
-    if not res.any_measured():
-        if res.errors:
+    def measured() -> bool:
+        """Whether there is anything to write; if not, why (a run that failed early)."""
+        if not res.any_measured():
             for name, errs in res.errors.items():
                 log(f"{name}: " + " | ".join(e.splitlines()[0] for e in errs))
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
-    res.derive()
-    meta = machine_meta(stamp, "balance") | {
-        "proxies": names,
-        "requests": BAL_REQUESTS,
-        "conns": BAL_CONNS,
-        "streams": BAL_STREAMS,
-        "one_conn_requests": args.one_conn_requests,
-        "slow_ms": args.slow_ms,
-        "fail_status": FAIL_STATUS,
-        "last_n": LAST_N,
-        "target_success_pct": TARGET_SUCCESS_PCT,
-        "backend_ports": bal.ports,
-        "configs": {n: BAL_CONFIG.get(n, "") for n in names},
-        "authority": AUTHORITY,
-        "tools": tool_versions(),
-    }
-    md = balance_markdown(res, meta)
-    write_results(out, md, {"meta": meta, "results": res}, svg_balance_chart(res, meta))
-    if rc:
-        return rc
-    return 3 if res.errors else 0
+        return res.any_measured()
+
+    def write(bench: Bench, stamp: str) -> bool:
+        res.derive()
+        meta = machine_meta(stamp, "balance") | {
+            "proxies": names,
+            "requests": BAL_REQUESTS,
+            "conns": BAL_CONNS,
+            "streams": BAL_STREAMS,
+            "one_conn_requests": args.one_conn_requests,
+            "slow_ms": args.slow_ms,
+            "fail_status": FAIL_STATUS,
+            "last_n": LAST_N,
+            "target_success_pct": TARGET_SUCCESS_PCT,
+            "backend_ports": bal[0].ports,
+            "configs": {n: BAL_CONFIG.get(n, "") for n in names},
+            "authority": AUTHORITY,
+            "tools": tool_versions(),
+        }
+        md = balance_markdown(res, meta)
+        write_results(bench.out, md, {"meta": meta, "results": res}, svg_balance_chart(res, meta))
+        return not res.errors
+
+    return run_mode(args, "balance", body, measured, write)

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 
 from .. import h2load
 from ..bench import (
-    MAX_CONNS, MAX_STREAMS, Bench, RateRun, ThroughputRun, machine_meta, new_output_dir, rate_per_connection,
-    run_guarded, write_results,
+    MAX_CONNS, MAX_STREAMS, Bench, Outcome, ProxyFigures, RateRun, ThroughputRun, machine_meta, measure_each, run_mode,
+    set_added_latency, throughput_latency_meta, write_results,
 )
-from ..common import AUTHORITY, LOAD_CORE, NO_METRICS_TOML, PROXY_CORE, TOOLS, BenchError, label, log
+from ..common import AUTHORITY, LOAD_CORE, NO_METRICS_TOML, PROXY_CORE, BenchError, label, log
 from ..procfs import peak_rss_kib
-from ..processes import tail
-from ..report import COLORS, code_block, error_cell, fmt, nice_step, us
-from ..tools import build, tool_versions
+from ..report import (
+    COLORS, error_cell, fmt, nice_step, run_failures, svg_close, svg_footnote, svg_legend, svg_open, svg_panel_frame,
+    us,
+)
+from ..tools import tool_versions
 
 
 @dataclass
@@ -36,13 +38,11 @@ class OneConnSpread:
 
 
 @dataclass
-class ProxyRun:
-    """Everything measured on one proxy. A stage that was not reached (the proxy failed before
-    it) stays None and its keys are left out of results.json."""
+class ProxyRun(Outcome, ProxyFigures):
+    """Everything measured on one proxy, by its label ("mesh-proxy (no metrics)" rather than its
+    --proxies name). A stage that was not reached (the proxy failed before it) stays None and
+    its keys are left out of results.json."""
 
-    proxy: str  # the label: "mesh-proxy (no metrics)" rather than its --proxies name
-    ok: bool = False
-    error: str | None = None
     port: int | None = None
     throughput: ThroughputRun | None = None
     latency: RateRun | None = None
@@ -51,28 +51,8 @@ class ProxyRun:
     added_p50_us: float | None = None  # vs `direct`; set by add_derived
     added_p99_us: float | None = None
 
-    @property
-    def req_per_s(self) -> float | None:
-        return self.throughput.req_per_s if self.throughput else None
-
-    @property
-    def cpu_us_per_req(self) -> float | None:
-        return self.throughput.cpu_us_per_req if self.throughput else None
-
-    @property
-    def cpu_us_per_req_at_rate(self) -> float | None:
-        return self.latency.cpu_us_per_req_at_rate if self.latency else None
-
-    @property
-    def p50_us(self) -> float | None:
-        return self.latency.p50_us if self.latency else None
-
-    @property
-    def p99_us(self) -> float | None:
-        return self.latency.p99_us if self.latency else None
-
     def to_dict(self) -> dict:
-        d: dict = {"proxy": self.proxy, "ok": self.ok}
+        d: dict = {}
         if self.port is not None:
             d["port"] = self.port
         if self.throughput is not None:
@@ -82,29 +62,17 @@ class ProxyRun:
         if self.one_conn is not None:
             d["one_conn"] = self.one_conn.to_dict()
             d["peak_rss_mib"] = self.peak_rss_mib  # measured right after the one-connection test
-        if self.error is not None:
-            d["error"] = self.error
-        d["added_p50_us"] = self.added_p50_us
-        d["added_p99_us"] = self.added_p99_us
-        return d
+        return self.outcome_dict(d) | {"added_p50_us": self.added_p50_us, "added_p99_us": self.added_p99_us}
 
 
 @dataclass
-class L4Run:
+class L4Run(Outcome):
     """HAProxy in `mode tcp`: only the one-connection spread."""
 
-    proxy: str
-    ok: bool = False
-    error: str | None = None
     one_conn: OneConnSpread | None = None
 
     def to_dict(self) -> dict:
-        d: dict = {"proxy": self.proxy, "ok": self.ok}
-        if self.one_conn is not None:
-            d["one_conn"] = self.one_conn.to_dict()
-        if self.error is not None:
-            d["error"] = self.error
-        return d
+        return self.outcome_dict({"one_conn": self.one_conn.to_dict()} if self.one_conn is not None else {})
 
 
 # ---- measurements ------------------------------------------------------------------------
@@ -120,26 +88,18 @@ def one_connection(bench: Bench, port: int) -> OneConnSpread:
 def measure(bench: Bench, name: str) -> ProxyRun:
     res = ProxyRun(proxy=label(name))
     try:
-        p, port = bench.start_proxy(name)
+        with bench.proxy(name) as (p, port):
+            res.port = port
+            res.throughput = bench.max_throughput(name, p, port)
+            res.latency = bench.latency_at_rate(name, port, [p.pid] if p else [])
+            # How the requests of ONE client connection are spread over the backends.
+            res.one_conn = one_connection(bench, port)
+            # Peak RSS after all loads.
+            res.peak_rss_mib = peak_rss_kib(p.pid) / 1024.0 if p else None
+            bench.check_running(p, label(name), name)
+            res.ok = True
     except BenchError as e:
         res.error = str(e)
-        return res
-    try:
-        res.port = port
-        res.throughput = bench.max_throughput(name, p, port)
-        res.latency = bench.latency_at_rate(name, port, [p.pid] if p else [])
-        # How the requests of ONE client connection are spread over the backends.
-        res.one_conn = one_connection(bench, port)
-        # Peak RSS after all loads.
-        res.peak_rss_mib = peak_rss_kib(p.pid) / 1024.0 if p else None
-        if p and p.poll() is not None:
-            raise BenchError(f"{label(name)} exited (code {p.returncode}) during the run\n{tail(bench.logs / (name + '.log'))}")
-        res.ok = True
-    except BenchError as e:
-        res.error = str(e)
-    finally:
-        if p:
-            bench.procs.stop(p)
     return res
 
 
@@ -147,31 +107,18 @@ def measure_l4(bench: Bench) -> L4Run:
     """HAProxy in TCP mode: balances connections, not requests."""
     res = L4Run(proxy="haproxy-tcp (L4)")
     try:
-        p, port = bench.start_proxy("haproxy-tcp")
+        with bench.proxy("haproxy-tcp") as (_p, port):
+            bench.smoke(port)
+            res.one_conn = one_connection(bench, port)
+            res.ok = True
     except BenchError as e:
         res.error = str(e)
-        return res
-    try:
-        bench.smoke(port)
-        res.one_conn = one_connection(bench, port)
-        res.ok = True
-    except BenchError as e:
-        res.error = str(e)
-    finally:
-        if p:
-            bench.procs.stop(p)
     return res
 
 
 def add_derived(results: list[ProxyRun]) -> None:
     """Added p50 / p99: each proxy's latency minus `direct`'s, from the same run."""
-    direct = next((r for r in results if r.proxy == "direct" and r.ok), None)
-    for r in results:
-        if r.ok and direct is not None:
-            r.added_p50_us = r.p50_us - direct.p50_us
-            r.added_p99_us = r.p99_us - direct.p99_us
-        else:
-            r.added_p50_us = r.added_p99_us = None
+    set_added_latency(results, next((r for r in results if r.proxy == "direct" and r.ok), None))
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -210,12 +157,7 @@ def markdown(results: list[ProxyRun], l4: L4Run | None, meta: dict) -> str:
                 lines.append(f"| {row.proxy} | {oc.ok_2xx} | {' / '.join(map(str, oc.counts))} |")
             else:
                 lines.append(f"| {row.proxy} | FAILED: {error_cell(row.error)} | |")
-    failed = [r for r in [*results, *([l4] if l4 else [])] if not r.ok]
-    if failed:
-        lines += ["", "Failures:", ""]
-        for r in failed:
-            lines.append(f"- **{r.proxy}**:")
-            lines += code_block(r.error)
+    lines += run_failures([*results, *([l4] if l4 else [])])
     lines.append("")
     return "\n".join(lines)
 
@@ -233,20 +175,12 @@ def svg_chart(results: list[ProxyRun], meta: dict) -> str:
     width = left + len(panels) * (pw + gap)
     height = top + ph + 30
     plot_h = ph - 90
-    s = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'font-family="Helvetica, Arial, sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="28" font-size="18" font-weight="bold">Service-mesh proxies, h2c L7 round robin over 3 backends</text>',
-        f'<text x="{left}" y="48" fill="#444">{html.escape(meta["timestamp"])} · {html.escape(meta["mode"])} run · '
-        f'{html.escape(meta["cpu"])} · proxy on 1 core · "n/a" = not applicable (no proxy) · "failed" = proxy did not run</text>',
-    ]
-    # legend
-    lx = left
-    for n in names:
-        s.append(f'<rect x="{lx}" y="64" width="14" height="14" fill="{COLORS.get(n, "#555")}"/>')
-        s.append(f'<text x="{lx + 20}" y="76">{html.escape(n)}</text>')
-        lx += 30 + 8 * len(n) + 20
+    s = svg_open(
+        width, height, left, "Service-mesh proxies, h2c L7 round robin over 3 backends",
+        f'{html.escape(meta["timestamp"])} · {html.escape(meta["mode"])} run · '
+        f'{html.escape(meta["cpu"])} · proxy on 1 core · "n/a" = not applicable (no proxy) · "failed" = proxy did not run',
+    )
+    svg_legend(s, left, [(n, COLORS.get(n, "#555")) for n in names], 50, 8)
     for i, (title, unit, better, attr, short) in enumerate(panels):
         x0 = left + i * (pw + gap)
         y_base = top + 40 + plot_h  # y of value 0 when all values >= 0
@@ -263,18 +197,13 @@ def svg_chart(results: list[ProxyRun], meta: dict) -> str:
         def y_of(v: float) -> float:
             return top + 40 + plot_h * (vmax - v) / span
 
-        s.append(f'<text x="{x0 + pw / 2}" y="{top}" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}</text>')
-        s.append(f'<text x="{x0 + pw / 2}" y="{top + 18}" text-anchor="middle" fill="#444">{html.escape(unit)} ({better})</text>')
-        # grid + y ticks
-        for t in range(ticks + 1):
-            v = vmin + step * t
-            y = y_of(v)
-            s.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-            tick = f"{v / 1000:g}k" if span >= 10000 else f"{v:g}"
-            s.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555" font-size="11">{tick}</text>')
+        tick_values = [vmin + step * t for t in range(ticks + 1)]
         y0 = y_of(0.0)
-        s.append(f'<line x1="{x0}" y1="{y0:.1f}" x2="{x0 + pw}" y2="{y0:.1f}" stroke="#333"/>')
-        s.append(f'<line x1="{x0}" y1="{top + 40}" x2="{x0}" y2="{y_base if vmin == 0 else y_of(vmin):.1f}" stroke="#333"/>')
+        svg_panel_frame(
+            s, x0, top, pw, title, f"{unit} ({better})",
+            [(y_of(v), f"{v / 1000:g}k" if span >= 10000 else f"{v:g}") for v in tick_values],
+            y0, top + 40, y_base if vmin == 0 else y_of(vmin),
+        )
         slot = pw / max(1, len(vals))
         bw = slot * 0.7
         for j, (name, v, ok) in enumerate(vals):
@@ -298,62 +227,40 @@ def svg_chart(results: list[ProxyRun], meta: dict) -> str:
             for k, part in enumerate(name.replace(" (", "\n(").split("\n")):
                 s.append(f'<text x="{cx:.1f}" y="{ly + 12 * k:.1f}" '
                          f'text-anchor="middle" font-size="10" fill="#333">{html.escape(part)}</text>')
-    s.append(
-        f'<text x="{left}" y="{height - 16}" fill="#444" font-size="11">Added p99 = p99 through the proxy minus p99 '
-        f'without proxy, at {meta["rate_rps"]} req/s over {meta["rate_conns"]} h2 connections. CPU = utime+stime of the '
-        "proxy process during the max-throughput run, divided by the requests answered. RSS = peak (VmHWM).</text>"
+    svg_footnote(
+        s, left, height - 16, f'Added p99 = p99 through the proxy minus p99 without proxy, at {meta["rate_rps"]} req/s '
+        f'over {meta["rate_conns"]} h2 connections. CPU = utime+stime of the proxy process during the max-throughput '
+        "run, divided by the requests answered. RSS = peak (VmHWM).",
     )
-    s.append("</svg>")
-    return "\n".join(s) + "\n"
+    return svg_close(s)
 
 
 # ---- the mode ----------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
-    stamp, out = new_output_dir(args, None)
-    if not build(args):
-        return 1
-    bench = Bench(args, out)
     results: list[ProxyRun] = []
     l4: list[L4Run] = []  # at most one; a list so that the body can fill it in place
 
-    def body() -> None:
+    def body(bench: Bench) -> None:
         bench.start_backends()
-        for name in args.proxies:
-            if name in skip:
-                results.append(ProxyRun(proxy=label(name), error=f"{name} not installed ({TOOLS.get(name, '')})"))
-                continue
-            log(f"=== {label(name)} ===")
-            r = measure(bench, name)
-            if not r.ok:
-                log(f"{label(name)} FAILED: {r.error}")
-            results.append(r)
+        measure_each(args.proxies, skip, results, ProxyRun, lambda name: measure(bench, name))
         if args.l4:
             log("=== L4: haproxy mode tcp ===")
             l4.append(measure_l4(bench))
 
-    rc = run_guarded(bench, body)
-    if not results:
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
+    def write(bench: Bench, stamp: str) -> bool:
+        add_derived(results)
+        meta = machine_meta(stamp, "quick" if args.quick else "full") | throughput_latency_meta(args) | {
+            "one_conn_requests": args.one_conn_requests,
+            "slow_ms": args.slow_ms,
+            "authority": AUTHORITY,
+            "no_metrics_config": f"mesh-proxy's config plus {NO_METRICS_TOML!r}",
+            "tools": tool_versions(),
+        }
+        l4_run = l4[0] if l4 else None
+        md = markdown(results, l4_run, meta)
+        write_results(bench.out, md, {"meta": meta, "results": results, "l4": l4_run}, svg_chart(results, meta))
+        return all(r.ok for r in results)
 
-    add_derived(results)
-    meta = machine_meta(stamp, "quick" if args.quick else "full") | {
-        "requests": args.requests,
-        "rate_rps": rate_per_connection(args) * args.rate_conns,
-        "rate_conns": args.rate_conns,
-        "rate_seconds": args.rate_seconds,
-        "one_conn_requests": args.one_conn_requests,
-        "slow_ms": args.slow_ms,
-        "authority": AUTHORITY,
-        "no_metrics_config": f"mesh-proxy's config plus {NO_METRICS_TOML!r}",
-        "tools": tool_versions(),
-    }
-    l4_run = l4[0] if l4 else None
-    md = markdown(results, l4_run, meta)
-    write_results(out, md, {"meta": meta, "results": results, "l4": l4_run}, svg_chart(results, meta))
-    if rc:
-        return rc
-    return 0 if all(r.ok for r in results) else 3
+    return run_mode(args, None, body, lambda: bool(results), write)

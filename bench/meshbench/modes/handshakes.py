@@ -8,17 +8,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..bench import Bench, machine_meta, new_output_dir, run_guarded, write_results
-from ..common import LOAD_CORE, PROXY_CORE, TOOLS, BenchError, log
+from ..bench import Bench, Outcome, machine_meta, measure_each, run_mode, write_results
+from ..common import LOAD_CORE, PROXY_CORE, BenchError, log
 from ..pairs import (
     HS_TOOL, PROBE_HANDSHAKES, SATURATED, PairStarter, contention_notes, handshake_tool, limit_verdict, pair_meta,
     prepare, top_errors,
 )
 from ..procfs import core_busy, core_jiffies, cpu_seconds, peak_rss_kib
-from ..processes import tail
-from ..report import code_block, error_cell, fmt
+from ..report import error_cell, fmt, run_failures
 from ..stats import ratio
-from ..tools import build
 
 
 @dataclass
@@ -57,19 +55,16 @@ class HandshakeFigures:
 
 
 @dataclass
-class HandshakeRun:
+class HandshakeRun(Outcome):
     """One server kind. A stage that was not reached stays None and is left out of results.json."""
 
-    proxy: str
-    ok: bool = False
-    error: str | None = None
     port: int | None = None
     probe: dict | None = None  # the tool's report of the 10-handshake probe
     run: dict | None = None  # the tool's report of the measured run
     figures: HandshakeFigures | None = None
 
     def to_dict(self) -> dict:
-        d: dict = {"proxy": self.proxy, "ok": self.ok}
+        d: dict = {}
         if self.port is not None:
             d["port"] = self.port
         if self.probe is not None:
@@ -78,9 +73,7 @@ class HandshakeRun:
             d["run"] = self.run
         if self.figures is not None:
             d |= self.figures.to_dict()
-        if self.error is not None:
-            d["error"] = self.error
-        return d
+        return self.outcome_dict(d)
 
 
 def measure_handshakes(starter: PairStarter, kind: str) -> HandshakeRun:
@@ -130,8 +123,7 @@ def measure_handshakes(starter: PairStarter, kind: str) -> HandshakeRun:
                                 if LOAD_CORE in busy and client_util is not None else None),
             peak_rss_mib=peak_rss_kib(pb.pid) / 1024.0,
         )
-        if pb.poll() is not None:
-            raise BenchError(f"{kind} exited (code {pb.returncode}) during the run\n{tail(bench.logs / f'{kind}-server-hs.log')}")
+        bench.check_running(pb, kind, f"{kind}-server-hs")
         res.ok = True
     except BenchError as e:
         res.error = str(e)
@@ -188,48 +180,28 @@ def handshakes_markdown(results: list[HandshakeRun], meta: dict) -> str:
         lines.append(f"The client's core stayed below {SATURATED:.0%} in every run (it was not the limit).")
     lines += contention_notes([(r.proxy, r.figures.other_on_proxy_core, r.figures.other_on_load_core)
                                for r in results if r.figures is not None])
-    failed = [r for r in results if not r.ok]
-    if failed:
-        lines += ["", "Failures:", ""]
-        for r in failed:
-            lines.append(f"- **{r.proxy}**:")
-            lines += code_block(r.error)
+    lines += run_failures(results)
     lines.append("")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
-    stamp, out = new_output_dir(args, "handshakes")
-    if not build(args):
-        return 1
-    bench = Bench(args, out)
     results: list[HandshakeRun] = []
 
-    def body() -> None:
+    def body(bench: Bench) -> None:
         starter = prepare(bench)
-        for name in args.proxies:
-            if name in skip:
-                results.append(HandshakeRun(proxy=name, error=f"{name} not installed ({TOOLS.get(name, '')})"))
-                continue
-            log(f"=== {name} (handshakes) ===")
-            r = measure_handshakes(starter, name)
-            if not r.ok:
-                log(f"{name} FAILED: {r.error}")
-            results.append(r)
+        measure_each(args.proxies, skip, results, HandshakeRun, lambda name: measure_handshakes(starter, name),
+                     " (handshakes)")
 
-    rc = run_guarded(bench, body)
-    if not results:
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
-    meta = machine_meta(stamp, "handshakes" + (" (quick)" if args.quick else "")) | pair_meta(args) | {
-        "concurrency": args.hs_concurrency,
-        "seconds": args.hs_seconds,
-        "max_handshakes": args.hs_max,
-        "saturated_at": SATURATED,
-    }
-    md = handshakes_markdown(results, meta)
-    write_results(out, md, {"meta": meta, "results": results})
-    if rc:
-        return rc
-    return 0 if all(r.ok for r in results) else 3
+    def write(bench: Bench, stamp: str) -> bool:
+        meta = machine_meta(stamp, "handshakes" + (" (quick)" if args.quick else "")) | pair_meta(args) | {
+            "concurrency": args.hs_concurrency,
+            "seconds": args.hs_seconds,
+            "max_handshakes": args.hs_max,
+            "saturated_at": SATURATED,
+        }
+        md = handshakes_markdown(results, meta)
+        write_results(bench.out, md, {"meta": meta, "results": results})
+        return all(r.ok for r in results)
+
+    return run_mode(args, "handshakes", body, lambda: bool(results), write)

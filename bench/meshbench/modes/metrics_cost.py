@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
-from ..bench import MAX_CONNS, MAX_STREAMS, Bench, machine_meta, new_output_dir, run_guarded, write_results
-from ..common import AUTHORITY, LOAD_CORE, NO_METRICS, NO_METRICS_TOML, PROXY_CORE, label, log
-from ..report import code_block, fmt
-from ..rounds import Round, Variant, all_complete, cpu_cell, failed_runs, ok_values, rps_cell, run_rounds
+from ..bench import MAX_CONNS, MAX_STREAMS
+from ..common import AUTHORITY, LOAD_CORE, NO_METRICS, NO_METRICS_TOML, PROXY_CORE, label
+from ..report import fmt
+from ..rounds import Round, Variant, cpu_cell, load_meta, ok_values, round_failures, rps_cell, run_rounds_mode
 from ..stats import median
-from ..tools import build, tool_versions
+from ..tools import tool_versions
 
 METRICS_COST_TARGET = 0.95  # acceptance: req/s with metrics >= 0.95 x req/s without, same run
 # Run in this order within each round.
@@ -90,46 +90,17 @@ def metrics_cost_markdown(rounds: list[Round], summary: MetricsCostSummary, meta
         f"{fmt(sm.ratio, '.3f')}; ratio of the medians {fmt(sm.ratio_of_medians, '.3f')}; "
         f"{sm.rounds_complete} of {meta['rounds']} rounds complete).",
     ]
-    failed = failed_runs(rounds)
-    if failed:
-        lines += ["", "Failures:", ""]
-        for r in failed:
-            lines.append(f"- **{r.proxy}**, round {r.round}:")
-            lines += code_block(r.error)
+    lines += round_failures(rounds)
     lines.append("")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
-    stamp, out = new_output_dir(args, "metrics-cost")
-    if not build(args):
-        return 1
-    bench = Bench(args, out)
-    rounds: list[Round] = []
-
-    def body() -> None:
-        bench.start_backends()
-        run_rounds(bench, MC_VARIANTS, args.metrics_cost, rounds)
-
-    rc = run_guarded(bench, body)
-    if not any(rd.runs for rd in rounds):
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
-    summary = metrics_cost_derive(rounds)
-    meta = machine_meta(stamp, "metrics-cost") | {
-        "rounds": args.metrics_cost,
-        "order": [v.label for v in MC_VARIANTS],
-        "requests": args.requests,
-        "warmup": args.warmup,
-        "duration_cap_s": args.duration,
-        "slow_ms": args.slow_ms,
-        "no_metrics_config": f"mesh-proxy's config plus {NO_METRICS_TOML!r}",
-        "authority": AUTHORITY,
-        "tools": tool_versions(),
-    }
-    md = metrics_cost_markdown(rounds, summary, meta)
-    write_results(out, md, {"meta": meta, "summary": summary, "rounds": rounds})
-    if rc:
-        return rc
-    return 0 if all_complete(rounds, [v.side for v in MC_VARIANTS]) else 3
+    return run_rounds_mode(
+        args, "metrics-cost", MC_VARIANTS, args.metrics_cost, metrics_cost_derive, metrics_cost_markdown,
+        lambda: load_meta(args) | {
+            "no_metrics_config": f"mesh-proxy's config plus {NO_METRICS_TOML!r}",
+            "authority": AUTHORITY,
+            "tools": tool_versions(),
+        },
+    )

@@ -13,19 +13,17 @@ from dataclasses import dataclass, field
 
 from .. import h2load
 from ..bench import (
-    MAX_CONNS, MAX_STREAMS, Bench, RateRun, ThroughputRun, machine_meta, new_output_dir, rate_per_connection,
-    run_guarded, write_results,
+    MAX_CONNS, MAX_STREAMS, Bench, Outcome, ProxyFigures, RateRun, ThroughputRun, machine_meta, measure_each, run_mode,
+    set_added_latency, throughput_latency_meta, write_results,
 )
-from ..common import LOAD_CORE, PROXY_CORE, TOOLS, BenchError, log
+from ..common import LOAD_CORE, PROXY_CORE, BenchError, log
 from ..pairs import (
     PAIR_CONFIG, PROBE_HANDSHAKES, PairStarter, contention_notes, handshake_tool, pair_meta, prepare, top_errors,
 )
 from ..pki import SERVER_NAME, Certs
 from ..procfs import established_to, peak_rss_kib
-from ..processes import tail
-from ..report import code_block, error_cell, fmt, us
+from ..report import error_cell, fmt, run_failures, us
 from ..stats import ratio
-from ..tools import build
 
 CHECKS = [
     ("through_pair", "requests through A → mTLS → B"),
@@ -53,34 +51,27 @@ class CheckResult:
 
 
 @dataclass
-class BaselineRun:
+class BaselineRun(Outcome, ProxyFigures):
     """`direct`: h2load straight to the backend, the baseline of the added latency."""
 
     proxy: str = "direct"
-    ok: bool = False
-    error: str | None = None
     throughput: ThroughputRun | None = None
     latency: RateRun | None = None
 
     def to_dict(self) -> dict:
-        d: dict = {"proxy": self.proxy, "ok": self.ok}
+        d: dict = {}
         if self.throughput is not None:
             d |= self.throughput.to_dict()
         if self.latency is not None:
             d |= self.latency.to_dict()
-        if self.error is not None:
-            d["error"] = self.error
-        return d
+        return self.outcome_dict(d)
 
 
 @dataclass
-class PairRun:
+class PairRun(Outcome, ProxyFigures):
     """Everything measured on one pair. A stage that was not reached stays None and its keys are
     left out of results.json; checks is None for a kind that was not installed."""
 
-    proxy: str
-    ok: bool = False
-    error: str | None = None
     checks: dict[str, CheckResult] | None = None
     ports: dict[str, int] | None = None  # "a", "b"
     throughput: ThroughputRun | None = None  # CPU of A + B
@@ -94,28 +85,8 @@ class PairRun:
     added_p50_us: float | None = None  # vs `direct`; set by mtls_derive
     added_p99_us: float | None = None
 
-    @property
-    def req_per_s(self) -> float | None:
-        return self.throughput.req_per_s if self.throughput else None
-
-    @property
-    def cpu_us_per_req(self) -> float | None:
-        return self.throughput.cpu_us_per_req if self.throughput else None
-
-    @property
-    def cpu_us_per_req_at_rate(self) -> float | None:
-        return self.latency.cpu_us_per_req_at_rate if self.latency else None
-
-    @property
-    def p50_us(self) -> float | None:
-        return self.latency.p50_us if self.latency else None
-
-    @property
-    def p99_us(self) -> float | None:
-        return self.latency.p99_us if self.latency else None
-
     def to_dict(self) -> dict:
-        d: dict = {"proxy": self.proxy, "ok": self.ok}
+        d: dict = {}
         if self.checks is not None:
             d["checks"] = {k: c.to_dict() for k, c in self.checks.items()}
         if self.ports is not None:
@@ -131,11 +102,7 @@ class PairRun:
             d |= self.latency.to_dict()
             d["peak_rss_mib_a"] = self.peak_rss_mib_a  # read right after the latency test
             d["peak_rss_mib_b"] = self.peak_rss_mib_b
-        if self.error is not None:
-            d["error"] = self.error
-        d["added_p50_us"] = self.added_p50_us
-        d["added_p99_us"] = self.added_p99_us
-        return d
+        return self.outcome_dict(d) | {"added_p50_us": self.added_p50_us, "added_p99_us": self.added_p99_us}
 
 
 # ---- probes: the checks that a pair really does mTLS -------------------------------------
@@ -287,9 +254,7 @@ def measure_pair(starter: PairStarter, kind: str) -> PairRun:
         res.peak_rss_mib_a = peak_rss_kib(pa.pid) / 1024.0
         res.peak_rss_mib_b = peak_rss_kib(pb.pid) / 1024.0
         for p, who in ((pa, "client"), (pb, "server")):
-            if p.poll() is not None:
-                raise BenchError(f"{kind} ({who} side) exited (code {p.returncode}) during the run\n"
-                                 f"{tail(b.logs / f'{kind}-{who}.log')}")
+            b.check_running(p, f"{kind} ({who} side)", f"{kind}-{who}")
         res.checks.update(checks_on(starter, b_port))
         res.ok = True
     except BenchError as e:
@@ -307,10 +272,7 @@ def measure_pair(starter: PairStarter, kind: str) -> PairRun:
 
 def mtls_derive(results: list[PairRun], direct: BaselineRun | None) -> dict[str, dict[str, float | None]]:
     """Added p50 / p99 over `direct`, and mesh-proxy ÷ each peer for every metric."""
-    for r in results:
-        ok = r.ok and direct is not None and direct.ok
-        r.added_p50_us = r.p50_us - direct.latency.p50_us if ok else None
-        r.added_p99_us = r.p99_us - direct.latency.p99_us if ok else None
+    set_added_latency(results, direct)
     mesh = next((r for r in results if r.proxy == "mesh-proxy" and r.ok), None)
     ratios = {}
     if mesh:
@@ -405,12 +367,7 @@ def mtls_markdown(results: list[PairRun], direct: BaselineRun | None, ratios: di
     for r in results:
         lines.append(f"| {r.proxy} | {PAIR_CONFIG.get(r.proxy, '')} |")
     lines += contention_notes([(r.proxy, r.other_on_proxy_core, None) for r in results])
-    failed: list[PairRun | BaselineRun] = [r for r in [*results, *([direct] if direct else [])] if not r.ok]
-    if failed:
-        lines += ["", "Failures:", ""]
-        for r in failed:
-            lines.append(f"- **{r.proxy}**:")
-            lines += code_block(r.error)
+    lines += run_failures([*results, *([direct] if direct else [])])
     lines.append("")
     return "\n".join(lines)
 
@@ -419,46 +376,25 @@ def mtls_markdown(results: list[PairRun], direct: BaselineRun | None, ratios: di
 
 
 def run(args: argparse.Namespace, skip: list[str]) -> int:
-    stamp, out = new_output_dir(args, "mtls")
-    if not build(args):
-        return 1
-    bench = Bench(args, out)
     results: list[PairRun] = []
     baseline: list[BaselineRun] = []  # at most one; a list so that the body can fill it in place
 
-    def body() -> None:
+    def body(bench: Bench) -> None:
         starter = prepare(bench)
         log("=== direct (no proxy): the latency baseline ===")
         baseline.append(measure_direct(starter))
         if not baseline[0].ok:
             log(f"direct FAILED: {baseline[0].error}")
-        for name in args.proxies:
-            if name in skip:
-                results.append(PairRun(proxy=name, error=f"{name} not installed ({TOOLS.get(name, '')})"))
-                continue
-            log(f"=== {name} (pair) ===")
-            r = measure_pair(starter, name)
-            if not r.ok:
-                log(f"{name} FAILED: {r.error}")
-            results.append(r)
+        measure_each(args.proxies, skip, results, PairRun, lambda name: measure_pair(starter, name), " (pair)")
 
-    rc = run_guarded(bench, body)
-    if not results:
-        return rc or 1
-    if rc:
-        log("writing the partial results gathered so far")
-    direct = baseline[0] if baseline else None
-    meta = machine_meta(stamp, "mtls" + (" (quick)" if args.quick else "")) | pair_meta(args)
-    ratios = mtls_derive(results, direct)
-    meta |= {
-        "requests": args.requests,
-        "rate_rps": rate_per_connection(args) * args.rate_conns,
-        "rate_conns": args.rate_conns,
-        "rate_seconds": args.rate_seconds,
-    }
-    md = mtls_markdown(results, direct, ratios, meta)
-    write_results(out, md, {"meta": meta, "direct": direct, "results": results, "ratios_mesh_over_peer": ratios})
-    if rc:
-        return rc
-    failed_checks = any(not c.passed for r in results for c in (r.checks or {}).values())
-    return 0 if all(r.ok for r in results) and not failed_checks and (direct is None or direct.ok) else 3
+    def write(bench: Bench, stamp: str) -> bool:
+        direct = baseline[0] if baseline else None
+        meta = machine_meta(stamp, "mtls" + (" (quick)" if args.quick else "")) | pair_meta(args)
+        ratios = mtls_derive(results, direct)
+        meta |= throughput_latency_meta(args)
+        md = mtls_markdown(results, direct, ratios, meta)
+        write_results(bench.out, md, {"meta": meta, "direct": direct, "results": results, "ratios_mesh_over_peer": ratios})
+        failed_checks = any(not c.passed for r in results for c in (r.checks or {}).values())
+        return all(r.ok for r in results) and not failed_checks and (direct is None or direct.ok)
+
+    return run_mode(args, "mtls", body, lambda: bool(results), write)
