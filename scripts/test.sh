@@ -28,6 +28,14 @@ if ! command -v openssl >/dev/null; then
     apt_install openssl
 fi
 
+# The capture tests run `mesh-proxy init` in network namespaces under each firewall backend.
+for tool in nft:nftables iptables-legacy:iptables ip:iproute2 setpriv:util-linux; do
+    if ! command -v "${tool%%:*}" >/dev/null; then
+        echo "installing ${tool##*:} for the capture tests"
+        apt_install "${tool##*:}"
+    fi
+done
+
 # Debug info doubles the target directory and is not needed to run tests.
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}"
 export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-0}"

@@ -1,4 +1,7 @@
 //! `mesh-proxy --config FILE`: the sidecar. See the library docs for the stacks.
+//! `mesh-proxy init`: installs the pod's capture rules and exits.
+
+mod init;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,14 @@ struct Args {
     /// Validate the configuration, print it as it will be used, and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Install the capture rules in this network namespace, then exit.
+    Init(init::InitArgs),
 }
 
 /// Exit code for a configuration that cannot be used.
@@ -24,6 +35,9 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Init(init)) = args.command {
+        return init::run(init);
+    }
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
