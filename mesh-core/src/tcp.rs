@@ -58,6 +58,20 @@ pub fn keep_alive(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
+/// Where a connection redirected by the firewall (`REDIRECT`) was going: its original
+/// destination (`SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` for IPv6). `None` when the socket
+/// has none to tell (not redirected, or not Linux).
+pub fn original_dst(stream: &TcpStream) -> Option<std::net::SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let original = if local.is_ipv4() {
+        socket.original_dst_v4()
+    } else {
+        socket.original_dst_v6()
+    };
+    original.ok()?.as_socket()
+}
+
 /// Connecting to an endpoint failed.
 #[derive(Debug, thiserror::Error)]
 #[error("connect to {addr}: {source}")]

@@ -294,6 +294,12 @@ pub struct InboundConfig {
     /// Policies of particular app ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortPolicy>,
+    /// Serve every port of the pod: connections redirected here by `mesh-proxy init` go to
+    /// the app at `app`'s address and the port they were sent to (their original
+    /// destination), under that port's policy. A connection made to the listener itself goes
+    /// to `app`.
+    #[serde(default)]
+    pub transparent: bool,
 }
 
 /// Who may call a port.

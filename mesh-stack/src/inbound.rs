@@ -29,14 +29,15 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use mesh_core::client::EndpointClient;
+use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
@@ -55,18 +56,23 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Layer;
 
 use crate::Shared;
-use crate::config::{InboundConfig, NamedPolicy, Policy};
+use crate::config::{InboundConfig, NamedPolicy, Policy, PortPolicy};
 
 /// The inbound stack, shared by every inbound connection.
 #[derive(Clone, Debug)]
 pub struct Inbound {
-    app: EndpointClient,
-    app_addr: SocketAddr,
+    /// The configured app port.
+    app: AppPort,
+    /// Transparent mode: every other port of the app, made on first use.
+    ports: Option<Arc<Mutex<HashMap<u16, AppPort>>>>,
+    /// The policies of particular ports, and of the rest.
+    port_policies: Arc<[PortPolicy]>,
+    default_policy: Arc<Policy>,
+    client: HttpClient,
     server: HttpServer,
     detect_timeout: Duration,
     connect_timeout: Duration,
     identity: Option<LocalIdentity>,
-    policy: Arc<Policy>,
     /// `None`: requests are not counted.
     metrics: Option<HttpMetrics>,
     labels: RequestLabels,
@@ -139,49 +145,80 @@ impl Inbound {
                 } else {
                     NamedPolicy::AllUnauthenticated
                 }));
-        // Today the inbound side fronts one app port; its policy is the port's own, if any.
-        let policy = inbound
-            .ports
-            .iter()
-            .find(|p| p.port == inbound.app.port())
-            .map_or(default_policy, |p| p.policy.clone());
+        let port_policies: Arc<[PortPolicy]> = inbound.ports.clone().into();
+        let default_policy = Arc::new(default_policy);
+        let app = AppPort::new(inbound.app, &shared.client, &port_policies, &default_policy);
         Self {
-            app: shared.client.endpoint(inbound.app),
-            app_addr: inbound.app,
+            app,
+            ports: inbound.transparent.then(Arc::default),
+            port_policies,
+            default_policy,
+            client: shared.client.clone(),
             server: shared.server.clone(),
             detect_timeout: inbound.detect_timeout,
             connect_timeout: shared.connect_timeout,
             identity,
-            policy: Arc::new(policy),
             metrics: shared.request_metrics.clone(),
             labels,
             counters,
         }
     }
 
-    /// Serves one accepted connection.
+    /// Serves one accepted connection, to the configured app port.
     pub async fn serve<I>(self, stream: I, peer: SocketAddr, drain: Drain)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_to(stream, peer, None, drain).await
+    }
+
+    /// Serves one accepted TCP connection; in transparent mode, to the port it was sent to
+    /// before the firewall redirected it (read from the socket: one syscall).
+    pub async fn serve_accepted(
+        self,
+        stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
+        peer: SocketAddr,
+        drain: Drain,
+    ) {
+        let original = match self.ports {
+            Some(_) => mesh_core::tcp::original_dst(stream.get_ref()),
+            None => None,
+        };
+        self.serve_to(stream, peer, original, drain).await
+    }
+
+    /// Serves one accepted connection whose original destination (before the firewall
+    /// redirected it) was `original`: in transparent mode, it goes to the app's port of that
+    /// name, under that port's policy. Without one, or without transparent mode, to the
+    /// configured app port.
+    pub async fn serve_to<I>(
+        self,
+        stream: I,
+        peer: SocketAddr,
+        original: Option<SocketAddr>,
+        drain: Drain,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app_port(original);
         let Some(identity) = self.identity.clone() else {
             let io = PrefixedIo::new(Bytes::new(), stream);
             return self
-                .serve_authenticated(io, PeerTls::Plaintext, peer, drain)
+                .serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
                 .await;
         };
         match accept(stream, &identity, self.detect_timeout).await {
             Ok(Accepted::Terminated { io, peer: client }) => {
-                self.serve_authenticated(io, PeerTls::Authenticated(client), peer, drain)
-                    .await
+                let tls = PeerTls::Authenticated(client);
+                self.serve_authenticated(io, tls, app, peer, drain).await
             }
             Ok(Accepted::Passthrough { io, sni }) => {
                 tracing::debug!(%peer, ?sni, "TLS for another name: passed through");
-                self.serve_authenticated(io, PeerTls::Passthrough, peer, drain)
+                self.serve_authenticated(io, PeerTls::Passthrough, app, peer, drain)
                     .await
             }
             Ok(Accepted::Plaintext(io)) => {
-                self.serve_authenticated(io, PeerTls::Plaintext, peer, drain)
+                self.serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
                     .await
             }
             Err(e) => {
@@ -201,10 +238,35 @@ impl Inbound {
         }
     }
 
-    /// Why `tls` may not call the app, if it may not.
-    fn denial(&self, tls: &PeerTls) -> Option<String> {
-        let port = self.app_addr.port();
-        match (&*self.policy, tls) {
+    /// The app port a connection goes to: in transparent mode, the port it was sent to.
+    fn app_port(&self, original: Option<SocketAddr>) -> AppPort {
+        let (Some(ports), Some(original)) = (&self.ports, original) else {
+            return self.app.clone();
+        };
+        let port = original.port();
+        if port == self.app.addr.port() {
+            return self.app.clone();
+        }
+        // Locked once per connection (not per request), for a map lookup.
+        let mut ports = ports.lock().unwrap_or_else(|e| e.into_inner());
+        ports
+            .entry(port)
+            .or_insert_with(|| {
+                let addr = SocketAddr::new(self.app.addr.ip(), port);
+                AppPort::new(
+                    addr,
+                    &self.client,
+                    &self.port_policies,
+                    &self.default_policy,
+                )
+            })
+            .clone()
+    }
+
+    /// Why `tls` may not call `app`, if it may not.
+    fn denial(app: &AppPort, tls: &PeerTls) -> Option<String> {
+        let port = app.addr.port();
+        match (&*app.policy, tls) {
             (Policy::Named(NamedPolicy::AllUnauthenticated), _) => None,
             (_, PeerTls::Plaintext) => Some(format!(
                 "plaintext on port {port}, whose policy requires mutual TLS"
@@ -218,12 +280,18 @@ impl Inbound {
         }
     }
 
-    async fn serve_authenticated<I>(self, mut io: I, tls: PeerTls, peer: SocketAddr, drain: Drain)
-    where
+    async fn serve_authenticated<I>(
+        self,
+        mut io: I,
+        tls: PeerTls,
+        app: AppPort,
+        peer: SocketAddr,
+        drain: Drain,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let denial = self.denial(&tls);
-        let port = self.app_addr.port();
+        let denial = Self::denial(&app, &tls);
+        let port = app.addr.port();
         // TLS that is not ours is opaque by definition: no HTTP detection inside it.
         let (protocol, prefix) = if tls == PeerTls::Passthrough {
             (Protocol::Opaque, Bytes::new())
@@ -234,6 +302,16 @@ impl Inbound {
                 None => return,
             }
         };
+        if protocol == Protocol::Opaque && prefix.is_empty() && tls != PeerTls::Passthrough {
+            // Nothing arrived within the detection timeout: a protocol whose server speaks
+            // first. It works, one timeout late on every connection.
+            tracing::info!(
+                %peer,
+                port,
+                timeout = ?self.detect_timeout,
+                "the client sent nothing before the detection timeout: forwarding as opaque TCP; mark port {port} opaque to skip the wait"
+            );
+        }
         let mut io = PrefixedIo::new(prefix, io);
         if protocol == Protocol::Opaque {
             if let Some(why) = denial {
@@ -248,7 +326,7 @@ impl Inbound {
                 tracing::warn!(%peer, client = ?tls.identity().map(|i| i.uri()), "inbound connection denied: {why}");
                 return;
             }
-            let mut app = match tcp::connect(self.app_addr, self.connect_timeout).await {
+            let mut app = match tcp::connect(app.addr, self.connect_timeout).await {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "inbound opaque connection: app unreachable");
@@ -281,6 +359,10 @@ impl Inbound {
             }
             None => {
                 let mut labels = self.labels.clone();
+                if app.addr != self.app.addr {
+                    labels.authority = app.addr.to_string();
+                    labels.dst_service = labels.authority.clone();
+                }
                 labels.tls = tls.label().to_owned();
                 if let Some(id) = tls.identity() {
                     labels.peer_identity = id.uri().to_owned();
@@ -290,7 +372,7 @@ impl Inbound {
                     None => HttpMetrics::disabled(),
                 };
                 let app = WithPeer {
-                    inner: metrics.layer(self.app.clone()),
+                    inner: metrics.layer(app.client),
                     peer: tls.identity().map(|_| tls.clone()),
                 };
                 self.server
@@ -300,6 +382,33 @@ impl Inbound {
         };
         if let Err(e) = served {
             tracing::debug!(%peer, error = %e, "inbound connection ended with an error");
+        }
+    }
+}
+
+/// One port of the app: where it listens, its client, and who may call it.
+#[derive(Clone, Debug)]
+struct AppPort {
+    addr: SocketAddr,
+    client: EndpointClient,
+    policy: Arc<Policy>,
+}
+
+impl AppPort {
+    fn new(
+        addr: SocketAddr,
+        client: &HttpClient,
+        port_policies: &[PortPolicy],
+        default_policy: &Arc<Policy>,
+    ) -> Self {
+        let policy = port_policies
+            .iter()
+            .find(|p| p.port == addr.port())
+            .map_or_else(|| default_policy.clone(), |p| Arc::new(p.policy.clone()));
+        Self {
+            addr,
+            client: client.endpoint(addr),
+            policy,
         }
     }
 }

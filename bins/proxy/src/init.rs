@@ -5,6 +5,13 @@ use std::process::ExitCode;
 
 use mesh_capture::{Capture, CidrList, DEFAULT_PORTS, Firewall, PortList};
 
+/// The subcommands beside serving.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Install the capture rules in this network namespace, then exit.
+    Init(InitArgs),
+}
+
 /// Installs (or with `--uninstall` removes) the firewall rules that send the pod's TCP
 /// through the proxy.
 #[derive(Debug, clap::Args)]
@@ -42,7 +49,7 @@ pub(crate) struct InitArgs {
 }
 
 /// Runs `init`; a failure names the command that failed and what it printed.
-pub(crate) fn run(args: InitArgs) -> ExitCode {
+pub(crate) fn run(Command::Init(args): Command) -> ExitCode {
     let capture = Capture {
         proxy_uid: args.proxy_uid,
         inbound_port: args.inbound_port,

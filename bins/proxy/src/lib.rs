@@ -5,13 +5,9 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! let config = mesh_proxy::Config::from_toml_str(r#"
-//!     [outbound]
-//!     listen = "127.0.0.1:0"
-//!     [[outbound.services]]
-//!     authority = "web:80"
-//!     endpoints = ["127.0.0.1:8080"]
-//! "#)?;
+//! let config = mesh_proxy::Config::from_toml_str(
+//!     "[[outbound.services]]\nauthority = \"web:80\"\nendpoints = [\"127.0.0.1:8080\"]",
+//! )?;
 //! let proxy = mesh_proxy::Proxy::bind(config).await?;
 //! println!("outbound on {}", proxy.outbound_addr());
 //! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
@@ -189,7 +185,7 @@ impl Proxy {
                 drain.clone(),
                 "inbound",
                 tcp_metrics.listener("inbound", "inbound"),
-                move |stream, peer, drain| inbound.clone().serve(stream, peer, drain),
+                move |stream, peer, drain| inbound.clone().serve_accepted(stream, peer, drain),
             );
         }
         for (l, svc) in self.opaque {
@@ -207,10 +203,9 @@ impl Proxy {
             .admin
             .enable_shutdown
             .then(|| Arc::new(tokio::sync::Notify::new()));
-        let config_text = toml::to_string(&config)?;
         let admin = admin::Admin::new(
             ready.clone(),
-            config_text.into(),
+            toml::to_string(&config)?.into(),
             Arc::new(metrics),
             self.log.clone(),
             shutdown_requested.clone(),

@@ -21,29 +21,23 @@ struct Args {
     #[arg(long)]
     check: bool,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<init::Command>,
 }
 
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Install the capture rules in this network namespace, then exit.
-    Init(init::InitArgs),
+/// Says why the configuration cannot be used; exit code 2.
+fn unusable(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mesh-proxy: {e}");
+    ExitCode::from(2)
 }
-
-/// Exit code for a configuration that cannot be used.
-const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Init(init)) = args.command {
-        return init::run(init);
+    if let Some(command) = args.command {
+        return init::run(command);
     }
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("mesh-proxy: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return unusable(e),
     };
     if args.check {
         return match toml::to_string(&config) {
@@ -51,10 +45,7 @@ fn main() -> ExitCode {
                 print!("{text}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("mesh-proxy: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Err(e) => unusable(e),
         };
     }
     let log = mesh_stack::log::init(&config.log, config.log_format);

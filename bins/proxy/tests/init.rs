@@ -470,3 +470,130 @@ fn captured_connections_reach_the_proxy_and_the_proxy_user_goes_straight_out() {
         );
     }
 }
+
+/// An HTTP server in `ns` on `addr:port` answering every request with `tag`.
+fn serve_http(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::process::Child {
+    let script = format!(
+        "import http.server, sys\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       body = b'{tag}'\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('content-length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *args):\n\
+         \x20       pass\n\
+         s = http.server.ThreadingHTTPServer(('{addr}', {port}), H)\n\
+         print('listening', flush=True)\n\
+         s.serve_forever()\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
+}
+
+/// `GET path` over HTTP/1.1 from `ns` to `addr:port`; the whole response.
+fn http_get(ns: &Netns, addr: &str, port: u16, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{addr}/{port} && \
+         printf 'GET {path} HTTP/1.1\\r\\nHost: {addr}\\r\\nConnection: close\\r\\n\\r\\n' >&3 && \
+         cat <&3"
+    );
+    ns.exec(&["timeout", "10", "bash", "-c", &script])
+}
+
+/// A path any user may read and run, for a process started as the proxy's user.
+fn world_readable(dir: &std::path::Path, name: &str, from: Option<&str>, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join(name);
+    match from {
+        Some(from) => drop(std::fs::copy(from, &path).unwrap()),
+        None => std::fs::write(&path, text).unwrap(),
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn inbound_transparent_mode_serves_every_port_of_the_pod() {
+    if !root_or_skip("inbound_transparent_mode_serves_every_port_of_the_pod") {
+        return;
+    }
+    let pod = Netns::new();
+    let peer = Netns::new();
+    let (a, b) = (format!("{}a", &pod.0[5..]), format!("{}b", &pod.0[5..]));
+    sh(&[
+        "ip", "link", "add", &a, "netns", &pod.0, "type", "veth", "peer", "name", &b, "netns",
+        &peer.0,
+    ]);
+    pod.exec(&["ip", "addr", "add", "198.18.1.1/30", "dev", &a]);
+    pod.exec(&["ip", "link", "set", &a, "up"]);
+    peer.exec(&["ip", "addr", "add", "198.18.1.2/30", "dev", &b]);
+    peer.exec(&["ip", "link", "set", &b, "up"]);
+
+    // The pod's app: two HTTP ports and a server-speaks-first port, on loopback only.
+    let _web = Killed(serve_http(&pod, "127.0.0.1", 8080, "web"));
+    let _api = Killed(serve_http(&pod, "127.0.0.1", 9090, "api"));
+    let _db = Killed(serve(&pod, "127.0.0.1", 3306, "db-banner"));
+
+    let dir = std::env::temp_dir().join(format!("mesh-transparent-{}", std::process::id()));
+    let bin = world_readable(&dir, "mesh-proxy", Some(BIN), "");
+    let config = world_readable(
+        &dir,
+        "mesh.toml",
+        None,
+        "[admin]\nlisten = \"127.0.0.1:4191\"\n[outbound]\nlisten = \"127.0.0.1:4140\"\n\
+         [inbound]\nlisten = \"0.0.0.0:4143\"\napp = \"127.0.0.1:8080\"\ntransparent = true\n\
+         detect_timeout = \"500ms\"\n",
+    );
+    let out = pod.init(&["--proxy-uid", "2102"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let proxy = Command::new("ip")
+        .args([
+            "netns", "exec", &pod.0, "setpriv", "--reuid", "2102", "--regid", "2102",
+        ])
+        .args(["--clear-groups", &bin, "--config", &config])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proxy = Killed(proxy);
+    let ready = (0..100).any(|_| {
+        let probe = pod.run(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/4191 && printf 'GET /ready HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3"]);
+        let up = text(&probe.stdout).starts_with("HTTP/1.1 200");
+        if !up {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a synchronous test waiting for a process it started, with no runtime to block"
+            )]
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        up
+    });
+    assert!(ready, "the proxy never became ready");
+
+    // From the peer, each port of the pod reaches the app's port of that number, through the
+    // one inbound listener.
+    let web = http_get(&peer, "198.18.1.1", 8080, "/");
+    assert!(web.contains(" 200 OK") && web.ends_with("web"), "{web}");
+    let api = http_get(&peer, "198.18.1.1", 9090, "/");
+    assert!(api.contains(" 200 OK") && api.ends_with("api"), "{api}");
+    // A server that speaks first: detected as opaque after the detection timeout, forwarded.
+    assert_eq!(dial(&peer, "0", "198.18.1.1", 3306), "db-banner");
+
+    let metrics = http_get(&pod, "127.0.0.1", 4191, "/metrics");
+    for authority in ["127.0.0.1:8080", "127.0.0.1:9090"] {
+        let series = format!("direction=\"inbound\",authority=\"{authority}\"");
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
