@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use mesh_balance::metrics::BalancerMetrics;
 use mesh_metrics::{Metrics, http::HttpMetrics, retry::RetryMetrics};
-use mesh_stack::config::{DiscoveryConfig, IdentityConfig, ServiceConfig, WorkloadConfig};
+use mesh_stack::config::WorkloadConfig;
+use mesh_stack::config::{DiscoveryConfig, IdentityConfig, OutboundConfig, ServiceConfig};
 use mesh_stack::{Shared, discovery::Sources, identity, outbound::Outbound};
 use serde::Deserialize;
 
@@ -57,9 +58,12 @@ pub async fn build(config_toml: &str, workload: WorkloadConfig) -> anyhow::Resul
         .with_tls(tls)
         .with_request_metrics(HttpMetrics::register(registry));
     let sources = Sources::new(&config.services, &config.discovery, Some(&config.identity)).await?;
+    let outbound_config = OutboundConfig {
+        services: config.services,
+        ..OutboundConfig::default()
+    };
     let outbound = Outbound::new(
-        &config.services,
-        Duration::from_secs(10),
+        &outbound_config,
         &shared,
         &sources,
         &BalancerMetrics::register(registry),

@@ -45,13 +45,17 @@ pub enum RouteError {
 pub struct AuthorityRouter<S> {
     routes: Arc<HashMap<Authority, S>>,
     default_port: u16,
+    /// Where requests whose authority names no service go, instead of a 503: a captured
+    /// connection's original destination.
+    fallback: Option<S>,
 }
 
-impl<S> Clone for AuthorityRouter<S> {
+impl<S: Clone> Clone for AuthorityRouter<S> {
     fn clone(&self) -> Self {
         Self {
             routes: self.routes.clone(),
             default_port: self.default_port,
+            fallback: self.fallback.clone(),
         }
     }
 }
@@ -62,6 +66,17 @@ impl<S> AuthorityRouter<S> {
         Self {
             routes: Arc::new(routes.into_iter().collect()),
             default_port,
+            fallback: None,
+        }
+    }
+
+    /// The same routes (shared, not copied), sending requests whose authority names no
+    /// service to `fallback`.
+    pub fn with_fallback(&self, fallback: S) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            default_port: self.default_port,
+            fallback: Some(fallback),
         }
     }
 
@@ -100,6 +115,11 @@ where
             },
             None => RouteError::NoAuthority,
         };
+        if let Some(fallback) = &self.fallback {
+            return RouteFuture::Routed {
+                inner: fallback.clone().oneshot(req),
+            };
+        }
         RouteFuture::Failed {
             error: Some(ProxyError::new(Cause::UnknownAuthority, error)),
         }
@@ -170,6 +190,32 @@ mod tests {
         let fut = tokio::spawn(router.call(req));
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.uri().path(), "/x");
+        send.send_response(Response::new(Body::Empty));
+        assert!(fut.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_authorities_go_to_the_fallback_when_there_is_one() {
+        let (router, mut known) = router();
+        let (fallback, mut original) = tower_test::mock::pair();
+        let mut router = router.with_fallback(fallback);
+        let req = Request::builder()
+            .uri("/z")
+            .header("host", "198.18.3.100")
+            .body(Body::Empty)
+            .unwrap();
+        let fut = tokio::spawn(router.call(req));
+        let (req, send) = original.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), "/z");
+        send.send_response(Response::new(Body::Empty));
+        assert!(fut.await.unwrap().is_ok());
+        // A known authority still goes to its service.
+        let req = Request::builder()
+            .uri("http://greeter.demo:50051/")
+            .body(Body::Empty)
+            .unwrap();
+        let fut = tokio::spawn(router.call(req));
+        let (_req, send) = known.next_request().await.unwrap();
         send.send_response(Response::new(Body::Empty));
         assert!(fut.await.unwrap().is_ok());
     }

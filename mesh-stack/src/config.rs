@@ -94,6 +94,12 @@ pub struct OutboundConfig {
     pub detect_timeout: Duration,
     /// The services, by authority.
     pub services: Vec<ServiceConfig>,
+    /// Serve connections redirected here by `mesh-proxy init`: each keeps its original
+    /// destination (`SO_ORIGINAL_DST`). A service's virtual address (`addresses`) is balanced
+    /// like its authority; a known endpoint's address is reached over mTLS with its identity;
+    /// any other destination is forwarded as it is (HTTP still counted). A connection made to
+    /// the listener itself is served as without capture.
+    pub transparent: bool,
 }
 
 /// One logical service and its endpoints.
@@ -120,6 +126,10 @@ pub struct ServiceConfig {
     /// The listener of an opaque service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The service's virtual addresses (a Kubernetes Service's ClusterIP and port): a
+    /// captured connection to one of them is this service's, whatever its `Host`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
     /// How requests are balanced over the endpoints.
     #[serde(default)]
     pub balancer: BalancerConfig,
@@ -435,6 +445,7 @@ impl Default for OutboundConfig {
             listen: addr(DEFAULT_OUTBOUND_LISTEN),
             detect_timeout: DEFAULT_DETECT_TIMEOUT,
             services: Vec::new(),
+            transparent: false,
         }
     }
 }

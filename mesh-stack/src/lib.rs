@@ -38,9 +38,9 @@
 //! let shared = Shared::new(WorkloadConfig::default(), &Default::default(), &Default::default())
 //!     .with_request_metrics(mesh_metrics::http::HttpMetrics::register(&mut registry));
 //! let sources = Sources::new(&services, &DiscoveryConfig::default(), None).await?;
+//! let config = mesh_stack::config::OutboundConfig { services, ..Default::default() };
 //! let outbound = Outbound::new(
-//!     &services,
-//!     std::time::Duration::from_secs(10),
+//!     &config,
 //!     &shared,
 //!     &sources,
 //!     &mesh_balance::metrics::BalancerMetrics::register(&mut registry),
@@ -87,6 +87,8 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Request metrics, when requests are counted.
     pub request_metrics: Option<HttpMetrics>,
+    /// How meshed endpoints are reached, once the workload has an identity.
+    pub tls: Option<std::sync::Arc<dyn mesh_core::transport::TlsConnect>>,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Shared {
             server: HttpServer::new(server),
             connect_timeout: client.connect_timeout,
             request_metrics: None,
+            tls: None,
         }
     }
 
@@ -109,7 +112,8 @@ impl Shared {
 
     /// Reaches meshed endpoints over mTLS with `tls` (mesh-tls's connector).
     pub fn with_tls(mut self, tls: std::sync::Arc<dyn mesh_core::transport::TlsConnect>) -> Self {
-        self.client = self.client.with_tls(tls);
+        self.client = self.client.with_tls(tls.clone());
+        self.tls = Some(tls);
         self
     }
 }

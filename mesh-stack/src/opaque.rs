@@ -71,6 +71,23 @@ impl OpaqueService {
         })
     }
 
+    /// A forwarder to one address (a captured connection's original destination), over mTLS
+    /// when `identity` names what it must prove.
+    pub fn to(
+        addr: SocketAddr,
+        identity: Option<Identity>,
+        connect_timeout: Duration,
+        tls: Option<Arc<dyn TlsConnect>>,
+    ) -> Self {
+        Self {
+            authority: addr.to_string().into(),
+            endpoints: Arc::new([(addr, identity)]),
+            next: Arc::new(AtomicUsize::new(0)),
+            connect_timeout,
+            tls,
+        }
+    }
+
     async fn connect(
         &self,
         addr: SocketAddr,

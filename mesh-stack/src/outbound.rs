@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_balance::Balancer;
@@ -37,8 +38,9 @@ use mesh_route::{RouteConfig, RouteTable, Routed};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{Layer as _, ServiceBuilder};
 
-use crate::config::{ServiceConfig, WorkloadConfig};
+use crate::config::{OutboundConfig, ServiceConfig, WorkloadConfig};
 use crate::discovery::Sources;
+use crate::opaque::OpaqueService;
 use crate::{Shared, StackError};
 
 /// One endpoint of an outbound service: its HTTP client, counted.
@@ -126,6 +128,9 @@ pub fn service_stack(
 #[derive(Clone, Debug)]
 pub struct Outbound {
     stack: Respond<AuthorityRouter<HttpService>>,
+    router: AuthorityRouter<HttpService>,
+    /// Captured connections: where their original destinations go (transparent mode).
+    captured: Option<Arc<Captured>>,
     /// The balancer of each service, for routes' backends (and route reloads).
     backends: HashMap<Authority, HttpService>,
     /// The services with routes, and the stack each uses when no route matches.
@@ -136,16 +141,17 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Builds the stack for the HTTP services among `services` (opaque ones have listeners
-    /// of their own), registering their balancers and retries in the metrics given.
+    /// Builds the stack for the HTTP services of `config` (opaque ones have listeners of
+    /// their own), registering their balancers and retries in the metrics given; with
+    /// `config.transparent`, for captured connections too ([`with_capture`](Self::with_capture)).
     pub fn new(
-        services: &[ServiceConfig],
-        detect_timeout: Duration,
+        config: &OutboundConfig,
         shared: &Shared,
         sources: &Sources,
         balancer_metrics: &BalancerMetrics,
         retries: RetryMetrics,
     ) -> Result<Self, StackError> {
+        let (services, detect_timeout) = (&config.services, config.detect_timeout);
         let mut defaults = Vec::new();
         let mut backends = HashMap::new();
         for svc in services.iter().filter(|s| !s.opaque) {
@@ -178,13 +184,20 @@ impl Outbound {
             routed.push((authority.clone(), service.clone(), default));
             routes.push((authority, mesh_core::erase(service)));
         }
-        Ok(Self {
-            stack: Respond::new(AuthorityRouter::new(routes, 80)),
+        let router = AuthorityRouter::new(routes, 80);
+        let outbound = Self {
+            stack: Respond::new(router.clone()),
+            router,
+            captured: None,
             backends,
             routed,
             retries,
             server: shared.server.clone(),
             detect_timeout,
+        };
+        Ok(match config.transparent {
+            true => outbound.with_capture(services, shared),
+            false => outbound,
         })
     }
 
@@ -233,6 +246,104 @@ impl Outbound {
         });
     }
 
+    /// Serves captured connections too (transparent mode): a service's virtual `addresses`
+    /// are balanced like its authority, a known endpoint's address is reached over mTLS with
+    /// its identity, and any other destination is forwarded as it is.
+    pub fn with_capture(mut self, services: &[ServiceConfig], shared: &Shared) -> Self {
+        let mut vips = HashMap::new();
+        let mut vip_opaque = HashMap::new();
+        let mut identities = HashMap::new();
+        for svc in services {
+            for endpoint in &svc.endpoints {
+                if let Some(identity) = endpoint.identity() {
+                    identities.insert(endpoint.addr(), identity.clone());
+                }
+            }
+            let Ok(authority) = Authority::parse(&svc.authority, 80) else {
+                continue;
+            };
+            let service = self.router.lookup(authority.as_str()).cloned();
+            for vip in &svc.addresses {
+                if let Some(service) = &service {
+                    vips.insert(*vip, service.clone());
+                }
+                let forward = OpaqueService::new(svc, shared.connect_timeout, shared.tls.clone());
+                if let Ok(forward) = forward {
+                    vip_opaque.insert(*vip, forward);
+                }
+            }
+        }
+        self.captured = Some(Arc::new(Captured {
+            vips,
+            vip_opaque,
+            identities,
+            shared: shared.clone(),
+        }));
+        self
+    }
+
+    /// Serves one accepted TCP connection: in transparent mode, one that the firewall
+    /// redirected here goes where it was going (read from the socket: one syscall).
+    pub async fn serve_accepted(
+        self,
+        stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
+        peer: SocketAddr,
+        drain: Drain,
+    ) {
+        let original = match &self.captured {
+            Some(_) => {
+                let tcp = stream.get_ref();
+                mesh_core::tcp::original_dst(tcp).filter(|o| tcp.local_addr().ok() != Some(*o))
+            }
+            None => None,
+        };
+        match original {
+            Some(original) => self.serve_captured(stream, peer, original, drain).await,
+            None => self.serve(stream, peer, drain).await,
+        }
+    }
+
+    async fn serve_captured<I>(
+        self,
+        mut stream: I,
+        peer: SocketAddr,
+        original: SocketAddr,
+        drain: Drain,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(captured) = self.captured.clone() else {
+            return;
+        };
+        let Some((protocol, prefix)) =
+            crate::serve::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound").await
+        else {
+            return;
+        };
+        let io = PrefixedIo::new(prefix, stream);
+        if protocol == Protocol::Opaque {
+            let forward = match captured.vip_opaque.get(&original) {
+                Some(forward) => forward.clone(),
+                None => OpaqueService::to(
+                    original,
+                    captured.identities.get(&original).cloned(),
+                    captured.shared.connect_timeout,
+                    captured.shared.tls.clone(),
+                ),
+            };
+            return forward.serve(io, peer).await;
+        }
+        // HTTP: a known authority wins; otherwise where the connection was going.
+        let fallback = match captured.vips.get(&original) {
+            Some(service) => service.clone(),
+            None => captured.passthrough(original),
+        };
+        let stack = Respond::new(self.router.with_fallback(fallback));
+        if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
+            tracing::debug!(%peer, error = %e, "captured outbound connection ended with an error");
+        }
+    }
+
     /// The stack, for composing it elsewhere (the ingress).
     pub fn stack(&self) -> &Respond<AuthorityRouter<HttpService>> {
         &self.stack
@@ -260,6 +371,47 @@ impl Outbound {
         if let Err(e) = self.server.serve(io, protocol, self.stack, &drain).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
         }
+    }
+}
+
+/// Where captured connections go, by original destination.
+#[derive(Debug)]
+struct Captured {
+    /// Services by virtual address.
+    vips: HashMap<SocketAddr, HttpService>,
+    /// The same services' endpoints for opaque TCP (static endpoints only).
+    vip_opaque: HashMap<SocketAddr, OpaqueService>,
+    /// The identity each known endpoint proves, by address: a direct dial to a meshed pod is
+    /// still mutual TLS.
+    identities: HashMap<SocketAddr, mesh_core::identity::Identity>,
+    shared: Shared,
+}
+
+impl Captured {
+    /// HTTP to a destination no service names: sent there as it is, counted under its
+    /// address; over mTLS when it is a known meshed endpoint.
+    fn passthrough(&self, original: SocketAddr) -> HttpService {
+        let name = original.to_string();
+        let labels = RequestLabels {
+            direction: Direction::Outbound.as_str().to_owned(),
+            authority: name.clone(),
+            src_workload: self.shared.workload.name.clone(),
+            src_namespace: self.shared.workload.namespace.clone(),
+            dst_service: name,
+            tls: "false".to_owned(),
+            ..RequestLabels::default()
+        };
+        let mut endpoint = Discovered::new(original);
+        if let Some(identity) = self.identities.get(&original) {
+            endpoint = Discovered::meshed(original, Vec::new(), Some(identity.clone()));
+        }
+        let metrics = self.shared.request_metrics.as_ref();
+        mesh_core::erase(endpoint_stack(
+            &self.shared.client,
+            metrics,
+            &labels,
+            &endpoint,
+        ))
     }
 }
 

@@ -155,11 +155,8 @@ impl Proxy {
         let inbound_counters = inbound::InboundCounters::register(registry);
         let balancers = mesh_balance::metrics::BalancerMetrics::register(registry);
         let retries = mesh_metrics::retry::RetryMetrics::register(registry);
-        let services = &config.outbound.services;
-        let detect_timeout = config.outbound.detect_timeout;
         let outbound = outbound::Outbound::new(
-            services,
-            detect_timeout,
+            &config.outbound,
             &shared,
             &self.sources,
             &balancers,
@@ -175,7 +172,7 @@ impl Proxy {
             drain.clone(),
             "outbound",
             tcp_metrics.listener("outbound", "outbound"),
-            move |stream, peer, drain| outbound.clone().serve(stream, peer, drain),
+            move |stream, peer, drain| outbound.clone().serve_accepted(stream, peer, drain),
         );
         if let (Some(l), Some(inbound_config)) = (self.inbound, &config.inbound) {
             let inbound =
