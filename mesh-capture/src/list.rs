@@ -25,6 +25,20 @@ impl PortList {
         &self.0
     }
 
+    /// Each port or range as written, `22` or `8000-8100` (nftables takes them so too).
+    pub fn items(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect()
+    }
+
     /// No port at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -118,18 +132,7 @@ impl FromStr for CidrList {
 
 impl fmt::Display for PortList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let items: Vec<String> = self
-            .0
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        f.write_str(&items.join(","))
+        f.write_str(&self.items().join(","))
     }
 }
 

@@ -15,19 +15,6 @@ fn set(items: &[String]) -> String {
 
 pub(crate) fn install(c: &Capture) -> Vec<Step> {
     let own_ports = [c.inbound_port, c.outbound_port, c.admin_port].map(|p| p.to_string());
-    let ranges = |ports: &crate::PortList| -> Vec<String> {
-        ports
-            .ranges()
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect()
-    };
     let mut inbound = vec![
         "type nat hook prerouting priority -100; policy accept;".to_owned(),
         format!("tcp dport {} return", set(&own_ports)),
@@ -35,7 +22,7 @@ pub(crate) fn install(c: &Capture) -> Vec<Step> {
     if !c.skip_inbound_ports.is_empty() {
         inbound.push(format!(
             "tcp dport {} return",
-            set(&ranges(&c.skip_inbound_ports))
+            set(&c.skip_inbound_ports.items())
         ));
     }
     inbound.push(format!("meta l4proto tcp redirect to :{}", c.inbound_port));
@@ -50,7 +37,7 @@ pub(crate) fn install(c: &Capture) -> Vec<Step> {
     if !c.skip_outbound_ports.is_empty() {
         outbound.push(format!(
             "tcp dport {} return",
-            set(&ranges(&c.skip_outbound_ports))
+            set(&c.skip_outbound_ports.items())
         ));
     }
     let (v4, v6) = (c.skip_outbound_cidrs.v4(), c.skip_outbound_cidrs.v6());

@@ -125,17 +125,7 @@ pub(crate) fn serve(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::proces
          \x20   c.sendall(b'{tag}')\n\
          \x20   c.close()\n"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the bind: the server says so on its first line.
-    let mut line = String::new();
-    let stdout = child.stdout.as_mut().unwrap();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
-    child
+    listening(ns, &script)
 }
 
 /// Connects from `ns` (as `uid`) to `addr:port`; what the server said before closing. Bash's
@@ -174,16 +164,7 @@ pub(crate) fn serve_http(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::p
          print('listening', flush=True)\n\
          s.serve_forever()\n"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let stdout = child.stdout.as_mut().unwrap();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
-    child
+    listening(ns, &script)
 }
 
 /// `GET path` over HTTP/1.1 from `ns` to `addr:port`; the whole response.
@@ -232,4 +213,18 @@ pub(crate) fn wait_ready(ns: &Netns) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     false
+}
+
+/// Runs the Python server `script` in `ns`; returns once it printed `listening` (its bind done).
+fn listening(ns: &Netns, script: &str) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
 }
