@@ -116,9 +116,12 @@ async fn the_library_stack_balances_routes_retries_and_speaks_mtls() {
         answered.get("api-1").copied(),
     );
     assert_eq!(a.unwrap_or(0) + b.unwrap_or(0), 54, "{answered:?}");
+    // Both live replicas served: the balancer tries an endpoint it has not measured yet. How
+    // the rest is shared follows their latencies (P2C over peak-EWMA), which this test does
+    // not pin down.
     assert!(
-        a.unwrap_or(0) >= 10 && b.unwrap_or(0) >= 10,
-        "spread over both: {answered:?}"
+        a.unwrap_or(0) >= 1 && b.unwrap_or(0) >= 1,
+        "both live replicas served: {answered:?}"
     );
 
     let text = stack
