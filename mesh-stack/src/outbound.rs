@@ -297,51 +297,7 @@ impl Outbound {
             }
             None => None,
         };
-        match original {
-            Some(original) => self.serve_captured(stream, peer, original, drain).await,
-            None => self.serve(stream, peer, drain).await,
-        }
-    }
-
-    async fn serve_captured<I>(
-        self,
-        mut stream: I,
-        peer: SocketAddr,
-        original: SocketAddr,
-        drain: Drain,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let Some(captured) = self.captured.clone() else {
-            return;
-        };
-        let Some((protocol, prefix)) =
-            crate::serve::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound").await
-        else {
-            return;
-        };
-        let io = PrefixedIo::new(prefix, stream);
-        if protocol == Protocol::Opaque {
-            let forward = match captured.vip_opaque.get(&original) {
-                Some(forward) => forward.clone(),
-                None => OpaqueService::to(
-                    original,
-                    captured.identities.get(&original).cloned(),
-                    captured.shared.connect_timeout,
-                    captured.shared.tls.clone(),
-                ),
-            };
-            return forward.serve(io, peer).await;
-        }
-        // HTTP: a known authority wins; otherwise where the connection was going.
-        let fallback = match captured.vips.get(&original) {
-            Some(service) => service.clone(),
-            None => captured.passthrough(original),
-        };
-        let stack = Respond::new(self.router.with_fallback(fallback));
-        if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
-            tracing::debug!(%peer, error = %e, "captured outbound connection ended with an error");
-        }
+        self.serve_to(stream, peer, original, drain).await
     }
 
     /// The stack, for composing it elsewhere (the ingress).
@@ -349,9 +305,23 @@ impl Outbound {
         &self.stack
     }
 
-    /// Serves one accepted connection.
-    pub async fn serve<I>(self, mut stream: I, peer: SocketAddr, drain: Drain)
+    /// Serves one accepted connection (not captured: the app dialled the listener).
+    pub async fn serve<I>(self, stream: I, peer: SocketAddr, drain: Drain)
     where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_to(stream, peer, None, drain).await
+    }
+
+    /// Serves a connection; `original` is where a captured one was going. The one place
+    /// where connections meet the HTTP server, so that the hot path is built once.
+    async fn serve_to<I>(
+        self,
+        mut stream: I,
+        peer: SocketAddr,
+        original: Option<SocketAddr>,
+        drain: Drain,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some((protocol, prefix)) =
@@ -359,16 +329,26 @@ impl Outbound {
         else {
             return;
         };
+        let io = PrefixedIo::new(prefix, stream);
+        let captured = original.zip(self.captured.clone());
         if protocol == Protocol::Opaque {
-            tracing::info!(
-                %peer,
-                read = prefix.len(),
-                "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
-            );
+            match captured {
+                Some((original, captured)) => captured.opaque(original).serve(io, peer).await,
+                None => tracing::info!(
+                    %peer,
+                    "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
+                ),
+            }
             return;
         }
-        let io = PrefixedIo::new(prefix, stream);
-        if let Err(e) = self.server.serve(io, protocol, self.stack, &drain).await {
+        let stack = match captured {
+            None => self.stack,
+            // A known authority wins; otherwise where the connection was going.
+            Some((original, captured)) => {
+                Respond::new(self.router.with_fallback(captured.http(original)))
+            }
+        };
+        if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
         }
     }
@@ -388,6 +368,29 @@ struct Captured {
 }
 
 impl Captured {
+    /// Where captured HTTP goes when its authority names no service: the service whose
+    /// virtual address it was sent to, or the destination itself.
+    fn http(&self, original: SocketAddr) -> HttpService {
+        match self.vips.get(&original) {
+            Some(service) => service.clone(),
+            None => self.passthrough(original),
+        }
+    }
+
+    /// Where captured opaque TCP goes: the endpoints of the service whose virtual address
+    /// it was sent to, or the destination itself (over mTLS when it is a known endpoint).
+    fn opaque(&self, original: SocketAddr) -> OpaqueService {
+        match self.vip_opaque.get(&original) {
+            Some(forward) => forward.clone(),
+            None => OpaqueService::to(
+                original,
+                self.identities.get(&original).cloned(),
+                self.shared.connect_timeout,
+                self.shared.tls.clone(),
+            ),
+        }
+    }
+
     /// HTTP to a destination no service names: sent there as it is, counted under its
     /// address; over mTLS when it is a known meshed endpoint.
     fn passthrough(&self, original: SocketAddr) -> HttpService {
