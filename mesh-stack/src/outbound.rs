@@ -54,16 +54,22 @@ pub fn service_labels(
     authority: &Authority,
 ) -> RequestLabels {
     RequestLabels {
-        direction: Direction::Outbound.as_str().to_owned(),
-        authority: authority.to_string(),
-        src_workload: workload.name.clone(),
-        src_namespace: workload.namespace.clone(),
-        dst_service: authority.to_string(),
         dst_namespace: svc.namespace.clone(),
         dst_workload: svc.workload.clone(),
-        dst_pod: String::new(),
+        ..outbound_labels(workload, authority.as_str())
+    }
+}
+
+/// The labels of outbound requests to `destination`, of which nothing else is known.
+fn outbound_labels(workload: &WorkloadConfig, destination: &str) -> RequestLabels {
+    RequestLabels {
+        direction: Direction::Outbound.as_str().to_owned(),
+        authority: destination.to_owned(),
+        src_workload: workload.name.clone(),
+        src_namespace: workload.namespace.clone(),
+        dst_service: destination.to_owned(),
         tls: "false".to_owned(),
-        peer_identity: String::new(),
+        ..RequestLabels::default()
     }
 }
 
@@ -131,10 +137,11 @@ pub struct Outbound {
     router: AuthorityRouter<HttpService>,
     /// Captured connections: where their original destinations go (transparent mode).
     captured: Option<Arc<Captured>>,
-    /// The balancer of each service, for routes' backends (and route reloads).
-    backends: HashMap<Authority, HttpService>,
+    /// The balancer of each service, for routes' backends (and route reloads). Shared:
+    /// every connection holds a clone of the stack.
+    backends: Arc<HashMap<Authority, HttpService>>,
     /// The services with routes, and the stack each uses when no route matches.
-    routed: Vec<(Authority, Routed, HttpService)>,
+    routed: Arc<[(Authority, Routed, HttpService)]>,
     retries: RetryMetrics,
     server: HttpServer,
     detect_timeout: Duration,
@@ -189,8 +196,8 @@ impl Outbound {
             stack: Respond::new(router.clone()),
             router,
             captured: None,
-            backends,
-            routed,
+            backends: Arc::new(backends),
+            routed: routed.into(),
             retries,
             server: shared.server.clone(),
             detect_timeout,
@@ -205,7 +212,7 @@ impl Outbound {
     /// whose new routes do not compile keeps its old ones (logged). Services themselves (their
     /// endpoints and balancers) change only with a restart.
     pub fn reload_routes(&self, services: &[ServiceConfig]) {
-        for (authority, routed, default) in &self.routed {
+        for (authority, routed, default) in self.routed.iter() {
             let Some(svc) = services
                 .iter()
                 .find(|s| Authority::parse(&s.authority, 80).is_ok_and(|a| &a == authority))
@@ -394,16 +401,7 @@ impl Captured {
     /// HTTP to a destination no service names: sent there as it is, counted under its
     /// address; over mTLS when it is a known meshed endpoint.
     fn passthrough(&self, original: SocketAddr) -> HttpService {
-        let name = original.to_string();
-        let labels = RequestLabels {
-            direction: Direction::Outbound.as_str().to_owned(),
-            authority: name.clone(),
-            src_workload: self.shared.workload.name.clone(),
-            src_namespace: self.shared.workload.namespace.clone(),
-            dst_service: name,
-            tls: "false".to_owned(),
-            ..RequestLabels::default()
-        };
+        let labels = outbound_labels(&self.shared.workload, &original.to_string());
         let mut endpoint = Discovered::new(original);
         if let Some(identity) = self.identities.get(&original) {
             endpoint = Discovered::meshed(original, Vec::new(), Some(identity.clone()));
