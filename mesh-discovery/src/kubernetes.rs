@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -48,10 +48,15 @@ use mesh_core::identity::Identity;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::resolve::{Publisher, Resolution, Resolve, ResolveError};
+use crate::resolve::{
+    Destination, Lookup, LookupError, LookupFuture, Publisher, Resolution, Resolve, ResolveError,
+};
 
 /// The pod label that says the pod runs the mesh proxy (the injector sets it).
 pub const MESHED_LABEL: &str = "mesh.dev/meshed";
+/// The pod annotation that marks ports opaque (`"5432,6379,9000-9010"`): a connection to
+/// one of them is forwarded as TCP (over mTLS when meshed), never sniffed for HTTP.
+pub const OPAQUE_PORTS_ANNOTATION: &str = "mesh.dev/opaque-ports";
 /// How often a watch checks that somebody still follows its service.
 const UNUSED_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -150,6 +155,27 @@ struct Inner {
     config: KubernetesConfig,
     services: Mutex<HashMap<ServiceTarget, Publisher>>,
     namespaces: Mutex<HashMap<String, Namespace>>,
+    /// Started by the first lookup of an address.
+    addresses: OnceLock<AddressIndex>,
+}
+
+/// Every Service's virtual addresses and every pod's addresses, across namespaces: what
+/// [`Lookup`] answers from. `None` until listed once.
+#[derive(Clone)]
+struct AddressIndex {
+    /// ClusterIP and port -> the Service's name, as [`ServiceTarget::parse`] reads it.
+    services: watch::Receiver<Option<Arc<HashMap<SocketAddr, String>>>>,
+    pods: watch::Receiver<Option<Arc<HashMap<IpAddr, Arc<PodAddress>>>>>,
+}
+
+/// A pod, as an address lookup answers it.
+#[derive(Debug)]
+struct PodAddress {
+    name: String,
+    namespace: String,
+    info: PodInfo,
+    /// The ports its annotation [`OPAQUE_PORTS_ANNOTATION`] marks opaque.
+    opaque_ports: Vec<(u16, u16)>,
 }
 
 impl std::fmt::Debug for KubernetesResolve {
@@ -169,6 +195,7 @@ impl KubernetesResolve {
                 config,
                 services: Mutex::new(HashMap::new()),
                 namespaces: Mutex::new(HashMap::new()),
+                addresses: OnceLock::new(),
             }),
         }
     }
@@ -221,12 +248,14 @@ impl KubernetesResolve {
         tokio::spawn(watch_kind::<Service, _>(
             Api::namespaced(client.clone(), namespace),
             namespace.to_owned(),
+            by_name,
             services_tx,
             std::convert::identity,
         ));
         tokio::spawn(watch_kind::<EndpointSlice, _>(
             Api::namespaced(client.clone(), namespace),
             namespace.to_owned(),
+            by_name,
             slices_tx,
             |objects| {
                 let mut by_service: HashMap<String, Vec<Arc<EndpointSlice>>> = HashMap::new();
@@ -250,6 +279,7 @@ impl KubernetesResolve {
         tokio::spawn(watch_kind::<Pod, _>(
             Api::namespaced(client.clone(), namespace),
             namespace.to_owned(),
+            by_name,
             pods_tx,
             move |objects| {
                 Arc::new(
@@ -270,6 +300,199 @@ impl KubernetesResolve {
     }
 }
 
+impl KubernetesResolve {
+    /// The cluster-wide watches of Services and Pods that lookups answer from, started once.
+    fn addresses(&self) -> AddressIndex {
+        self.inner
+            .addresses
+            .get_or_init(|| {
+                let client = &self.inner.client;
+                let (services_tx, services) = watch::channel(None);
+                let (pods_tx, pods) = watch::channel(None);
+                let domain = self.inner.config.cluster_domain.clone();
+                tokio::spawn(watch_kind::<Service, _>(
+                    Api::all(client.clone()),
+                    "*".to_owned(),
+                    by_namespace_and_name,
+                    services_tx,
+                    move |objects| Arc::new(virtual_addresses(&objects, &domain)),
+                ));
+                let trust_domain = self.inner.config.trust_domain.clone();
+                tokio::spawn(watch_kind::<Pod, _>(
+                    Api::all(client.clone()),
+                    "*".to_owned(),
+                    by_namespace_and_name,
+                    pods_tx,
+                    move |objects| Arc::new(pod_addresses(&objects, &trust_domain)),
+                ));
+                AddressIndex { services, pods }
+            })
+            .clone()
+    }
+}
+
+/// Answers from every Service's ClusterIPs and every pod's IPs, across namespaces (one
+/// cluster-wide watch of each, started by the first lookup and kept: a proxy that looks up
+/// addresses itself needs to list Services and Pods cluster-wide; the destination API spares
+/// proxies that). The first lookup waits for both lists; the caller bounds the wait.
+impl Lookup for KubernetesResolve {
+    fn lookup(&self, addr: SocketAddr) -> LookupFuture {
+        let AddressIndex {
+            mut services,
+            mut pods,
+        } = self.addresses();
+        Box::pin(async move {
+            let gone = |_| LookupError {
+                addr,
+                source_name: "kubernetes",
+                reason: "the watch of the Kubernetes API ended".to_owned(),
+            };
+            let services = services
+                .wait_for(Option::is_some)
+                .await
+                .map_err(gone)?
+                .clone()
+                .unwrap_or_default();
+            if let Some(name) = services.get(&addr) {
+                return Ok(Destination::Service(name.clone()));
+            }
+            let pods = pods
+                .wait_for(Option::is_some)
+                .await
+                .map_err(gone)?
+                .clone()
+                .unwrap_or_default();
+            Ok(match pods.get(&addr.ip()) {
+                Some(pod) => Destination::Endpoint(pod_endpoint(pod, addr)),
+                None => Destination::Unknown,
+            })
+        })
+    }
+}
+
+/// ClusterIP:port -> `<svc>.<ns>.svc.<domain>:<port>`, for each TCP port of each Service that
+/// has a virtual address (a headless Service has none: its clients dial pods).
+fn virtual_addresses(
+    services: &BTreeMap<String, Arc<Service>>,
+    domain: &str,
+) -> HashMap<SocketAddr, String> {
+    let mut out = HashMap::new();
+    for service in services.values() {
+        let (Some(name), Some(namespace), Some(spec)) = (
+            service.metadata.name.as_deref(),
+            service.metadata.namespace.as_deref(),
+            service.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let ips = spec
+            .cluster_ips
+            .clone()
+            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+            .unwrap_or_default();
+        for ip in ips.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+            for port in spec.ports.iter().flatten() {
+                let tcp = port.protocol.as_deref().is_none_or(|p| p == "TCP");
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                if tcp {
+                    out.insert(
+                        SocketAddr::new(ip, number),
+                        format!("{name}.{namespace}.svc.{domain}:{number}"),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each running pod's IPs (not those of host-network pods: those are the node's).
+fn pod_addresses(
+    pods: &BTreeMap<String, Arc<Pod>>,
+    trust_domain: &str,
+) -> HashMap<IpAddr, Arc<PodAddress>> {
+    let mut out = HashMap::new();
+    for pod in pods.values() {
+        let (Some(name), Some(namespace), Some(status)) = (
+            pod.metadata.name.as_deref(),
+            pod.metadata.namespace.as_deref(),
+            pod.status.as_ref(),
+        ) else {
+            continue;
+        };
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if host_network || finished {
+            continue;
+        }
+        let opaque_ports = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OPAQUE_PORTS_ANNOTATION))
+            .map(|ports| parse_port_ranges(ports, name))
+            .unwrap_or_default();
+        let address = Arc::new(PodAddress {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            info: pod_info(pod, namespace, trust_domain),
+            opaque_ports,
+        });
+        let ips = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.clone())
+            .chain(status.pod_ip.clone());
+        for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+            out.insert(ip, address.clone());
+        }
+    }
+    out
+}
+
+/// `"5432,6379,9000-9010"`; an entry that does not parse is skipped, logged.
+fn parse_port_ranges(list: &str, pod: &str) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
+        match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+            (Ok(low), Ok(high)) if low <= high => out.push((low, high)),
+            _ => {
+                tracing::warn!(%pod, %entry, annotation = OPAQUE_PORTS_ANNOTATION, "not a port or a range of ports; ignored")
+            }
+        }
+    }
+    out
+}
+
+/// The endpoint a pod's address is: its identity when meshed, and `protocol = "opaque"` when
+/// its annotation marks the port opaque.
+fn pod_endpoint(pod: &PodAddress, addr: SocketAddr) -> Endpoint {
+    let mut labels = vec![
+        ("namespace".to_owned(), pod.namespace.clone()),
+        ("pod".to_owned(), pod.name.clone()),
+    ];
+    if let Some(workload) = &pod.info.workload {
+        labels.push(("workload".to_owned(), workload.clone()));
+    }
+    let port = addr.port();
+    if pod
+        .opaque_ports
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&port))
+    {
+        labels.push(("protocol".to_owned(), "opaque".to_owned()));
+    }
+    Endpoint::meshed(addr, labels, pod.info.identity.clone())
+}
+
 impl Resolve for KubernetesResolve {
     fn resolve(&self, name: &str) -> Result<Resolution, ResolveError> {
         Ok(self.publisher(name)?.subscribe())
@@ -287,20 +510,38 @@ struct Known<K> {
     objects: BTreeMap<String, Arc<K>>,
     relisting: Option<BTreeMap<String, Arc<K>>>,
     synced: bool,
+    key: Key,
+}
+
+/// How a watch keys its objects: by name within a namespace, by `namespace/name` across them.
+type Key = fn(&kube::api::ObjectMeta) -> String;
+
+fn by_name(meta: &kube::api::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+fn by_namespace_and_name(meta: &kube::api::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }
 
 impl<K: kube::Resource> Known<K> {
-    fn new() -> Self {
+    fn new(key: Key) -> Self {
         Self {
             objects: BTreeMap::new(),
             relisting: None,
             synced: false,
+            key,
         }
     }
 
     /// Applies one event; true when the known objects changed.
     fn apply(&mut self, event: Event<K>) -> bool {
-        let name = |k: &K| k.meta().name.clone().unwrap_or_default();
+        let key = self.key;
+        let name = |k: &K| key(k.meta());
         match event {
             Event::Init => {
                 self.relisting = Some(BTreeMap::new());
@@ -337,6 +578,7 @@ impl<K: kube::Resource> Known<K> {
 async fn watch_kind<K, V>(
     api: Api<K>,
     namespace: String,
+    key: Key,
     tx: watch::Sender<Option<V>>,
     view: impl Fn(Objects<K>) -> V + Send + 'static,
 ) where
@@ -354,7 +596,7 @@ async fn watch_kind<K, V>(
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut known = Known::<K>::new();
+    let mut known = Known::<K>::new(key);
     let kind = std::any::type_name::<K>()
         .rsplit("::")
         .next()

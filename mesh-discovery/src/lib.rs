@@ -70,5 +70,6 @@ pub mod remote;
 pub mod resolve;
 
 pub use resolve::{
-    EndpointSet, Publish, Publisher, Resolution, Resolve, ResolveError, StaticResolve,
+    Destination, EndpointSet, Lookup, LookupError, LookupFuture, Publish, Publisher, Resolution,
+    Resolve, ResolveError, StaticResolve,
 };

@@ -35,7 +35,10 @@ use mesh_core::endpoint::Endpoint;
 use mesh_core::identity::Identity;
 use tonic::{Request, Response, Status};
 
-use crate::resolve::{EndpointSet, Publish, Publisher, Resolution, Resolve, ResolveError};
+use crate::resolve::{
+    Destination, EndpointSet, Lookup, LookupError, LookupFuture, Publish, Publisher, Resolution,
+    Resolve, ResolveError,
+};
 
 /// Generated gRPC code.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -57,12 +60,23 @@ const UNUSED_CHECK: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct DestinationService {
     source: Arc<dyn Publish>,
+    lookup: Option<Arc<dyn Lookup>>,
 }
 
 impl DestinationService {
     /// Serves `source`.
     pub fn new(source: Arc<dyn Publish>) -> Self {
-        Self { source }
+        Self {
+            source,
+            lookup: None,
+        }
+    }
+
+    /// Answers `Lookup` (what an IP and port is) from `lookup`; without it, `Lookup` is
+    /// UNIMPLEMENTED.
+    pub fn with_lookup(mut self, lookup: Arc<dyn Lookup>) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// The tonic service.
@@ -74,15 +88,16 @@ impl DestinationService {
 /// The message of a set.
 pub fn update(set: &EndpointSet) -> proto::Update {
     proto::Update {
-        endpoints: set
-            .values()
-            .map(|e| proto::Endpoint {
-                addr: e.addr.to_string(),
-                identity: e.identity().map(|i| i.uri().to_owned()).unwrap_or_default(),
-                labels: e.meta.labels.iter().cloned().collect(),
-            })
-            .collect(),
+        endpoints: set.values().map(endpoint_message).collect(),
         exists: true,
+    }
+}
+
+fn endpoint_message(e: &Endpoint) -> proto::Endpoint {
+    proto::Endpoint {
+        addr: e.addr.to_string(),
+        identity: e.identity().map(|i| i.uri().to_owned()).unwrap_or_default(),
+        labels: e.meta.labels.iter().cloned().collect(),
     }
 }
 
@@ -92,29 +107,29 @@ pub fn endpoints(update: proto::Update) -> Vec<Endpoint> {
         .endpoints
         .into_iter()
         .filter_map(|e| {
-            let addr: SocketAddr = match e.addr.parse() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    tracing::warn!(addr = %e.addr, "destination API sent a malformed address; skipped");
-                    return None;
-                }
-            };
-            let identity = if e.identity.is_empty() {
-                None
-            } else {
-                match Identity::parse(&e.identity) {
-                    Ok(id) => Some(id),
-                    Err(err) => {
-                        tracing::warn!(%addr, error = %err, "destination API sent a malformed identity; endpoint skipped");
-                        return None;
-                    }
-                }
-            };
-            let mut labels: Vec<(String, String)> = e.labels.into_iter().collect();
-            labels.sort();
-            Some(Endpoint::meshed(addr, labels, identity))
+            endpoint(e)
+                .map_err(|why| tracing::warn!("{why}; skipped"))
+                .ok()
         })
         .collect()
+}
+
+/// One endpoint of a message, or what is wrong with it.
+fn endpoint(e: proto::Endpoint) -> Result<Endpoint, String> {
+    let addr: SocketAddr = e
+        .addr
+        .parse()
+        .map_err(|_| format!("destination API sent a malformed address {:?}", e.addr))?;
+    let identity = if e.identity.is_empty() {
+        None
+    } else {
+        Some(Identity::parse(&e.identity).map_err(|err| {
+            format!("destination API sent a malformed identity for {addr}: {err}")
+        })?)
+    };
+    let mut labels: Vec<(String, String)> = e.labels.into_iter().collect();
+    labels.sort();
+    Ok(Endpoint::meshed(addr, labels, identity))
 }
 
 type UpdateStream = Pin<Box<dyn futures_core::Stream<Item = Result<proto::Update, Status>> + Send>>;
@@ -122,6 +137,29 @@ type UpdateStream = Pin<Box<dyn futures_core::Stream<Item = Result<proto::Update
 #[tonic::async_trait]
 impl proto::destination_server::Destination for DestinationService {
     type ResolveStream = UpdateStream;
+
+    async fn lookup(
+        &self,
+        request: Request<proto::LookupRequest>,
+    ) -> Result<Response<proto::LookupReply>, Status> {
+        let lookup = self
+            .lookup
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server looks up no addresses"))?;
+        let asked = request.into_inner().addr;
+        let addr: SocketAddr = asked.parse().map_err(|_| {
+            Status::invalid_argument(format!("{asked:?} is not an ip:port address"))
+        })?;
+        let target = match lookup.lookup(addr).await {
+            Ok(Destination::Service(name)) => Some(proto::lookup_reply::Target::Service(name)),
+            Ok(Destination::Endpoint(e)) => {
+                Some(proto::lookup_reply::Target::Endpoint(endpoint_message(&e)))
+            }
+            Ok(Destination::Unknown) => None,
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(proto::LookupReply { target }))
+    }
 
     async fn resolve(
         &self,
@@ -211,6 +249,34 @@ impl Publish for RemoteResolve {
 impl Resolve for RemoteResolve {
     fn resolve(&self, name: &str) -> Result<Resolution, ResolveError> {
         Ok(self.publisher(name)?.subscribe())
+    }
+}
+
+/// Asks the controller; an error (the controller unreachable, or serving no lookups) is the
+/// caller's to handle: it forwards the connection as it is.
+impl Lookup for RemoteResolve {
+    fn lookup(&self, addr: SocketAddr) -> LookupFuture {
+        let mut client = self.inner.client.clone();
+        Box::pin(async move {
+            let failed = |reason: String| LookupError {
+                addr,
+                source_name: "destination",
+                reason,
+            };
+            let reply = client
+                .lookup(proto::LookupRequest {
+                    addr: addr.to_string(),
+                })
+                .await
+                .map_err(|s| failed(format!("{:?}: {}", s.code(), s.message())))?;
+            Ok(match reply.into_inner().target {
+                None => Destination::Unknown,
+                Some(proto::lookup_reply::Target::Service(name)) => Destination::Service(name),
+                Some(proto::lookup_reply::Target::Endpoint(e)) => {
+                    Destination::Endpoint(endpoint(e).map_err(failed)?)
+                }
+            })
+        })
     }
 }
 

@@ -53,6 +53,44 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
     fn resolve(&self, name: &str) -> Result<Resolution, ResolveError>;
 }
 
+/// What an address is, as a source knows it: what the proxy needs to mesh a captured
+/// connection whose destination no configured service names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Destination {
+    /// A service's virtual address (a ClusterIP and port): the service's name, which the
+    /// same source resolves into endpoints.
+    Service(String),
+    /// One endpoint (a pod's address and port), with the identity it proves and its hints
+    /// (label `protocol`: `opaque`, `http1`, `h2`).
+    Endpoint(Endpoint),
+    /// Nothing the source knows: the connection goes where it was going, as it is.
+    Unknown,
+}
+
+/// The answer of a [`Lookup`].
+pub type LookupFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Destination, LookupError>> + Send>>;
+
+/// Why a lookup has no answer (the proxy then forwards the connection as it is).
+#[derive(Debug, thiserror::Error)]
+#[error("looking up {addr} in the {source_name} source: {reason}")]
+pub struct LookupError {
+    /// The address asked about.
+    pub addr: SocketAddr,
+    /// The source.
+    pub source_name: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Tells what is behind an IP and port: a source that knows services' virtual addresses and
+/// pods' addresses (Kubernetes, and the destination API that serves it).
+pub trait Lookup: fmt::Debug + Send + Sync + 'static {
+    /// What `addr` is. Called once per captured connection to an address not known yet, so
+    /// it may take a round trip; callers cache the answer.
+    fn lookup(&self, addr: SocketAddr) -> LookupFuture;
+}
+
 /// Where a source publishes a service's endpoint sets.
 #[derive(Debug, Clone)]
 pub struct Publisher {

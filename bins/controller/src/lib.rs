@@ -10,8 +10,10 @@
 //! so proxies verify it against the trust anchors they already have.
 //!
 //! With a `[destination]` section it also serves the destination API
-//! (`mesh.destination.v1.Destination/Resolve`) on the same port: the endpoints of Kubernetes
-//! Services, watched once here for every proxy (mesh-discovery's Kubernetes source).
+//! (`mesh.destination.v1.Destination`) on the same port: `Resolve`, the endpoints of
+//! Kubernetes Services, and `Lookup`, what an IP and port is (a Service's ClusterIP, a pod's
+//! address with its identity), both watched once here for every proxy (mesh-discovery's
+//! Kubernetes source).
 //!
 //! # Example
 //!
@@ -106,9 +108,11 @@ impl Controller {
                     k8s.cluster_domain = domain.clone();
                 }
                 let source = mesh_discovery::kubernetes::KubernetesResolve::new(client, k8s);
-                Some(mesh_discovery::remote::DestinationService::new(Arc::new(
-                    source,
-                )))
+                // One set of watches answers both: endpoints by name, and what an address is.
+                Some(
+                    mesh_discovery::remote::DestinationService::new(Arc::new(source.clone()))
+                        .with_lookup(Arc::new(source)),
+                )
             }
             None => None,
         };

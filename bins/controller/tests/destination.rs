@@ -373,3 +373,104 @@ async fn five_hundred_streams_over_two_hundred_services() {
 
     controller.stop();
 }
+
+/// `Lookup`: what a captured connection's original destination is. A Service's ClusterIP and
+/// port name the Service; a pod's IP is that pod, with its identity when meshed and the
+/// ports its annotation marks opaque; anything else is unknown; a Service added later is
+/// known once its watch event arrives; an address that does not parse is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_are_looked_up() {
+    use mesh_discovery::{Destination, Lookup as _};
+    let pki = Pki::new("lookup");
+    let api = FakeApiServer::start().await;
+    api.apply::<Service>(
+        serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "data"},
+            "spec": {"clusterIP": "198.18.9.10", "clusterIPs": ["198.18.9.10"],
+                     "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap(),
+    );
+    api.apply::<Pod>(
+        serde_json::from_value(json!({
+            "metadata": {"name": "db-0", "namespace": "data",
+                         "labels": {"app": "db", "mesh.dev/meshed": "true"},
+                         "annotations": {"mesh.dev/opaque-ports": "5432, 9000-9001"}},
+            "spec": {"serviceAccountName": "db", "containers": []},
+            "status": {"phase": "Running", "podIP": "198.18.9.20",
+                       "podIPs": [{"ip": "198.18.9.20"}]}
+        }))
+        .unwrap(),
+    );
+    let listen = free_addr();
+    let controller = ControllerProcess::start(&pki, &api, listen);
+    wait_until_serving(&pki, listen).await;
+    let resolve = RemoteResolve::new(channel(&pki, controller.addr));
+    let lookup = |addr: &str| {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let answer = resolve.lookup(addr);
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("no answer within 10 s")
+                .unwrap()
+        }
+    };
+
+    assert_eq!(
+        lookup("198.18.9.10:5432").await,
+        Destination::Service("db.data.svc.cluster.local:5432".into())
+    );
+    // A UDP port is nothing a TCP connection can be meant for; an unlisted port neither.
+    assert_eq!(lookup("198.18.9.10:53").await, Destination::Unknown);
+    assert_eq!(lookup("198.18.9.10:80").await, Destination::Unknown);
+    match lookup("198.18.9.20:9001").await {
+        Destination::Endpoint(e) => {
+            assert_eq!(e.addr.to_string(), "198.18.9.20:9001");
+            assert_eq!(
+                e.identity().map(|i| i.uri()),
+                Some("spiffe://cluster.local/ns/data/sa/db")
+            );
+            assert_eq!(e.label("pod"), Some("db-0"));
+            assert_eq!(e.label("protocol"), Some("opaque"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match lookup("198.18.9.20:8080").await {
+        Destination::Endpoint(e) => assert_eq!(e.label("protocol"), None),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lookup("198.18.9.99:80").await, Destination::Unknown);
+
+    // A Service that appears later is known once its event arrives.
+    api.apply(
+        serde_json::from_value::<Service>(json!({
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"clusterIPs": ["198.18.9.11"], "ports": [{"port": 80}]}
+        }))
+        .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lookup("198.18.9.11:80").await == Destination::Unknown {
+        assert!(
+            Instant::now() < deadline,
+            "the new Service never became known"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        lookup("198.18.9.11:80").await,
+        Destination::Service("web.demo.svc.cluster.local:80".into())
+    );
+
+    let mut raw = DestinationClient::new(channel(&pki, controller.addr));
+    let refused = raw
+        .lookup(mesh_discovery::remote::proto::LookupRequest {
+            addr: "not-an-address".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("not-an-address"), "{refused:?}");
+}
