@@ -17,6 +17,7 @@ use mesh_balance::BalancerConfig;
 use mesh_core::config::{Invalid, check_duration, format_duration};
 use mesh_core::endpoint::Authority;
 use mesh_core::identity::Identity;
+use mesh_core::ports::PortSet;
 use serde::{Deserialize, Serialize};
 
 /// Default admin listener (`/ready`, `/live`, `/config`).
@@ -100,6 +101,31 @@ pub struct OutboundConfig {
     /// any other destination is forwarded as it is (HTTP still counted). A connection made to
     /// the listener itself is served as without capture.
     pub transparent: bool,
+    /// Captured connections to these original ports are forwarded as TCP at once (over mTLS
+    /// to a meshed endpoint), never sniffed for HTTP: protocols whose server speaks first, or
+    /// that are not HTTP. Default: linkerd's list, 25, 587, 3306, 4444, 5432, 6379, 9300,
+    /// 11211. Ports and ranges: `[5432, "9000-9010"]`.
+    #[serde(rename = "opaque-ports", alias = "opaque_ports")]
+    pub opaque_ports: PortSet,
+    /// Where captured connections to addresses that no configured service names are looked
+    /// up: `"destination"` (the controller's destination API), `"kubernetes"` (the API
+    /// server directly: the proxy lists Services and Pods cluster-wide) or `"none"`. A
+    /// Service's ClusterIP is then balanced over its endpoints, a pod's address is reached
+    /// over mTLS with its identity; what the source does not know is forwarded as it is.
+    pub lookup: AddressLookup,
+}
+
+/// Where captured connections' original destinations are looked up.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressLookup {
+    /// Nowhere: only the configured services' `addresses` and endpoints are known.
+    #[default]
+    None,
+    /// The Kubernetes API (settings of `[discovery.kubernetes]`).
+    Kubernetes,
+    /// The controller's destination API (settings of `[discovery.destination]`).
+    Destination,
 }
 
 /// One logical service and its endpoints.
@@ -149,6 +175,36 @@ pub struct ServiceConfig {
     /// The namespace of that workload, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+}
+
+impl ServiceConfig {
+    /// A service known only by its name (one that discovery found by its address): default
+    /// balancer, timeout and no retries; metrics name the namespace that a Kubernetes name
+    /// (`<svc>.<ns>.svc...`) holds.
+    pub fn named(authority: &str) -> Self {
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host);
+        let namespace = match host.split('.').collect::<Vec<_>>()[..] {
+            [_, namespace, "svc", ..] => namespace.to_owned(),
+            _ => String::new(),
+        };
+        Self {
+            authority: authority.to_owned(),
+            endpoints: Vec::new(),
+            discovery: DiscoverySource::default(),
+            resolve: None,
+            opaque: false,
+            listen: None,
+            addresses: Vec::new(),
+            balancer: BalancerConfig::default(),
+            timeout: mesh_core::timeout::TimeoutConfig::default(),
+            retry: None,
+            routes: Vec::new(),
+            workload: String::new(),
+            namespace,
+        }
+    }
 }
 
 /// Where a service's endpoints come from.
@@ -310,6 +366,14 @@ pub struct InboundConfig {
     /// to `app`.
     #[serde(default)]
     pub transparent: bool,
+    /// App ports whose connections are forwarded as TCP once the mesh's TLS (if any) is
+    /// terminated, never sniffed for HTTP. Default: linkerd's list, as for `[outbound]`.
+    #[serde(
+        default = "PortSet::default_opaque",
+        rename = "opaque-ports",
+        alias = "opaque_ports"
+    )]
+    pub opaque_ports: PortSet,
 }
 
 /// Who may call a port.
@@ -446,6 +510,8 @@ impl Default for OutboundConfig {
             detect_timeout: DEFAULT_DETECT_TIMEOUT,
             services: Vec::new(),
             transparent: false,
+            opaque_ports: PortSet::default_opaque(),
+            lookup: AddressLookup::None,
         }
     }
 }

@@ -19,10 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::endpoint::Authority;
-use mesh_discovery::{Resolution, Resolve, StaticResolve};
+use mesh_discovery::kubernetes::KubernetesResolve;
+use mesh_discovery::remote::RemoteResolve;
+use mesh_discovery::{Lookup, Publish, Resolution, Resolve, StaticResolve};
 
 use crate::StackError;
-use crate::config::{DiscoveryConfig, DiscoverySource, IdentityConfig, ServiceConfig};
+use crate::config::{
+    AddressLookup, DiscoveryConfig, DiscoverySource, IdentityConfig, ServiceConfig,
+};
 
 /// How often the services file is compared with what was read, beside the watcher's events.
 const FILE_POLL: Duration = Duration::from_secs(1);
@@ -32,8 +36,19 @@ const FILE_POLL: Duration = Duration::from_secs(1);
 pub struct Sources {
     file: Option<Arc<dyn Resolve>>,
     dns: Option<Arc<dyn Resolve>>,
-    kubernetes: Option<Arc<dyn Resolve>>,
-    destination: Option<Arc<dyn Resolve>>,
+    kubernetes: Option<KubernetesResolve>,
+    destination: Option<RemoteResolve>,
+}
+
+/// A source that tells what an address is, and resolves the services it names.
+#[derive(Clone, Debug)]
+pub struct AddressSource {
+    /// The source's name, for logs.
+    pub name: &'static str,
+    /// What an address is.
+    pub lookup: Arc<dyn Lookup>,
+    /// The endpoints of a service it named.
+    pub publish: Arc<dyn Publish>,
 }
 
 impl Sources {
@@ -59,60 +74,51 @@ impl Sources {
             sources.dns = Some(Arc::new(dns));
         }
         if uses(DiscoverySource::Kubernetes) {
-            let k8s = &discovery.kubernetes;
-            let kube_config = match &k8s.api {
-                Some(url) => kube::Config::new(
-                    url.parse::<http::Uri>()
-                        .map_err(setup("discovery.kubernetes.api"))?,
-                ),
-                None => kube::Config::infer()
-                    .await
-                    .map_err(|e| StackError::Discovery {
-                        key: "discovery.kubernetes",
-                        source: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
-                    })?,
-            };
-            let client =
-                kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))?;
-            sources.kubernetes = Some(Arc::new(
-                mesh_discovery::kubernetes::KubernetesResolve::new(client, k8s.source.clone()),
-            ));
+            sources.kubernetes = Some(kubernetes(discovery).await?);
         }
         if uses(DiscoverySource::Destination) {
-            let destination = &discovery.destination;
-            let missing = |key: &'static str, why: &str| StackError::Discovery {
-                key,
-                source: why.to_owned().into(),
-            };
-            let addr = destination
-                .controller
-                .or(identity.and_then(|i| i.controller))
-                .ok_or_else(|| missing("discovery.destination.controller", "not set"))?;
-            let controller = destination
-                .controller_identity
-                .clone()
-                .or(identity.and_then(|i| i.controller_identity.clone()))
-                .ok_or_else(|| {
-                    missing(
-                        "discovery.destination.controller_identity",
-                        "not set (nor identity.controller_identity)",
-                    )
-                })?;
-            let trust = identity.map(|i| i.trust_anchors.clone()).ok_or_else(|| {
-                missing(
-                    "discovery.destination",
-                    "discovery = \"destination\" needs [identity] (its trust anchors verify the controller)",
-                )
-            })?;
-            let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&trust)
-                .map_err(setup("identity.trust_anchors"))?;
-            let channel = mesh_tls::api::controller_channel(addr, &controller, &trust, None)
-                .map_err(setup("discovery.destination"))?;
-            sources.destination = Some(Arc::new(mesh_discovery::remote::RemoteResolve::new(
-                channel,
-            )));
+            sources.destination = Some(destination(discovery, identity)?);
         }
         Ok(sources)
+    }
+
+    /// Starts the source that `lookup` names, if no service started it, so that
+    /// [`address_source`](Self::address_source) has it.
+    pub async fn with_lookup(
+        mut self,
+        lookup: AddressLookup,
+        discovery: &DiscoveryConfig,
+        identity: Option<&IdentityConfig>,
+    ) -> Result<Self, StackError> {
+        match lookup {
+            AddressLookup::None => {}
+            AddressLookup::Kubernetes if self.kubernetes.is_none() => {
+                self.kubernetes = Some(kubernetes(discovery).await?);
+            }
+            AddressLookup::Destination if self.destination.is_none() => {
+                self.destination = Some(destination(discovery, identity)?);
+            }
+            AddressLookup::Kubernetes | AddressLookup::Destination => {}
+        }
+        Ok(self)
+    }
+
+    /// The source that looks addresses up, as `lookup` names it (started by
+    /// [`with_lookup`](Self::with_lookup)).
+    pub fn address_source(&self, lookup: AddressLookup) -> Option<AddressSource> {
+        match lookup {
+            AddressLookup::None => None,
+            AddressLookup::Kubernetes => self.kubernetes.as_ref().map(|k| AddressSource {
+                name: "kubernetes",
+                lookup: Arc::new(k.clone()),
+                publish: Arc::new(k.clone()),
+            }),
+            AddressLookup::Destination => self.destination.as_ref().map(|d| AddressSource {
+                name: "destination",
+                lookup: Arc::new(d.clone()),
+                publish: Arc::new(d.clone()),
+            }),
+        }
     }
 
     /// The endpoint stream of `svc`.
@@ -135,17 +141,74 @@ impl Sources {
                 .resolve(&name)
                 .map_err(failed);
             }
-            DiscoverySource::File => &self.file,
-            DiscoverySource::Dns => &self.dns,
-            DiscoverySource::Kubernetes => &self.kubernetes,
-            DiscoverySource::Destination => &self.destination,
+            DiscoverySource::File => self.file.as_deref(),
+            DiscoverySource::Dns => self.dns.as_deref(),
+            DiscoverySource::Kubernetes => self.kubernetes.as_ref().map(|k| k as &dyn Resolve),
+            DiscoverySource::Destination => self.destination.as_ref().map(|d| d as &dyn Resolve),
         };
-        let source = source.as_ref().ok_or_else(|| StackError::Discovery {
+        let source = source.ok_or_else(|| StackError::Discovery {
             key: "discovery",
             source: format!("discovery source {} is not set up", svc.discovery.as_str()).into(),
         })?;
         source.resolve(&name).map_err(failed)
     }
+}
+
+/// The Kubernetes source, with the API server of `[discovery.kubernetes]` (or the pod's own).
+async fn kubernetes(discovery: &DiscoveryConfig) -> Result<KubernetesResolve, StackError> {
+    let k8s = &discovery.kubernetes;
+    let kube_config = match &k8s.api {
+        Some(url) => kube::Config::new(
+            url.parse::<http::Uri>()
+                .map_err(setup("discovery.kubernetes.api"))?,
+        ),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| StackError::Discovery {
+                key: "discovery.kubernetes",
+                source: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
+            })?,
+    };
+    let client = kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))?;
+    Ok(KubernetesResolve::new(client, k8s.source.clone()))
+}
+
+/// The destination API's client: the controller of `[discovery.destination]`, or that of
+/// `[identity]`, verified with the identity's trust anchors.
+fn destination(
+    discovery: &DiscoveryConfig,
+    identity: Option<&IdentityConfig>,
+) -> Result<RemoteResolve, StackError> {
+    let destination = &discovery.destination;
+    let missing = |key: &'static str, why: &str| StackError::Discovery {
+        key,
+        source: why.to_owned().into(),
+    };
+    let addr = destination
+        .controller
+        .or(identity.and_then(|i| i.controller))
+        .ok_or_else(|| missing("discovery.destination.controller", "not set"))?;
+    let controller = destination
+        .controller_identity
+        .clone()
+        .or(identity.and_then(|i| i.controller_identity.clone()))
+        .ok_or_else(|| {
+            missing(
+                "discovery.destination.controller_identity",
+                "not set (nor identity.controller_identity)",
+            )
+        })?;
+    let trust = identity.map(|i| i.trust_anchors.clone()).ok_or_else(|| {
+        missing(
+            "discovery.destination",
+            "the destination API needs [identity] (its trust anchors verify the controller)",
+        )
+    })?;
+    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&trust)
+        .map_err(setup("identity.trust_anchors"))?;
+    let channel = mesh_tls::api::controller_channel(addr, &controller, &trust, None)
+        .map_err(setup("discovery.destination"))?;
+    Ok(RemoteResolve::new(channel))
 }
 
 /// Names the configuration key of a source that could not be set up.

@@ -43,6 +43,7 @@ use mesh_core::drain::Drain;
 use mesh_core::endpoint::Direction;
 use mesh_core::error::{Cause, ProxyError};
 use mesh_core::identity::PeerTls;
+use mesh_core::ports::PortSet;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::{Body, BoxError, tcp};
 use mesh_metrics::http::{HttpMetrics, RequestLabels};
@@ -68,6 +69,8 @@ pub struct Inbound {
     /// The policies of particular ports, and of the rest.
     port_policies: Arc<[PortPolicy]>,
     default_policy: Arc<Policy>,
+    /// App ports forwarded as TCP, never sniffed.
+    opaque_ports: Arc<PortSet>,
     client: HttpClient,
     server: HttpServer,
     detect_timeout: Duration,
@@ -147,12 +150,20 @@ impl Inbound {
                 }));
         let port_policies: Arc<[PortPolicy]> = inbound.ports.clone().into();
         let default_policy = Arc::new(default_policy);
-        let app = AppPort::new(inbound.app, &shared.client, &port_policies, &default_policy);
+        let opaque_ports = Arc::new(inbound.opaque_ports.clone());
+        let app = AppPort::new(
+            inbound.app,
+            &shared.client,
+            &port_policies,
+            &default_policy,
+            &opaque_ports,
+        );
         Self {
             app,
             ports: inbound.transparent.then(Arc::default),
             port_policies,
             default_policy,
+            opaque_ports,
             client: shared.client.clone(),
             server: shared.server.clone(),
             detect_timeout: inbound.detect_timeout,
@@ -258,6 +269,7 @@ impl Inbound {
                     &self.client,
                     &self.port_policies,
                     &self.default_policy,
+                    &self.opaque_ports,
                 )
             })
             .clone()
@@ -292,8 +304,9 @@ impl Inbound {
     {
         let denial = Self::denial(&app, &tls);
         let port = app.addr.port();
-        // TLS that is not ours is opaque by definition: no HTTP detection inside it.
-        let (protocol, prefix) = if tls == PeerTls::Passthrough {
+        // TLS that is not ours is opaque by definition: no HTTP detection inside it; nor on a
+        // port marked opaque.
+        let (protocol, prefix) = if tls == PeerTls::Passthrough || app.opaque {
             (Protocol::Opaque, Bytes::new())
         } else {
             match crate::serve::detect_protocol(&mut io, self.detect_timeout, peer, "inbound").await
@@ -302,14 +315,18 @@ impl Inbound {
                 None => return,
             }
         };
-        if protocol == Protocol::Opaque && prefix.is_empty() && tls != PeerTls::Passthrough {
+        if protocol == Protocol::Opaque
+            && prefix.is_empty()
+            && tls != PeerTls::Passthrough
+            && !app.opaque
+        {
             // Nothing arrived within the detection timeout: a protocol whose server speaks
             // first. It works, one timeout late on every connection.
             tracing::info!(
                 %peer,
                 port,
                 timeout = ?self.detect_timeout,
-                "the client sent nothing before the detection timeout: forwarding as opaque TCP; mark port {port} opaque to skip the wait"
+                "the client sent nothing before the detection timeout: forwarding as opaque TCP; add port {port} to inbound opaque-ports to skip the wait"
             );
         }
         let mut io = PrefixedIo::new(prefix, io);
@@ -392,6 +409,8 @@ struct AppPort {
     addr: SocketAddr,
     client: EndpointClient,
     policy: Arc<Policy>,
+    /// Forwarded as TCP, never sniffed.
+    opaque: bool,
 }
 
 impl AppPort {
@@ -400,6 +419,7 @@ impl AppPort {
         client: &HttpClient,
         port_policies: &[PortPolicy],
         default_policy: &Arc<Policy>,
+        opaque_ports: &PortSet,
     ) -> Self {
         let policy = port_policies
             .iter()
@@ -409,6 +429,7 @@ impl AppPort {
             addr,
             client: client.endpoint(addr),
             policy,
+            opaque: opaque_ports.contains(addr.port()),
         }
     }
 }

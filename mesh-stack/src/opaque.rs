@@ -1,5 +1,5 @@
-//! Opaque TCP services: connections balanced round robin over the endpoints, bytes copied
-//! both ways with half-close. A meshed endpoint (one with an identity) is reached over mutual
+//! Opaque TCP services: connections balanced round robin over the endpoints (configured, or
+//! as a discovery source publishes them), bytes copied both ways with half-close. A meshed endpoint (one with an identity) is reached over mutual
 //! TLS, like HTTP.
 //!
 //! ```no_run
@@ -26,7 +26,9 @@ use std::time::Duration;
 use mesh_core::identity::Identity;
 use mesh_core::tcp;
 use mesh_core::transport::{Alpn, BoxedIo, TlsConnect};
+use mesh_discovery::EndpointSet;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use crate::StackError;
 use crate::config::ServiceConfig;
@@ -35,10 +37,19 @@ use crate::config::ServiceConfig;
 #[derive(Clone, Debug)]
 pub struct OpaqueService {
     authority: Arc<str>,
-    endpoints: Arc<[(SocketAddr, Option<Identity>)]>,
+    endpoints: Endpoints,
     next: Arc<AtomicUsize>,
     connect_timeout: Duration,
     tls: Option<Arc<dyn TlsConnect>>,
+}
+
+/// Where a forwarder's endpoints come from.
+#[derive(Clone, Debug)]
+enum Endpoints {
+    /// Configured, or one address.
+    Fixed(Arc<[(SocketAddr, Option<Identity>)]>),
+    /// As a discovery source publishes them (the receiver keeps the service followed).
+    Live(watch::Receiver<Option<EndpointSet>>),
 }
 
 impl OpaqueService {
@@ -60,11 +71,12 @@ impl OpaqueService {
         }
         Ok(Self {
             authority: svc.authority.as_str().into(),
-            endpoints: svc
-                .endpoints
-                .iter()
-                .map(|e| (e.addr(), e.identity().cloned()))
-                .collect(),
+            endpoints: Endpoints::Fixed(
+                svc.endpoints
+                    .iter()
+                    .map(|e| (e.addr(), e.identity().cloned()))
+                    .collect(),
+            ),
             next: Arc::new(AtomicUsize::new(0)),
             connect_timeout,
             tls,
@@ -81,10 +93,40 @@ impl OpaqueService {
     ) -> Self {
         Self {
             authority: addr.to_string().into(),
-            endpoints: Arc::new([(addr, identity)]),
+            endpoints: Endpoints::Fixed(Arc::new([(addr, identity)])),
             next: Arc::new(AtomicUsize::new(0)),
             connect_timeout,
             tls,
+        }
+    }
+
+    /// A forwarder over the endpoints a discovery source publishes for `authority` (the
+    /// service a captured connection's virtual address names).
+    pub fn live(
+        authority: &str,
+        endpoints: watch::Receiver<Option<EndpointSet>>,
+        connect_timeout: Duration,
+        tls: Option<Arc<dyn TlsConnect>>,
+    ) -> Self {
+        Self {
+            authority: authority.into(),
+            endpoints: Endpoints::Live(endpoints),
+            next: Arc::new(AtomicUsize::new(0)),
+            connect_timeout,
+            tls,
+        }
+    }
+
+    /// The endpoints now (a copy of a live set: opaque connections are few and long).
+    fn current(&self) -> Arc<[(SocketAddr, Option<Identity>)]> {
+        match &self.endpoints {
+            Endpoints::Fixed(endpoints) => endpoints.clone(),
+            Endpoints::Live(rx) => rx
+                .borrow()
+                .iter()
+                .flat_map(|set| set.values())
+                .map(|e| (e.addr, e.identity().cloned()))
+                .collect(),
         }
     }
 
@@ -106,9 +148,10 @@ impl OpaqueService {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let endpoints = self.current();
         let mut upstream = None;
-        for i in 0..self.endpoints.len() {
-            let (addr, identity) = &self.endpoints[(start + i) % self.endpoints.len()];
+        for i in 0..endpoints.len() {
+            let (addr, identity) = &endpoints[(start + i) % endpoints.len()];
             match self.connect(*addr, identity.as_ref()).await {
                 Ok(s) => {
                     upstream = Some(s);

@@ -17,8 +17,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mesh_balance::Balancer;
 use mesh_balance::metrics::BalancerMetrics;
@@ -27,19 +27,20 @@ use mesh_core::client::{EndpointClient, HttpClient};
 use mesh_core::detect::{PrefixedIo, Protocol};
 use mesh_core::drain::Drain;
 use mesh_core::endpoint::{Authority, Direction, Endpoint as Discovered};
+use mesh_core::ports::PortSet;
 use mesh_core::retry::RetryLayer;
 use mesh_core::router::AuthorityRouter;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::timeout::{TimeoutConfig, TimeoutLayer};
-use mesh_discovery::Resolution;
+use mesh_discovery::{Destination, Resolution};
 use mesh_metrics::http::{HttpMetrics, RequestLabels, RequestMetrics};
 use mesh_metrics::retry::RetryMetrics;
 use mesh_route::{RouteConfig, RouteTable, Routed};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{Layer as _, ServiceBuilder};
 
-use crate::config::{OutboundConfig, ServiceConfig, WorkloadConfig};
-use crate::discovery::Sources;
+use crate::config::{AddressLookup, OutboundConfig, ServiceConfig, WorkloadConfig};
+use crate::discovery::{AddressSource, Sources};
 use crate::opaque::OpaqueService;
 use crate::{Shared, StackError};
 
@@ -202,10 +203,21 @@ impl Outbound {
             server: shared.server.clone(),
             detect_timeout,
         };
-        Ok(match config.transparent {
-            true => outbound.with_capture(services, shared),
-            false => outbound,
-        })
+        if !config.transparent {
+            return Ok(outbound);
+        }
+        let lookup = match config.lookup {
+            AddressLookup::None => None,
+            which => Some(
+                sources
+                    .address_source(which)
+                    .ok_or_else(|| StackError::Discovery {
+                        key: "outbound.lookup",
+                        source: "the source is not started (Sources::with_lookup starts it)".into(),
+                    })?,
+            ),
+        };
+        Ok(outbound.with_capture(config, shared, lookup, balancer_metrics))
     }
 
     /// Applies the routes of `services` to the services that have routes now; a service
@@ -255,12 +267,18 @@ impl Outbound {
 
     /// Serves captured connections too (transparent mode): a service's virtual `addresses`
     /// are balanced like its authority, a known endpoint's address is reached over mTLS with
-    /// its identity, and any other destination is forwarded as it is.
-    pub fn with_capture(mut self, services: &[ServiceConfig], shared: &Shared) -> Self {
+    /// its identity, other addresses are asked of `lookup` (when given), and what nobody
+    /// knows is forwarded as it is. Ports of `config.opaque_ports` are never sniffed.
+    pub fn with_capture(
+        mut self,
+        config: &OutboundConfig,
+        shared: &Shared,
+        lookup: Option<AddressSource>,
+        balancer_metrics: &BalancerMetrics,
+    ) -> Self {
         let mut vips = HashMap::new();
-        let mut vip_opaque = HashMap::new();
         let mut identities = HashMap::new();
-        for svc in services {
+        for svc in &config.services {
             for endpoint in &svc.endpoints {
                 if let Some(identity) = endpoint.identity() {
                     identities.insert(endpoint.addr(), identity.clone());
@@ -269,21 +287,24 @@ impl Outbound {
             let Ok(authority) = Authority::parse(&svc.authority, 80) else {
                 continue;
             };
-            let service = self.router.lookup(authority.as_str()).cloned();
+            let target = Target::Service {
+                http: self.router.lookup(authority.as_str()).cloned(),
+                tcp: OpaqueService::new(svc, shared.connect_timeout, shared.tls.clone()).ok(),
+            };
             for vip in &svc.addresses {
-                if let Some(service) = &service {
-                    vips.insert(*vip, service.clone());
-                }
-                let forward = OpaqueService::new(svc, shared.connect_timeout, shared.tls.clone());
-                if let Ok(forward) = forward {
-                    vip_opaque.insert(*vip, forward);
-                }
+                vips.insert(*vip, target.clone());
             }
         }
         self.captured = Some(Arc::new(Captured {
             vips,
-            vip_opaque,
             identities,
+            opaque_ports: config.opaque_ports.clone(),
+            lookups: lookup.map(|source| Lookups {
+                source,
+                answers: Mutex::new(HashMap::new()),
+                services: Mutex::new(HashMap::new()),
+                balancer_metrics: balancer_metrics.clone(),
+            }),
             shared: shared.clone(),
         }));
         self
@@ -331,16 +352,40 @@ impl Outbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let captured = match (original, self.captured.clone()) {
+            (Some(original), Some(captured)) => {
+                let target = captured.target(original).await;
+                // Marked opaque (by port, or by discovery): never sniffed, so a server that
+                // speaks first is heard at once.
+                if captured.opaque_ports.contains(original.port()) || target.opaque_hint() {
+                    let forward = target.tcp(original, &captured.shared);
+                    return forward.serve(stream, peer).await;
+                }
+                Some((original, captured, target))
+            }
+            _ => None,
+        };
         let Some((protocol, prefix)) =
             crate::serve::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound").await
         else {
             return;
         };
+        let silent = prefix.is_empty();
         let io = PrefixedIo::new(prefix, stream);
-        let captured = original.zip(self.captured.clone());
         if protocol == Protocol::Opaque {
             match captured {
-                Some((original, captured)) => captured.opaque(original).serve(io, peer).await,
+                Some((original, captured, target)) => {
+                    if silent {
+                        tracing::info!(
+                            %peer,
+                            destination = %original,
+                            timeout = ?self.detect_timeout,
+                            "the client sent nothing before the detection timeout: forwarding as opaque TCP; add port {} to outbound opaque-ports to skip the wait",
+                            original.port()
+                        );
+                    }
+                    target.tcp(original, &captured.shared).serve(io, peer).await
+                }
                 None => tracing::info!(
                     %peer,
                     "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
@@ -351,9 +396,10 @@ impl Outbound {
         let stack = match captured {
             None => self.stack,
             // A known authority wins; otherwise where the connection was going.
-            Some((original, captured)) => {
-                Respond::new(self.router.with_fallback(captured.http(original)))
-            }
+            Some((original, captured, target)) => Respond::new(
+                self.router
+                    .with_fallback(target.http(original, &captured.shared)),
+            ),
         };
         if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
@@ -364,56 +410,190 @@ impl Outbound {
 /// Where captured connections go, by original destination.
 #[derive(Debug)]
 struct Captured {
-    /// Services by virtual address.
-    vips: HashMap<SocketAddr, HttpService>,
-    /// The same services' endpoints for opaque TCP (static endpoints only).
-    vip_opaque: HashMap<SocketAddr, OpaqueService>,
-    /// The identity each known endpoint proves, by address: a direct dial to a meshed pod is
-    /// still mutual TLS.
+    /// Configured services, by virtual address.
+    vips: HashMap<SocketAddr, Target>,
+    /// The identity each configured endpoint proves, by address: a direct dial to a meshed
+    /// pod is still mutual TLS.
     identities: HashMap<SocketAddr, mesh_core::identity::Identity>,
+    /// Original ports never sniffed for HTTP.
+    opaque_ports: PortSet,
+    /// Addresses nothing configured names, asked of a discovery source.
+    lookups: Option<Lookups>,
     shared: Shared,
 }
 
+/// What a captured connection's original destination is.
+#[derive(Clone, Debug)]
+enum Target {
+    /// A service's virtual address: HTTP goes to its stack (none for an opaque service),
+    /// TCP to its endpoints in turn.
+    Service {
+        http: Option<HttpService>,
+        tcp: Option<OpaqueService>,
+    },
+    /// One address: a meshed endpoint (with its identity and hints), or one nobody knows.
+    Endpoint(Discovered),
+}
+
+impl Target {
+    /// Whether discovery says this destination speaks no HTTP.
+    fn opaque_hint(&self) -> bool {
+        match self {
+            Target::Service { http, .. } => http.is_none(),
+            Target::Endpoint(endpoint) => endpoint.label("protocol") == Some("opaque"),
+        }
+    }
+
+    /// Where TCP to `original` goes.
+    fn tcp(&self, original: SocketAddr, shared: &Shared) -> OpaqueService {
+        let (addr, identity) = match self {
+            Target::Service { tcp: Some(tcp), .. } => return tcp.clone(),
+            Target::Service { tcp: None, .. } => (original, None),
+            Target::Endpoint(endpoint) => (endpoint.addr, endpoint.identity().cloned()),
+        };
+        OpaqueService::to(addr, identity, shared.connect_timeout, shared.tls.clone())
+    }
+
+    /// Where HTTP to `original` goes when its authority names no configured service: the
+    /// service's stack, or the address itself (over mTLS when it is a meshed endpoint),
+    /// counted under the original destination.
+    fn http(&self, original: SocketAddr, shared: &Shared) -> HttpService {
+        let endpoint = match self {
+            Target::Service {
+                http: Some(http), ..
+            } => return http.clone(),
+            Target::Service { http: None, .. } => &Discovered::new(original),
+            Target::Endpoint(endpoint) => endpoint,
+        };
+        let labels = outbound_labels(&shared.workload, &original.to_string());
+        let metrics = shared.request_metrics.as_ref();
+        mesh_core::erase(endpoint_stack(&shared.client, metrics, &labels, endpoint))
+    }
+}
+
+/// How long an answer of the address source is kept.
+const ANSWER_TTL: Duration = Duration::from_secs(5);
+/// How long a failed lookup is remembered (the address meanwhile forwarded as it is).
+const FAILED_TTL: Duration = Duration::from_secs(1);
+/// How long a lookup may take before the connection goes where it was going.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many answers are kept: past this, expired ones go, then all.
+const MAX_ANSWERS: usize = 16_384;
+
+/// Addresses asked of a discovery source, and the services it named, built once.
+#[derive(Debug)]
+struct Lookups {
+    source: AddressSource,
+    /// Answers by address, until they expire. Locked once per captured connection, for a
+    /// map lookup.
+    answers: Mutex<HashMap<SocketAddr, (Instant, Target)>>,
+    /// The services the source named: each one's balancer is built once and kept.
+    services: Mutex<HashMap<String, Target>>,
+    balancer_metrics: BalancerMetrics,
+}
+
 impl Captured {
-    /// Where captured HTTP goes when its authority names no service: the service whose
-    /// virtual address it was sent to, or the destination itself.
-    fn http(&self, original: SocketAddr) -> HttpService {
-        match self.vips.get(&original) {
-            Some(service) => service.clone(),
-            None => self.passthrough(original),
+    /// What `original` is: a configured service's virtual address, a configured endpoint,
+    /// what the address source says, or nothing known.
+    async fn target(&self, original: SocketAddr) -> Target {
+        if let Some(target) = self.vips.get(&original) {
+            return target.clone();
         }
-    }
-
-    /// Where captured opaque TCP goes: the endpoints of the service whose virtual address
-    /// it was sent to, or the destination itself (over mTLS when it is a known endpoint).
-    fn opaque(&self, original: SocketAddr) -> OpaqueService {
-        match self.vip_opaque.get(&original) {
-            Some(forward) => forward.clone(),
-            None => OpaqueService::to(
-                original,
-                self.identities.get(&original).cloned(),
-                self.shared.connect_timeout,
-                self.shared.tls.clone(),
-            ),
-        }
-    }
-
-    /// HTTP to a destination no service names: sent there as it is, counted under its
-    /// address; over mTLS when it is a known meshed endpoint.
-    fn passthrough(&self, original: SocketAddr) -> HttpService {
-        let labels = outbound_labels(&self.shared.workload, &original.to_string());
-        let mut endpoint = Discovered::new(original);
         if let Some(identity) = self.identities.get(&original) {
-            endpoint = Discovered::meshed(original, Vec::new(), Some(identity.clone()));
+            let endpoint = Discovered::meshed(original, Vec::new(), Some(identity.clone()));
+            return Target::Endpoint(endpoint);
         }
-        let metrics = self.shared.request_metrics.as_ref();
-        mesh_core::erase(endpoint_stack(
-            &self.shared.client,
-            metrics,
-            &labels,
-            &endpoint,
-        ))
+        match &self.lookups {
+            Some(lookups) => lookups.target(original, &self.shared).await,
+            None => Target::Endpoint(Discovered::new(original)),
+        }
     }
+}
+
+impl Lookups {
+    async fn target(&self, addr: SocketAddr, shared: &Shared) -> Target {
+        let now = Instant::now();
+        if let Some((expires, target)) = lock(&self.answers).get(&addr)
+            && *expires > now
+        {
+            return target.clone();
+        }
+        let unknown = || Target::Endpoint(Discovered::new(addr));
+        let source = self.source.name;
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, self.source.lookup.lookup(addr)).await;
+        let (target, ttl) = match answer {
+            Ok(Ok(Destination::Service(name))) => match self.service(&name, shared) {
+                Some(target) => (target, ANSWER_TTL),
+                None => (unknown(), FAILED_TTL),
+            },
+            Ok(Ok(Destination::Endpoint(endpoint))) => (Target::Endpoint(endpoint), ANSWER_TTL),
+            Ok(Ok(Destination::Unknown)) => (unknown(), ANSWER_TTL),
+            Ok(Err(e)) => {
+                tracing::warn!(%addr, source, error = %e, "address lookup failed: forwarding as it is");
+                (unknown(), FAILED_TTL)
+            }
+            Err(_) => {
+                tracing::warn!(%addr, source, timeout = ?LOOKUP_TIMEOUT, "address lookup timed out: forwarding as it is");
+                (unknown(), FAILED_TTL)
+            }
+        };
+        let mut answers = lock(&self.answers);
+        if answers.len() >= MAX_ANSWERS {
+            answers.retain(|_, (expires, _)| *expires > now);
+            if answers.len() >= MAX_ANSWERS {
+                answers.clear();
+            }
+        }
+        answers.insert(addr, (Instant::now() + ttl, target.clone()));
+        target
+    }
+
+    /// The stacks of the service `name`, built on first use: its balancer over what the
+    /// source publishes, and its endpoints for TCP.
+    fn service(&self, name: &str, shared: &Shared) -> Option<Target> {
+        let mut services = lock(&self.services);
+        if let Some(target) = services.get(name) {
+            return Some(target.clone());
+        }
+        let svc = ServiceConfig::named(name);
+        let authority = match Authority::parse(name, 80) {
+            Ok(authority) => authority,
+            Err(e) => {
+                tracing::warn!(service = name, error = %e, "the address source named a service that is not an authority");
+                return None;
+            }
+        };
+        let publisher = match self.source.publish.publisher(name) {
+            Ok(publisher) => publisher,
+            Err(e) => {
+                tracing::warn!(service = name, error = %e, "cannot resolve the service the address source named");
+                return None;
+            }
+        };
+        let balancer = balancer(&svc, &authority, publisher.subscribe(), shared);
+        self.balancer_metrics.add(name.to_owned(), &balancer);
+        let tcp = OpaqueService::live(
+            name,
+            publisher.watch(),
+            shared.connect_timeout,
+            shared.tls.clone(),
+        );
+        let target = Target::Service {
+            http: Some(service_stack(&svc.timeout, None, balancer)),
+            tcp: Some(tcp),
+        };
+        tracing::info!(
+            service = name,
+            source = self.source.name,
+            "balancing a service found by its address"
+        );
+        services.insert(name.to_owned(), target.clone());
+        Some(target)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn compile(

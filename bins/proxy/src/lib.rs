@@ -64,6 +64,8 @@ impl Proxy {
         let (services, identity_config) = (&config.outbound.services, config.identity.as_ref());
         let sources =
             mesh_stack::discovery::Sources::new(services, &config.discovery, identity_config)
+                .await?
+                .with_lookup(config.outbound.lookup, &config.discovery, identity_config)
                 .await?;
         let mut opaque = Vec::new();
         for svc in services.iter().filter(|s| s.opaque) {
