@@ -1,9 +1,12 @@
 """A gRPC client we did not write (Python grpcio) calling the demo Greeter through mesh-proxy.
 
 Usage: python3 interop.py PROXY_ADDR AUTHORITY PROTO_DIR {kinds|spread}
+       python3 interop.py LISTEN_ADDR REPLICA PROTO_DIR serve
 
 kinds: the four RPC kinds, an error status with its message, 4 MiB messages both ways.
 spread: 3000 unary calls on one channel (one HTTP/2 connection), counted per replica.
+serve: a grpcio Greeter server (SayHello only) whose replies name REPLICA; prints
+"serving" once it listens, and serves until killed.
 
 Prints a JSON report on stdout: {"checks": [...], "per_replica": {"greeter-0": 1000, ...}}.
 Exits non-zero on the first failed check, naming it.
@@ -47,9 +50,12 @@ def check(cond, what):
 
 def main():
     addr, authority, proto_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-    if mode not in ("kinds", "spread"):
-        raise SystemExit(f"unknown mode {mode!r}: expected kinds or spread")
+    if mode not in ("kinds", "spread", "serve"):
+        raise SystemExit(f"unknown mode {mode!r}: expected kinds, spread or serve")
     pb, rpc = load_stubs(proto_dir)
+    if mode == "serve":
+        serve(pb, rpc, addr, authority)
+        return
     options = [
         ("grpc.default_authority", authority),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -70,6 +76,22 @@ def main():
             checks.append("3000-unary-one-connection")
 
     print(json.dumps({"checks": checks, "per_replica": dict(per_replica)}))
+
+
+def serve(pb, rpc, listen, replica):
+    from concurrent import futures
+
+    class Greeter(rpc.GreeterServicer):
+        def SayHello(self, request, context):
+            return pb.HelloReply(message=f"Hello, {request.name}!", replica=replica)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    rpc.add_GreeterServicer_to_server(Greeter(), server)
+    if server.add_insecure_port(listen) == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
 
 
 def kinds(pb, stub, checks):

@@ -117,16 +117,21 @@ impl OpaqueService {
         }
     }
 
-    /// The endpoints now (a copy of a live set: opaque connections are few and long).
-    fn current(&self) -> Arc<[(SocketAddr, Option<Identity>)]> {
+    /// The endpoints now (a copy of a live set: opaque connections are few and long). A
+    /// service just found waits for its first set, as long as a connect may take.
+    async fn current(&self) -> Arc<[(SocketAddr, Option<Identity>)]> {
         match &self.endpoints {
             Endpoints::Fixed(endpoints) => endpoints.clone(),
-            Endpoints::Live(rx) => rx
-                .borrow()
-                .iter()
-                .flat_map(|set| set.values())
-                .map(|e| (e.addr, e.identity().cloned()))
-                .collect(),
+            Endpoints::Live(rx) => {
+                let mut rx = rx.clone();
+                let resolved = rx.wait_for(Option::is_some);
+                let _ = tokio::time::timeout(self.connect_timeout, resolved).await;
+                rx.borrow()
+                    .iter()
+                    .flat_map(|set| set.values())
+                    .map(|e| (e.addr, e.identity().cloned()))
+                    .collect()
+            }
         }
     }
 
@@ -148,7 +153,7 @@ impl OpaqueService {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let endpoints = self.current();
+        let endpoints = self.current().await;
         let mut upstream = None;
         for i in 0..endpoints.len() {
             let (addr, identity) = &endpoints[(start + i) % endpoints.len()];

@@ -217,14 +217,75 @@ pub(crate) fn wait_ready(ns: &Netns) -> bool {
 
 /// Runs the Python server `script` in `ns`; returns once it printed `listening` (its bind done).
 fn listening(ns: &Netns, script: &str) -> std::process::Child {
+    started(ns, &["python3", "-c", script], "listening")
+}
+
+/// Runs `argv` in `ns`; returns once its first line of output is `ready`.
+fn started(ns: &Netns, argv: &[&str], ready: &str) -> std::process::Child {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", script])
+        .args(["netns", "exec", &ns.0])
+        .args(argv)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
     let stdout = child.stdout.as_mut().unwrap();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
+    assert_eq!(line.trim(), ready, "{argv:?} did not start");
     child
+}
+
+/// The Python grpcio client and server of the integration tests, and the demo's protos.
+fn interop() -> (String, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("integration/python/interop.py");
+    let proto = root.join("proto");
+    (
+        script.to_str().unwrap().to_owned(),
+        proto.to_str().unwrap().to_owned(),
+    )
+}
+
+/// A grpcio Greeter server (the reference gRPC implementation, which we did not write) in
+/// `ns` on `listen`, whose replies name `replica`.
+pub(crate) fn serve_grpc(ns: &Netns, listen: &str, replica: &str) -> std::process::Child {
+    let (script, proto) = interop();
+    started(
+        ns,
+        &["python3", &script, listen, replica, &proto, "serve"],
+        "serving",
+    )
+}
+
+/// 3000 unary calls from a grpcio client in `ns` over one channel (one HTTP/2 connection, h2c)
+/// to `target`; its JSON report (`per_replica` counts).
+pub(crate) fn grpc_spread(ns: &Netns, target: &str) -> String {
+    let (script, proto) = interop();
+    let out = ns.run(&[
+        "timeout", "120", "python3", &script, target, target, &proto, "spread",
+    ]);
+    assert!(
+        out.status.success(),
+        "the grpcio client failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `f` on a thread inside `ns`: the sockets it opens are the namespace's, as a process's
+/// would be (setns(2) moves only the calling thread).
+pub(crate) fn inside<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+    use std::os::fd::AsFd as _;
+    let handle = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();
+    std::thread::spawn(move || {
+        move_into_link_name_space(handle.as_fd(), Some(LinkNameSpaceType::Network))
+            .expect("setns into the test's network namespace");
+        drop(handle);
+        f()
+    })
 }
