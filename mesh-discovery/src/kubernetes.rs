@@ -165,8 +165,11 @@ struct Inner {
 struct AddressIndex {
     /// ClusterIP and port -> the Service's name, as [`ServiceTarget::parse`] reads it.
     services: watch::Receiver<Option<Arc<HashMap<SocketAddr, String>>>>,
-    pods: watch::Receiver<Option<Arc<HashMap<IpAddr, Arc<PodAddress>>>>>,
+    pods: watch::Receiver<Option<PodsByIp>>,
 }
+
+/// Running pods by each of their IPs.
+type PodsByIp = Arc<HashMap<IpAddr, Arc<PodAddress>>>;
 
 /// A pod, as an address lookup answers it.
 #[derive(Debug)]

@@ -111,11 +111,17 @@ pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A TCP server in `ns` on `addr` that answers each connection with `tag`.
+/// A TCP server in `ns` on `addr` (IPv4 or IPv6; `::` takes both) that answers each
+/// connection with `tag`.
 pub(crate) fn serve(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::process::Child {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let script = format!(
         "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+         s = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{addr}', {port}))\n\
          s.listen(16)\n\
@@ -148,8 +154,13 @@ impl Drop for Killed {
 
 /// An HTTP server in `ns` on `addr:port` answering every request with `tag`.
 pub(crate) fn serve_http(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::process::Child {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let script = format!(
-        "import http.server, sys\n\
+        "import http.server, socket, sys\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
          \x20   def do_GET(self):\n\
          \x20       body = b'{tag}'\n\
@@ -160,7 +171,9 @@ pub(crate) fn serve_http(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::p
          \x20   protocol_version = 'HTTP/1.1'\n\
          \x20   def log_message(self, *args):\n\
          \x20       pass\n\
-         s = http.server.ThreadingHTTPServer(('{addr}', {port}), H)\n\
+         class S(http.server.ThreadingHTTPServer):\n\
+         \x20   address_family = socket.{family}\n\
+         s = S(('{addr}', {port}), H)\n\
          print('listening', flush=True)\n\
          s.serve_forever()\n"
     );
@@ -169,9 +182,14 @@ pub(crate) fn serve_http(ns: &Netns, addr: &str, port: u16, tag: &str) -> std::p
 
 /// `GET path` over HTTP/1.1 from `ns` to `addr:port`; the whole response.
 pub(crate) fn http_get(ns: &Netns, addr: &str, port: u16, path: &str) -> String {
+    let host = if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    };
     let script = format!(
         "exec 3<>/dev/tcp/{addr}/{port} && \
-         printf 'GET {path} HTTP/1.1\\r\\nHost: {addr}\\r\\nConnection: close\\r\\n\\r\\n' >&3 && \
+         printf 'GET {path} HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n' >&3 && \
          cat <&3"
     );
     ns.exec(&["timeout", "10", "bash", "-c", &script])
