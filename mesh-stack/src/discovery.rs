@@ -148,7 +148,7 @@ impl Sources {
         };
         let source = source.ok_or_else(|| StackError::Discovery {
             key: "discovery",
-            source: format!("discovery source {} is not set up", svc.discovery.as_str()).into(),
+            reason: format!("discovery source {} is not set up", svc.discovery.as_str()).into(),
         })?;
         source.resolve(&name).map_err(failed)
     }
@@ -166,7 +166,7 @@ async fn kubernetes(discovery: &DiscoveryConfig) -> Result<KubernetesResolve, St
             .await
             .map_err(|e| StackError::Discovery {
                 key: "discovery.kubernetes",
-                source: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
+                reason: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
             })?,
     };
     let client = kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))?;
@@ -182,7 +182,7 @@ fn destination(
     let destination = &discovery.destination;
     let missing = |key: &'static str, why: &str| StackError::Discovery {
         key,
-        source: why.to_owned().into(),
+        reason: why.to_owned().into(),
     };
     let addr = destination
         .controller
@@ -218,6 +218,6 @@ where
 {
     move |e| StackError::Discovery {
         key,
-        source: Box::new(e),
+        reason: Box::new(e),
     }
 }

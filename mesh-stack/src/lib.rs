@@ -135,12 +135,12 @@ pub enum StackError {
         source: std::io::Error,
     },
     /// A discovery source could not be set up.
-    #[error("{key}: {source}")]
+    #[error("{key}: {reason}")]
     Discovery {
         /// The configuration key of the source.
         key: &'static str,
-        /// Why.
-        source: BoxError,
+        /// Why (in the message: not a `source`, so that printing the chain says it once).
+        reason: BoxError,
     },
     /// A service's endpoints could not be resolved.
     #[error("service {service:?}: {source}")]

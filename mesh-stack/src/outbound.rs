@@ -213,7 +213,7 @@ impl Outbound {
                     .address_source(which)
                     .ok_or_else(|| StackError::Discovery {
                         key: "outbound.lookup",
-                        source: "the source is not started (Sources::with_lookup starts it)".into(),
+                        reason: "the source is not started (Sources::with_lookup starts it)".into(),
                     })?,
             ),
         };
