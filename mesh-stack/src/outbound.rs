@@ -11,6 +11,12 @@
 //! [`Outbound`] composes them for every configured service behind the authority router and
 //! the one place that turns errors into responses, and serves connections with it.
 //!
+//! In transparent mode it also serves connections the firewall redirected here: each one's
+//! original destination says where it goes when its `Host` names no service (a service's
+//! virtual address, a known endpoint, what an [`AddressSource`] says the address is, or the
+//! address as it is), and whether it is sniffed at all (`opaque-ports`, discovery's hints).
+//! Answers of the address source are kept 5 s; the services it names are built once.
+//!
 //! ```text
 //! Respond -> AuthorityRouter -> [Routed ->] Timeout -> Retry -> Balancer -> RequestMetrics -> EndpointClient
 //! ```
