@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
     echo "installing Python grpcio and grpcio-tools for the interop test"
-    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+    python3 -m pip install --quiet --disable-pip-version-check grpcio==1.85.4 grpcio-tools==1.85.4
 fi
 
 # Installs Debian package $1 (as root, or through sudo).
