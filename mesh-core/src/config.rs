@@ -1,16 +1,53 @@
-//! Configuration loading: a TOML file (or an embedded default), then `MESH_` environment
+//! Configuration loading: a TOML file (or an embedded default), then `MESH__` environment
 //! variables on top, into one typed struct; durations written as `"10s"`, `"250ms"`.
 //!
-//! Nested keys use a double underscore in the environment: `MESH_OUTBOUND__LISTEN` sets
-//! `outbound.listen`. A bad value fails with the key, the value and what was expected.
+//! Keys are separated by a double underscore in the environment: `MESH__OUTBOUND__LISTEN`
+//! sets `outbound.listen`. A bad value fails with the key, the value and what was expected.
+//!
+//! The prefix is `MESH__`, not `MESH_`, because Kubernetes gives every container variables for
+//! each Service of its namespace (`<NAME>_SERVICE_HOST`, `<NAME>_PORT_80_TCP`, ...), and a
+//! Service named `mesh` or `mesh-api` would otherwise feed `MESH_SERVICE_HOST` to the
+//! configuration as an unknown key, and stop every proxy of the namespace. Only a Service
+//! whose name starts with `mesh--` produces `MESH__...`; variables of that shape (a last key
+//! ending in `_SERVICE_HOST`, `_SERVICE_PORT...` or `_PORT...`, which no configuration key
+//! does) are left out too.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-/// The environment variable prefix.
-pub const ENV_PREFIX: &str = "MESH";
+/// The environment variables' prefix: `MESH__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "MESH__";
+
+/// Whether `name` is one of the variables Kubernetes makes for a Service (its name in
+/// capitals, then `_SERVICE_HOST`, `_SERVICE_PORT[_<PORT NAME>]`, `_PORT`, or
+/// `_PORT_<number>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`), judged on the part after the last `__`.
+pub fn is_kubernetes_service_variable(name: &str) -> bool {
+    let last = name.rsplit("__").next().unwrap_or(name);
+    let Some((_, suffix)) = ["_SERVICE_HOST", "_SERVICE_PORT", "_PORT"]
+        .iter()
+        .filter_map(|marker| last.find(marker).map(|at| (at, &last[at + marker.len()..])))
+        .find(|(at, _)| *at > 0)
+    else {
+        return false;
+    };
+    if last.ends_with("_SERVICE_HOST") || last.contains("_SERVICE_PORT") {
+        return true;
+    }
+    // `_PORT`, or `_PORT_<number>_<protocol>[_PROTO|_PORT|_ADDR]`.
+    let mut parts = suffix.split('_').skip(1);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (None, ..) => suffix.is_empty(),
+        (Some(number), Some(protocol), field, None) => {
+            number.chars().all(|c| c.is_ascii_digit())
+                && !number.is_empty()
+                && matches!(protocol, "TCP" | "UDP" | "SCTP")
+                && field.is_none_or(|f| matches!(f, "PROTO" | "PORT" | "ADDR"))
+        }
+        _ => false,
+    }
+}
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -162,13 +199,13 @@ pub enum Source<'a> {
     None,
 }
 
-/// Loads `T` from `source`, then the `MESH_*` environment variables.
+/// Loads `T` from `source`, then the `MESH__*` environment variables.
 pub fn load<T: DeserializeOwned>(source: Source<'_>) -> Result<T, ConfigError> {
     load_with_env(source, std::env::vars())
 }
 
 /// Loads `T` from `source`, then from `env` (pairs of name and value; names that do not start
-/// with `MESH_` are ignored).
+/// with `MESH__`, and Kubernetes' Service variables, are ignored).
 pub fn load_with_env<T: DeserializeOwned>(
     source: Source<'_>,
     env: impl IntoIterator<Item = (String, String)>,
@@ -187,14 +224,13 @@ pub fn load_with_env<T: DeserializeOwned>(
         }
         Source::None => {}
     }
-    let prefix = format!("{ENV_PREFIX}_");
     let env: config::Map<String, String> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_kubernetes_service_variable(k))
         .collect();
     builder = builder.add_source(
-        config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
+        config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+            .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
             .source(Some(env)),
@@ -344,15 +380,49 @@ mod tests {
         let c: Outer = load_with_env(
             Source::Toml("listen = \"127.0.0.1:1\"\n[inner]\nport = 2\ntimeout = \"1s\"\n"),
             env(&[
-                ("MESH_INNER__PORT", "3"),
-                ("MESH_LISTEN", "127.0.0.1:4"),
+                ("MESH__INNER__PORT", "3"),
+                ("MESH__LISTEN", "127.0.0.1:4"),
                 ("OTHER", "x"),
+                // What Kubernetes sets for Services named `mesh`, `mesh-api` and `mesh--inner`.
+                ("MESH_SERVICE_HOST", "10.96.0.9"),
+                ("MESH_SERVICE_PORT", "80"),
+                ("MESH_SERVICE_PORT_HTTP", "80"),
+                ("MESH_PORT", "tcp://10.96.0.9:80"),
+                ("MESH_PORT_80_TCP", "tcp://10.96.0.9:80"),
+                ("MESH_PORT_80_TCP_PROTO", "tcp"),
+                ("MESH_PORT_80_TCP_PORT", "80"),
+                ("MESH_PORT_80_TCP_ADDR", "10.96.0.9"),
+                ("MESH_API_SERVICE_HOST", "10.96.0.10"),
+                ("MESH__INNER_SERVICE_HOST", "10.96.0.11"),
+                ("MESH__INNER_PORT_53_UDP_ADDR", "10.96.0.11"),
             ]),
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:4".parse().unwrap());
         assert_eq!(c.inner.port, 3);
         assert_eq!(c.inner.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn kubernetes_service_variables() {
+        for name in [
+            "MESH_SERVICE_HOST",
+            "MESH_API_SERVICE_PORT_GRPC",
+            "MESH__X_PORT",
+            "MESH__X_PORT_8080_SCTP_PROTO",
+            "MESH__OUTBOUND__A_SERVICE_HOST",
+        ] {
+            assert!(is_kubernetes_service_variable(name), "{name}");
+        }
+        for name in [
+            "MESH__INNER__PORT",
+            "MESH__OUTBOUND__LISTEN",
+            "MESH__X_PORT_HTTP_TCP",
+            "MESH__X_PORT_80_TCP_NAME",
+            "MESH__PORTS",
+        ] {
+            assert!(!is_kubernetes_service_variable(name), "{name}");
+        }
     }
 
     #[test]

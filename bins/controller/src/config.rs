@@ -1,5 +1,5 @@
 //! The controller's configuration: a TOML file, every key overridable from the environment
-//! (`MESH_IDENTITY__LEAF_LIFETIME=24h`).
+//! (`MESH__IDENTITY__LEAF_LIFETIME=24h`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,14 +138,14 @@ fn default_audience() -> String {
 }
 
 impl Config {
-    /// Loads the file, applies `MESH_*` variables, and validates.
+    /// Loads the file, applies `MESH__*` variables, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: Self = core_config::load(Source::File(path))?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Loads TOML text, applies `MESH_*` variables, and validates.
+    /// Loads TOML text, applies `MESH__*` variables, and validates.
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
         let config: Self = core_config::load(Source::Toml(toml))?;
         config.validate()?;

@@ -20,7 +20,7 @@ struct Args {
 enum Command {
     /// Serve the identity service.
     Run {
-        /// The TOML configuration file; every key can also be set as `MESH_SECTION__KEY`.
+        /// The TOML configuration file; every key can also be set as `MESH__SECTION__KEY`.
         #[arg(long)]
         config: PathBuf,
     },

@@ -1,5 +1,5 @@
 //! mesh-proxy's one typed configuration: a TOML file, every key overridable from the
-//! environment (`MESH_OUTBOUND__LISTEN=127.0.0.1:4140`), defaults that suit a sidecar. It is
+//! environment (`MESH__OUTBOUND__LISTEN=127.0.0.1:4140`), defaults that suit a sidecar. It is
 //! made of mesh-stack's sections, which check themselves.
 
 use std::path::Path;
@@ -62,7 +62,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Loads the file (or only defaults), applies `MESH_*` variables, and validates.
+    /// Loads the file (or only defaults), applies `MESH__*` variables, and validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let source = path.map_or(Source::None, Source::File);
         let config: Self = core_config::load(source)?;
@@ -70,7 +70,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads TOML text, applies `MESH_*` variables, and validates.
+    /// Loads TOML text, applies `MESH__*` variables, and validates.
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
         let config: Self = core_config::load(Source::Toml(toml))?;
         config.validate()?;
@@ -163,11 +163,11 @@ app = "127.0.0.1:8080"
     fn environment_overrides_keys() {
         let env = vec![
             (
-                "MESH_OUTBOUND__LISTEN".to_owned(),
+                "MESH__OUTBOUND__LISTEN".to_owned(),
                 "127.0.0.1:5140".to_owned(),
             ),
-            ("MESH_RUNTIME__THREADS".to_owned(), "1".to_owned()),
-            ("MESH_OUTBOUND__DETECT_TIMEOUT".to_owned(), "2s".to_owned()),
+            ("MESH__RUNTIME__THREADS".to_owned(), "1".to_owned()),
+            ("MESH__OUTBOUND__DETECT_TIMEOUT".to_owned(), "2s".to_owned()),
         ];
         let c = Config::from_toml_str_with_env(EXAMPLE, env).unwrap();
         assert_eq!(c.outbound.listen, addr("127.0.0.1:5140"));
@@ -198,7 +198,7 @@ app = "127.0.0.1:8080"
             .to_string();
         assert!(e.contains("outbound.services[0].authority"), "{e}");
 
-        let env = vec![("MESH_RUNTIME__THREADS".to_owned(), "many".to_owned())];
+        let env = vec![("MESH__RUNTIME__THREADS".to_owned(), "many".to_owned())];
         let e = Config::from_toml_str_with_env(EXAMPLE, env)
             .unwrap_err()
             .to_string();
@@ -208,7 +208,7 @@ app = "127.0.0.1:8080"
     #[test]
     fn out_of_range_settings_are_named() {
         let env = vec![(
-            "MESH_CLIENT__KEEP_ALIVE_INTERVAL".to_owned(),
+            "MESH__CLIENT__KEEP_ALIVE_INTERVAL".to_owned(),
             "0s".to_owned(),
         )];
         let e = Config::from_toml_str_with_env(EXAMPLE, env)
@@ -219,7 +219,7 @@ app = "127.0.0.1:8080"
             "{e}"
         );
         let env = vec![(
-            "MESH_SERVER__INITIAL_STREAM_WINDOW".to_owned(),
+            "MESH__SERVER__INITIAL_STREAM_WINDOW".to_owned(),
             "4294967295".to_owned(),
         )];
         let e = Config::from_toml_str_with_env(EXAMPLE, env)

@@ -14,7 +14,7 @@ use mesh_proxy::{LogControl, Proxy};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The TOML configuration file; every key can also be set as `MESH_SECTION__KEY`.
+    /// The TOML configuration file; every key can also be set as `MESH__SECTION__KEY`.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Validate the configuration, print it as it will be used, and exit.

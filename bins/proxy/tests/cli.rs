@@ -76,7 +76,7 @@ fn malformed_config_exits_2_and_names_the_key() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("lisen"), "{err}");
 
-    let (code, err) = run_check("", &[("MESH_RUNTIME__SHUTDOWN_GRACE", "forever")]);
+    let (code, err) = run_check("", &[("MESH__RUNTIME__SHUTDOWN_GRACE", "forever")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("runtime.shutdown_grace") && err.contains("forever"),
@@ -97,11 +97,43 @@ fn check_prints_the_effective_config_with_env_overrides() {
     let out = Command::new(BIN)
         .args(["--check", "--config"])
         .arg(&file.0)
-        .env("MESH_OUTBOUND__LISTEN", "127.0.0.1:5140")
+        .env("MESH__OUTBOUND__LISTEN", "127.0.0.1:5140")
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:5140\""), "{text}");
+}
+
+/// Kubernetes gives every container variables for each Service of its namespace: those of
+/// Services named `mesh`, `mesh-api` and even `mesh--outbound` leave the proxy's
+/// configuration alone, while a `MESH__` key still applies.
+#[test]
+fn the_variables_kubernetes_sets_for_services_named_mesh_do_not_disturb_it() {
+    let file = write_config("");
+    let mut command = Command::new(BIN);
+    command.args(["--check", "--config"]).arg(&file.0);
+    for service in ["MESH", "MESH_API", "MESH__OUTBOUND"] {
+        command
+            .env(format!("{service}_SERVICE_HOST"), "10.96.0.10")
+            .env(format!("{service}_SERVICE_PORT"), "80")
+            .env(format!("{service}_SERVICE_PORT_HTTP"), "80")
+            .env(format!("{service}_PORT"), "tcp://10.96.0.10:80")
+            .env(format!("{service}_PORT_80_TCP"), "tcp://10.96.0.10:80")
+            .env(format!("{service}_PORT_80_TCP_PROTO"), "tcp")
+            .env(format!("{service}_PORT_80_TCP_PORT"), "80")
+            .env(format!("{service}_PORT_80_TCP_ADDR"), "10.96.0.10");
+    }
+    let out = command
+        .env("MESH__OUTBOUND__LISTEN", "127.0.0.1:5140")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("listen = \"127.0.0.1:5140\""), "{text}");
 }
 

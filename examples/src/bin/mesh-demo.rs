@@ -42,7 +42,7 @@
 //!
 //! It runs until Ctrl-C, or for `--duration SECS` (env `DEMO_DURATION`). `--rps`
 //! (`DEMO_RPS`) and `--concurrency` (`DEMO_CONCURRENCY`) shape the load. The
-//! proxy's configuration takes `MESH_*` environment overrides; its admin
+//! proxy's configuration takes `MESH__*` environment overrides; its admin
 //! port (printed at start) serves `/metrics` (what the table is made of), `/ready`,
 //! `/live` and the effective `/config`.
 //! Logs go to stderr (`RUST_LOG`, default `warn`).
