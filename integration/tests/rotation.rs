@@ -272,7 +272,7 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&pki.anchors()).unwrap();
     let me = LocalIdentity::new(probe_id.clone(), trust.clone()).unwrap();
     let ca = mesh_tls::api::ControllerClient::new(
-        controller_addr,
+        &controller_addr.to_string(),
         &controller_identity(),
         &trust,
         probe_token,

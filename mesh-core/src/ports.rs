@@ -1,4 +1,5 @@
-//! Sets of TCP ports, as configured: `opaque-ports = [25, 3306, "9000-9010"]`.
+//! Sets of TCP ports, as configured: `opaque-ports = [25, 3306, "9000-9010"]`, or as one
+//! string (`MESH__OUTBOUND__OPAQUE_PORTS="25,3306,9000-9010"`).
 //!
 //! A set is a 64 KiB-bit map (8 KiB): a connection asks whether its port is in it with one
 //! load, whatever the number of ports or ranges.
@@ -114,11 +115,24 @@ enum Entry {
     Text(String),
 }
 
+/// A configured set: a list, or one string of them (an environment variable's value).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Configured {
+    List(Vec<Entry>),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for PortSet {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries = Vec::<Entry>::deserialize(deserializer).map_err(|_| {
-            de::Error::custom("expected a list of ports (0-65535) and ranges (\"9000-9010\")")
-        })?;
+        let entries = match Configured::deserialize(deserializer).map_err(|_| {
+            de::Error::custom(
+                "expected a list of ports (0-65535) and ranges (\"9000-9010\"), or \"25,9000-9010\"",
+            )
+        })? {
+            Configured::List(entries) => entries,
+            Configured::Text(text) => return Self::parse(&text).map_err(de::Error::custom),
+        };
         let mut set = Self::empty();
         for entry in entries {
             match entry {
@@ -165,5 +179,8 @@ mod tests {
         let e = toml::from_str::<C>("ports = [\"http\"]").err().unwrap();
         assert!(e.to_string().contains("\"http\" is not a port"), "{e}");
         assert!(toml::from_str::<C>("ports = 5").is_err());
+        // As an environment variable gives it.
+        let c: C = toml::from_str("ports = \"25, 9000-9001\"").unwrap();
+        assert_eq!(c.ports.iter().collect::<Vec<_>>(), [25, 9000, 9001]);
     }
 }

@@ -264,13 +264,57 @@ pub struct KubernetesDiscoveryConfig {
     pub source: mesh_discovery::kubernetes::KubernetesConfig,
 }
 
+/// `host:port`: an IP address or a DNS name, and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort(String);
+
+impl HostPort {
+    /// As configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let parsed: http::uri::Authority = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not host:port"))?;
+        if text.contains('@') || parsed.host().is_empty() || parsed.port_u16().is_none() {
+            return Err(format!("{text:?} is not host:port"));
+        }
+        Ok(Self(text))
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(addr: HostPort) -> String {
+        addr.0
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(addr: SocketAddr) -> Self {
+        Self(addr.to_string())
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The destination API.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DestinationDiscoveryConfig {
     /// The controller's address; by default `identity.controller`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub controller: Option<SocketAddr>,
+    pub controller: Option<HostPort>,
     /// The identity the controller proves; by default `identity.controller_identity`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller_identity: Option<Identity>,
@@ -428,9 +472,10 @@ pub struct IdentityConfig {
     /// `controller` (default) or `local`.
     #[serde(default = "default_identity_mode")]
     pub mode: IdentityMode,
-    /// The identity service's address (controller mode).
+    /// The identity service's address (controller mode): `host:port`, an IP or a name
+    /// (`mesh-controller.mesh-system.svc.cluster.local:8080`), resolved at each connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub controller: Option<SocketAddr>,
+    pub controller: Option<HostPort>,
     /// The identity the controller proves (controller mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_identity: Option<Identity>,
@@ -715,7 +760,7 @@ impl DiscoveryConfig {
                 }
                 DiscoverySource::Destination
                     if self.destination.controller.is_none()
-                        && identity.and_then(|i| i.controller).is_none() =>
+                        && identity.is_none_or(|i| i.controller.is_none()) =>
                 {
                     return Err(Invalid::missing(
                         "destination.controller",

@@ -186,7 +186,8 @@ fn destination(
     };
     let addr = destination
         .controller
-        .or(identity.and_then(|i| i.controller))
+        .clone()
+        .or(identity.and_then(|i| i.controller.clone()))
         .ok_or_else(|| missing("discovery.destination.controller", "not set"))?;
     let controller = destination
         .controller_identity
@@ -206,7 +207,7 @@ fn destination(
     })?;
     let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&trust)
         .map_err(setup("identity.trust_anchors"))?;
-    let channel = mesh_tls::api::controller_channel(addr, &controller, &trust, None)
+    let channel = mesh_tls::api::controller_channel(addr.as_str(), &controller, &trust, None)
         .map_err(setup("discovery.destination"))?;
     Ok(RemoteResolve::new(channel))
 }

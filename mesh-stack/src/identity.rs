@@ -32,7 +32,7 @@ pub fn from_config(c: &IdentityConfig) -> Result<(LocalIdentity, Arc<dyn Certify
         }
         IdentityMode::Controller => {
             let (Some(addr), Some(controller), Some(token)) =
-                (c.controller, &c.controller_identity, &c.token_file)
+                (&c.controller, &c.controller_identity, &c.token_file)
             else {
                 return Err(StackError::Identity {
                     key: "identity",
@@ -42,7 +42,7 @@ pub fn from_config(c: &IdentityConfig) -> Result<(LocalIdentity, Arc<dyn Certify
             };
             Arc::new(
                 mesh_tls::api::ControllerClient::new(
-                    addr,
+                    addr.as_str(),
                     controller,
                     &trust,
                     token.clone(),

@@ -6,7 +6,6 @@
 //! Kubernetes, read anew for every call because the kubelet rotates it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,10 +34,12 @@ pub struct ControllerClient {
 }
 
 impl ControllerClient {
-    /// A client of the controller at `addr`, which must prove `controller` (verified against
-    /// `trust`), sending the token read from `token_file`. Connects lazily.
+    /// A client of the controller at `addr` (`host:port`: an IP, or a name such as
+    /// `mesh-controller.mesh-system.svc.cluster.local:8080` resolved at each connect), which
+    /// must prove `controller` (verified against `trust`), sending the token read from
+    /// `token_file`. Connects lazily.
     pub fn new(
-        addr: SocketAddr,
+        addr: &str,
         controller: &Identity,
         trust: &TrustAnchors,
         token_file: PathBuf,
@@ -56,7 +57,7 @@ impl ControllerClient {
 /// against `trust`; each call limited to `timeout` (`None` for streams). Connects lazily and
 /// reconnects by itself.
 pub fn controller_channel(
-    addr: SocketAddr,
+    addr: &str,
     controller: &Identity,
     trust: &TrustAnchors,
     timeout: Option<Duration>,
@@ -68,6 +69,7 @@ pub fn controller_channel(
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target: Arc<str> = addr.into();
     let name = ServerName::try_from(controller.dns_name().to_owned())
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -83,8 +85,10 @@ pub fn controller_channel(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
             let connector = connector.clone();
             let name = name.clone();
+            let target = target.clone();
             async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                // A name is resolved anew at each connect: the controller's Service may move.
+                let tcp = tokio::net::TcpStream::connect(&*target).await?;
                 let _ = tcp.set_nodelay(true);
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))

@@ -192,7 +192,8 @@ async fn start(config: &str, trust: TrustAnchors) -> Running {
 }
 
 impl Running {
-    /// The proxy's client, sending `token`.
+    /// The proxy's client, sending `token`. It names the controller by a DNS name, as an
+    /// injected proxy names the controller's Service.
     fn client(&self, token: &str) -> ControllerClient {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let file = self.tokens.write(
@@ -200,7 +201,7 @@ impl Running {
             token,
         );
         ControllerClient::new(
-            self.addr,
+            &format!("localhost:{}", self.addr.port()),
             &Identity::parse(CONTROLLER).unwrap(),
             &self.trust,
             file,
@@ -729,7 +730,7 @@ async fn the_client_refuses_a_controller_it_does_not_trust() {
     let other = Pki::new("untrusted-other");
     let file = running.tokens.write("token", "web-s3cret");
     let client = ControllerClient::new(
-        running.addr,
+        &running.addr.to_string(),
         &Identity::parse(CONTROLLER).unwrap(),
         &other.trust(),
         file.clone(),
@@ -740,7 +741,7 @@ async fn the_client_refuses_a_controller_it_does_not_trust() {
     assert!(error.contains("certify:"), "{error}");
     // Or a controller that is not the one expected.
     let client = ControllerClient::new(
-        running.addr,
+        &running.addr.to_string(),
         &id("mesh-system", "impostor"),
         &pki.trust(),
         file,
@@ -1557,7 +1558,7 @@ async fn a_slow_api_server_is_unavailable_before_the_clients_deadline() {
         let running = start(&pki.config("", &kube_tokens(api, "")), pki.trust()).await;
         let file = running.tokens.write("token", "eyJ.web.projected");
         let patient = ControllerClient::new(
-            running.addr,
+            &running.addr.to_string(),
             &Identity::parse(CONTROLLER).unwrap(),
             &pki.trust(),
             file,

@@ -134,7 +134,13 @@ fn controller_identity() -> Identity {
 }
 
 fn channel(pki: &Pki, addr: SocketAddr) -> tonic::transport::Channel {
-    mesh_tls::api::controller_channel(addr, &controller_identity(), &pki.trust(), None).unwrap()
+    mesh_tls::api::controller_channel(
+        &addr.to_string(),
+        &controller_identity(),
+        &pki.trust(),
+        None,
+    )
+    .unwrap()
 }
 
 fn service(ns: &str, name: &str) -> Service {
