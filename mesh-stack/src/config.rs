@@ -467,7 +467,9 @@ pub enum IdentityMode {
 pub struct IdentityConfig {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`.
     pub name: Identity,
-    /// A PEM bundle of the roots that vouch for every workload (one or several).
+    /// A PEM bundle of the roots that vouch for every workload (one or several): a file, or
+    /// the PEM text itself (`-----BEGIN CERTIFICATE-----...`, as an injected proxy's
+    /// environment gives it).
     pub trust_anchors: PathBuf,
     /// `controller` (default) or `local`.
     #[serde(default = "default_identity_mode")]
@@ -638,6 +640,17 @@ impl IdentityConfig {
     }
 }
 
+impl IdentityConfig {
+    /// The trust anchors: read from the file, or parsed from the PEM text given in its place.
+    pub fn load_trust_anchors(&self) -> Result<mesh_tls::cert::TrustAnchors, mesh_tls::TlsError> {
+        let text = self.trust_anchors.as_os_str().to_string_lossy();
+        if text.trim_start().starts_with("-----BEGIN") {
+            return mesh_tls::cert::TrustAnchors::from_pem(text.as_bytes());
+        }
+        mesh_tls::cert::TrustAnchors::from_pem_file(&self.trust_anchors)
+    }
+}
+
 impl Policy {
     /// Does this policy need callers to prove an identity?
     pub fn needs_identity(&self) -> bool {
@@ -783,6 +796,50 @@ mod tests {
 
     fn service(toml: &str) -> ServiceConfig {
         toml::from_str(toml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn trust_anchors_from_a_file_or_inline() {
+        let made = mesh_tls::ca::bootstrap(
+            "cluster.local",
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let config = |anchors: &str| IdentityConfig {
+            trust_anchors: PathBuf::from(anchors),
+            ..toml::from_str::<IdentityConfig>(
+                "name = \"spiffe://cluster.local/ns/a/sa/b\"\ntrust_anchors = \"x\"",
+            )
+            .unwrap()
+        };
+        config(&made.anchor_pem).load_trust_anchors().unwrap();
+        let file = std::env::temp_dir().join(format!("mesh-anchors-{}.pem", std::process::id()));
+        std::fs::write(&file, &made.anchor_pem).unwrap();
+        let from_file = config(file.to_str().unwrap()).load_trust_anchors();
+        let _ = std::fs::remove_file(&file);
+        from_file.unwrap();
+        assert!(config("/nonexistent/ca.crt").load_trust_anchors().is_err());
+        assert!(
+            config("-----BEGIN CERTIFICATE-----\nnot base64\n")
+                .load_trust_anchors()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn host_ports() {
+        for good in [
+            "10.0.0.1:8080",
+            "[fd00::1]:8080",
+            "mesh-controller.mesh-system.svc:8080",
+        ] {
+            assert_eq!(HostPort::try_from(good.to_owned()).unwrap().as_str(), good);
+        }
+        for bad in ["mesh-controller", "a:b", ":80", "user@host:80", ""] {
+            assert!(HostPort::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
     }
 
     #[test]

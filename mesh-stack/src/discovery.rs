@@ -199,13 +199,14 @@ fn destination(
                 "not set (nor identity.controller_identity)",
             )
         })?;
-    let trust = identity.map(|i| i.trust_anchors.clone()).ok_or_else(|| {
+    let identity = identity.ok_or_else(|| {
         missing(
             "discovery.destination",
             "the destination API needs [identity] (its trust anchors verify the controller)",
         )
     })?;
-    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&trust)
+    let trust = identity
+        .load_trust_anchors()
         .map_err(setup("identity.trust_anchors"))?;
     let channel = mesh_tls::api::controller_channel(addr.as_str(), &controller, &trust, None)
         .map_err(setup("discovery.destination"))?;

@@ -17,7 +17,8 @@ pub fn from_config(c: &IdentityConfig) -> Result<(LocalIdentity, Arc<dyn Certify
             source: Box::new(e),
         }
     };
-    let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&c.trust_anchors)
+    let trust = c
+        .load_trust_anchors()
         .map_err(failed("identity.trust_anchors"))?;
     let certify: Arc<dyn Certify> = match c.mode {
         IdentityMode::Local => {
