@@ -56,7 +56,7 @@ use crate::resolve::{
 pub const MESHED_LABEL: &str = "mesh.dev/meshed";
 /// The pod annotation that marks ports opaque (`"5432,6379,9000-9010"`): a connection to
 /// one of them is forwarded as TCP (over mTLS when meshed), never sniffed for HTTP.
-pub const OPAQUE_PORTS_ANNOTATION: &str = "mesh.dev/opaque-ports";
+pub const OPAQUE_PORTS_ANNOTATION: &str = "config.mesh.dev/opaque-ports";
 /// How often a watch checks that somebody still follows its service.
 const UNUSED_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -402,7 +402,7 @@ async fn addresses_are_looked_up() {
         serde_json::from_value(json!({
             "metadata": {"name": "db-0", "namespace": "data",
                          "labels": {"app": "db", "mesh.dev/meshed": "true"},
-                         "annotations": {"mesh.dev/opaque-ports": "5432, 9000-9001"}},
+                         "annotations": {"config.mesh.dev/opaque-ports": "5432, 9000-9001"}},
             "spec": {"serviceAccountName": "db", "containers": []},
             "status": {"phase": "Running", "podIP": "198.18.9.20",
                        "podIPs": [{"ip": "198.18.9.20"}]}

@@ -10,6 +10,8 @@ use mesh_capture::{Capture, CidrList, DEFAULT_PORTS, Firewall, PortList};
 pub(crate) enum Command {
     /// Install the capture rules in this network namespace, then exit.
     Init(InitArgs),
+    /// Wait until the proxy beside this one is ready (a `postStart` hook), then exit.
+    WaitReady(crate::wait_ready::WaitReadyArgs),
 }
 
 /// Installs (or with `--uninstall` removes) the firewall rules that send the pod's TCP
@@ -48,8 +50,16 @@ pub(crate) struct InitArgs {
     uninstall: bool,
 }
 
+/// Runs a subcommand.
+pub(crate) fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Init(args) => init(args),
+        Command::WaitReady(args) => crate::wait_ready::run(args),
+    }
+}
+
 /// Runs `init`; a failure names the command that failed and what it printed.
-pub(crate) fn run(Command::Init(args): Command) -> ExitCode {
+fn init(args: InitArgs) -> ExitCode {
     let capture = Capture {
         proxy_uid: args.proxy_uid,
         inbound_port: args.inbound_port,

@@ -1,7 +1,9 @@
 //! `mesh-proxy --config FILE`: the sidecar. See the library docs for the stacks.
 //! `mesh-proxy init`: installs the pod's capture rules and exits.
+//! `mesh-proxy wait-ready`: waits for the proxy beside it to be ready.
 
 mod init;
+mod wait_ready;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

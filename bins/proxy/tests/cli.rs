@@ -328,3 +328,40 @@ async fn admin_changes_the_log_level_and_shuts_down_on_request() {
         "the proxy did not exit 0 after /shutdown"
     );
 }
+
+/// `wait-ready`, the `postStart` hook of a proxy injected as an ordinary container: it returns
+/// once the proxy beside it is ready, and fails, saying so, when it never is.
+#[tokio::test]
+async fn wait_ready_returns_when_the_proxy_is_ready_and_fails_when_it_never_is() {
+    let admin = free_port();
+    let config = write_config(&format!(
+        "[admin]\nlisten = \"{admin}\"\n[outbound]\nlisten = \"{}\"\n",
+        free_port()
+    ));
+    let waiting = std::thread::spawn({
+        let admin = admin.to_string();
+        move || {
+            Command::new(BIN)
+                .args(["wait-ready", "--admin", &admin, "--timeout", "20s"])
+                .output()
+                .unwrap()
+        }
+    });
+    let _proxy = start(&config, admin).await;
+    let waited = tokio::task::spawn_blocking(move || waiting.join().unwrap())
+        .await
+        .unwrap();
+    assert!(waited.status.success(), "{waited:?}");
+
+    let nobody = free_port().to_string();
+    let out = Command::new(BIN)
+        .args(["wait-ready", "--admin", &nobody, "--timeout", "300ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&nobody) && err.contains("unreachable"),
+        "{err}"
+    );
+}
