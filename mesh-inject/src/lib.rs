@@ -145,6 +145,8 @@ pub enum Skip {
     AlreadyInjected,
     /// Its own annotation says `disabled`, whatever its namespace says.
     OptedOut,
+    /// It has no containers (the API server refuses such a pod anyway): nothing to mesh.
+    NoContainers,
 }
 
 impl Skip {
@@ -154,6 +156,7 @@ impl Skip {
             Skip::HostNetwork => "hostNetwork",
             Skip::AlreadyInjected => "already-injected",
             Skip::OptedOut => "opted-out",
+            Skip::NoContainers => "no-containers",
         }
     }
 }
@@ -193,8 +196,9 @@ pub fn decide(
     if !wanted {
         return Decision::Unchanged;
     }
-    let empty = PodSpec::default();
-    let spec = spec.unwrap_or(&empty);
+    let Some(spec) = spec.filter(|s| !s.containers.is_empty()) else {
+        return skipped(meta, Skip::NoContainers);
+    };
     if spec.host_network == Some(true) {
         return skipped(meta, Skip::HostNetwork);
     }

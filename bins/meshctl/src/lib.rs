@@ -85,6 +85,7 @@
 //! ```
 
 mod http;
+pub mod inject;
 pub mod prom;
 pub mod query;
 pub mod report;

@@ -29,6 +29,28 @@ enum Command {
     Stat(Common),
     /// Who talks to whom: RPS, success rate and mTLS per source and destination workload.
     Edges(Common),
+    /// Add the mesh's sidecar to the workloads of Kubernetes manifests (YAML to stdout).
+    Inject(InjectArgs),
+}
+
+#[derive(Debug, Args)]
+struct InjectArgs {
+    /// The manifests: a file, or `-` for standard input (multi-document YAML, or a List).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: String,
+    /// The install's injection settings (TOML, as the injector's `[inject]` section).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// The trust anchors (PEM) the proxies verify each other with.
+    #[arg(long, value_name = "FILE")]
+    trust_anchors: Option<std::path::PathBuf>,
+    /// The proxy's image.
+    #[arg(long, value_name = "IMAGE")]
+    proxy_image: Option<String>,
+    /// For clusters before Kubernetes 1.29: the proxy as the first container, not a native
+    /// sidecar.
+    #[arg(long)]
+    no_native_sidecar: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +94,20 @@ fn parse_window(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Inject(args) = &cli.command {
+        return match inject(args) {
+            Ok(text) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("meshctl inject: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,10 +132,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `meshctl inject`: the manifests with the sidecar, and a line on stderr per workload.
+fn inject(args: &InjectArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let input = match args.file.as_str() {
+        "-" => std::io::read_to_string(std::io::stdin()).context("reading standard input")?,
+        path => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+    };
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => mesh_inject::InjectConfig::default(),
+    };
+    if let Some(path) = &args.trust_anchors {
+        config.trust_anchors_pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the trust anchors {}", path.display()))?;
+    }
+    if let Some(image) = &args.proxy_image {
+        config.proxy_image.clone_from(image);
+    }
+    if args.no_native_sidecar {
+        config.native_sidecar = false;
+    }
+    if !config
+        .trust_anchors_pem
+        .contains("-----BEGIN CERTIFICATE-----")
+    {
+        anyhow::bail!(
+            "no trust anchors: pass --trust-anchors FILE (the install's ca.crt, PEM) or set \
+             trust_anchors_pem in --config; the proxies verify each other with them"
+        );
+    }
+    let out = meshctl::inject::inject_yaml(&input, &config)?;
+    for object in &out.injected {
+        eprintln!("{object} injected");
+    }
+    for (object, why) in &out.skipped {
+        eprintln!("{object} skipped: {why}");
+    }
+    Ok(out.text)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<String> {
     let (is_stat, args) = match cli.command {
         Command::Stat(args) => (true, args),
         Command::Edges(args) => (false, args),
+        Command::Inject(_) => bail!("inject runs without the runtime"),
     };
     let direction = args.direction;
     let (out, window, place) = match args.source.prometheus {
