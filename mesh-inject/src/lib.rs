@@ -41,6 +41,9 @@
 //! assert_eq!(init[1].restart_policy.as_deref(), Some("Always")); // the native sidecar
 //! ```
 
+#[cfg(feature = "admission")]
+pub mod admission;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodSpec;

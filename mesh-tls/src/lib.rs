@@ -66,6 +66,7 @@ pub mod cert;
 pub mod connect;
 pub mod local;
 pub mod metrics;
+pub mod serving;
 
 use std::path::Path;
 use std::sync::Arc;

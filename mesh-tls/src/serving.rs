@@ -1,0 +1,141 @@
+//! A server certificate from PEM files (a Kubernetes Secret mounted in a pod), reloaded when
+//! the files change, without a restart and without dropping a connection: new handshakes get
+//! the new certificate. What a webhook or an ingress serves with.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh_tls::TlsError> {
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use mesh_tls::serving::ServingCert;
+//!
+//! let cert = ServingCert::load(Path::new("/tls/tls.crt"), Path::new("/tls/tls.key"))?;
+//! cert.watch(Duration::from_secs(2)); // a background task compares the files
+//! let config = cert.server_config(&[b"h2", b"http/1.1"])?;
+//! let acceptor = tokio_rustls::TlsAcceptor::from(config);
+//! # let _ = acceptor;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::TlsError;
+use crate::cert::{read_certs, read_key};
+
+/// The certificate being served, and where it comes from.
+#[derive(Debug)]
+pub struct ServingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The files' bytes when last loaded: a change is a difference, whatever the mtime says
+    /// (Kubernetes swaps a symlink to update a mounted Secret).
+    loaded: std::sync::Mutex<Files>,
+}
+
+/// The certificate's and the key's files, as read.
+type Files = (Vec<u8>, Vec<u8>);
+
+impl ServingCert {
+    /// Loads the chain (leaf first) and its key; fails naming the file that is wrong.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let (certified, bytes) = Self::read(cert, key)?;
+        Ok(Arc::new(Self {
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+            current: ArcSwap::from_pointee(certified),
+            loaded: std::sync::Mutex::new(bytes),
+        }))
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<(CertifiedKey, Files), TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::File {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let bytes = (read(cert)?, read(key)?);
+        let chain = read_certs(cert)?;
+        let der = read_key(key)?;
+        let signing_key = crate::provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?;
+        let certified = CertifiedKey::new(chain, signing_key);
+        certified.keys_match().map_err(|e| {
+            TlsError::Key(format!(
+                "{} does not match {}: {e}",
+                key.display(),
+                cert.display()
+            ))
+        })?;
+        Ok((certified, bytes))
+    }
+
+    /// Loads the files again if they changed; `Ok(true)` when a new certificate is served.
+    /// A pair that does not load (half written, mismatched) leaves the old one in place.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let unchanged = {
+            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            std::fs::read(&self.cert_path).ok().as_deref() == Some(&loaded.0[..])
+                && std::fs::read(&self.key_path).ok().as_deref() == Some(&loaded.1[..])
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        let (certified, bytes) = Self::read(&self.cert_path, &self.key_path)?;
+        self.current.store(Arc::new(certified));
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
+        Ok(true)
+    }
+
+    /// Compares the files every `every` in a background task (of the current runtime), for
+    /// as long as the certificate is in use.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(cert) = weak.upgrade() else {
+                    return;
+                };
+                match cert.reload() {
+                    Ok(true) => {
+                        tracing::info!(cert = %cert.cert_path.display(), "serving certificate reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the serving certificate's files changed but do not load; serving the old one")
+                    }
+                }
+            }
+        });
+    }
+
+    /// A TLS 1.2/1.3 server configuration serving this certificate, with `alpn`.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
