@@ -86,6 +86,7 @@
 
 mod http;
 pub mod inject;
+pub mod install;
 pub mod prom;
 pub mod query;
 pub mod report;

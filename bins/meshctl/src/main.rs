@@ -31,6 +31,35 @@ enum Command {
     Edges(Common),
     /// Add the mesh's sidecar to the workloads of Kubernetes manifests (YAML to stdout).
     Inject(InjectArgs),
+    /// Print the control plane's manifests, for `kubectl apply -f -`.
+    Install(InstallArgs),
+    /// Print what to delete, for `kubectl delete --ignore-not-found -f -`.
+    Uninstall,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// Where the images are.
+    #[arg(long, default_value = "ghcr.io/mesh-dev")]
+    registry: String,
+    /// The images' tag [default: this meshctl's version]
+    #[arg(long = "version", value_name = "TAG")]
+    image_version: Option<String>,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Leave the issuer Secret (mesh-identity-issuer) to cert-manager or another issuer.
+    #[arg(long, requires = "identity_trust_anchors_file")]
+    identity_external_issuer: bool,
+    /// The trust anchors (PEM) that issuer chains to.
+    #[arg(long, value_name = "FILE")]
+    identity_trust_anchors_file: Option<std::path::PathBuf>,
+    /// For clusters before Kubernetes 1.29: inject the proxy as the first container.
+    #[arg(long)]
+    no_native_sidecar: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,8 +123,14 @@ fn parse_window(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Inject(args) = &cli.command {
-        return match inject(args) {
+    let offline = match &cli.command {
+        Command::Inject(args) => Some(inject(args)),
+        Command::Install(args) => Some(install(args)),
+        Command::Uninstall => Some(meshctl::install::uninstall_yaml().map_err(Into::into)),
+        Command::Stat(_) | Command::Edges(_) => None,
+    };
+    if let Some(result) = offline {
+        return match result {
             Ok(text) => {
                 let mut stdout = std::io::stdout().lock();
                 let _ = stdout.write_all(text.as_bytes());
@@ -103,7 +138,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("meshctl inject: {e:#}");
+                eprintln!("meshctl: {e:#}");
                 ExitCode::from(1)
             }
         };
@@ -176,11 +211,38 @@ fn inject(args: &InjectArgs) -> anyhow::Result<String> {
     Ok(out.text)
 }
 
+/// `meshctl install`: the manifests.
+fn install(args: &InstallArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let trust_anchors_pem = match &args.identity_trust_anchors_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the trust anchors {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let options = meshctl::install::InstallOptions {
+        registry: args.registry.trim_end_matches('/').to_owned(),
+        version: args
+            .image_version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+        trust_domain: args.trust_domain.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        external_issuer: args.identity_external_issuer,
+        trust_anchors_pem,
+        native_sidecar: !args.no_native_sidecar,
+    };
+    Ok(meshctl::install::install_yaml(&options)?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<String> {
     let (is_stat, args) = match cli.command {
         Command::Stat(args) => (true, args),
         Command::Edges(args) => (false, args),
-        Command::Inject(_) => bail!("inject runs without the runtime"),
+        Command::Inject(_) | Command::Install(_) | Command::Uninstall => {
+            bail!("this command runs without the runtime")
+        }
     };
     let direction = args.direction;
     let (out, window, place) = match args.source.prometheus {

@@ -1,0 +1,195 @@
+//! `meshctl install` / `uninstall`: every manifest parses into its k8s-openapi type, the
+//! configurations they carry load in the real binaries' loaders, the webhook's caBundle
+//! verifies the injector's certificate, the issuer chains to the anchors, each install makes
+//! its own PKI, and `uninstall` names every object.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshctl");
+
+fn meshctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    pem.contents
+}
+
+/// Whether `cert_pem` is signed by `ca_pem`'s key.
+fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let (cert_der, ca_der) = (der(cert_pem), der(ca_pem));
+    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+fn secret_data(secret: &Value, key: &str) -> String {
+    let secret: Secret = serde_json::from_value(secret.clone()).unwrap();
+    secret.string_data.unwrap()[key].clone()
+}
+
+#[test]
+fn install_prints_every_object_of_the_control_plane() {
+    let (code, yaml, stderr) = meshctl(&[
+        "install",
+        "--registry",
+        "registry.example/mesh",
+        "--version",
+        "1.2.3",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let all = objects(&yaml);
+    for object in &all {
+        let kind = object["kind"].as_str().unwrap();
+        let value = object.clone();
+        // Each one is what its kind says.
+        match kind {
+            "Namespace" => drop(serde_json::from_value::<Namespace>(value).unwrap()),
+            "ServiceAccount" => drop(serde_json::from_value::<ServiceAccount>(value).unwrap()),
+            "ClusterRole" => drop(serde_json::from_value::<ClusterRole>(value).unwrap()),
+            "ClusterRoleBinding" => {
+                drop(serde_json::from_value::<ClusterRoleBinding>(value).unwrap())
+            }
+            "ConfigMap" => drop(serde_json::from_value::<ConfigMap>(value).unwrap()),
+            "Secret" => drop(serde_json::from_value::<Secret>(value).unwrap()),
+            "Service" => drop(serde_json::from_value::<Service>(value).unwrap()),
+            "Deployment" => drop(serde_json::from_value::<Deployment>(value).unwrap()),
+            "MutatingWebhookConfiguration" => {
+                drop(serde_json::from_value::<MutatingWebhookConfiguration>(value).unwrap())
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Images from the flags.
+    let controller: Deployment =
+        serde_json::from_value(find(&all, "Deployment", "mesh-controller").clone()).unwrap();
+    let image = controller.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(
+        image.as_deref(),
+        Some("registry.example/mesh/mesh-controlplane:1.2.3")
+    );
+
+    // The configurations load in the binaries' own loaders.
+    let config: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "mesh-config").clone()).unwrap();
+    let data = config.data.unwrap();
+    mesh_controller::Config::from_toml_str(&data["controller.toml"]).unwrap();
+    let injector = mesh_injector::Config::from_toml_str(&data["injector.toml"]).unwrap();
+    assert_eq!(
+        injector.inject.proxy_image,
+        "registry.example/mesh/mesh-proxy:1.2.3"
+    );
+    assert_eq!(
+        injector.inject.controller,
+        "mesh-controller.mesh-system.svc.cluster.local:8080"
+    );
+
+    // The webhook: fail open, pods on create, and a caBundle that verifies the injector.
+    let webhook: MutatingWebhookConfiguration =
+        serde_json::from_value(find(&all, "MutatingWebhookConfiguration", "mesh-injector").clone())
+            .unwrap();
+    let hook = &webhook.webhooks.unwrap()[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("Never"));
+    let ca_bundle = String::from_utf8(hook.client_config.ca_bundle.clone().unwrap().0).unwrap();
+    let serving = secret_data(find(&all, "Secret", "mesh-injector-tls"), "tls.crt");
+    assert!(
+        signed_by(&serving, &ca_bundle),
+        "the caBundle does not verify the injector"
+    );
+
+    // The issuer chains to the anchors.
+    let anchors: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "mesh-trust-anchors").clone()).unwrap();
+    let anchor = anchors.data.unwrap()["ca.crt"].clone();
+    let issuer = secret_data(find(&all, "Secret", "mesh-identity-issuer"), "tls.crt");
+    assert!(signed_by(&issuer, &anchor));
+
+    // Another install: its own PKI.
+    let (_, again, _) = meshctl(&["install"]);
+    let again = objects(&again);
+    assert_ne!(
+        secret_data(find(&again, "Secret", "mesh-identity-issuer"), "tls.key"),
+        secret_data(find(&all, "Secret", "mesh-identity-issuer"), "tls.key")
+    );
+
+    // Uninstall names every object installed.
+    let (code, removal, _) = meshctl(&["uninstall"]);
+    assert_eq!(code, Some(0));
+    let named = |objects: &[Value]| -> BTreeSet<String> {
+        objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(named(&objects(&removal)), named(&all));
+}
+
+#[test]
+fn an_external_issuer_is_left_to_its_owner() {
+    let (code, _, stderr) = meshctl(&["install", "--identity-external-issuer"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--identity-trust-anchors-file"), "{stderr}");
+
+    let anchors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/ca.crt");
+    let (code, yaml, stderr) = meshctl(&[
+        "install",
+        "--identity-external-issuer",
+        "--identity-trust-anchors-file",
+        anchors.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let all = objects(&yaml);
+    assert!(
+        !all.iter()
+            .any(|o| o["metadata"]["name"] == "mesh-identity-issuer")
+    );
+    let config: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "mesh-trust-anchors").clone()).unwrap();
+    assert_eq!(
+        config.data.unwrap()["ca.crt"],
+        std::fs::read_to_string(&anchors).unwrap()
+    );
+}
