@@ -43,6 +43,16 @@
 //!   metadata and status changes); a write that changes nothing is a no-op;
 //!   deleting an object with finalizers only sets `deletionTimestamp`.
 //!
+//! - mutating admission webhooks: when `MutatingWebhookConfiguration` is served
+//!   ([`Builder::resource`]), an object being created goes through the stored webhooks whose
+//!   rules and namespace selector match, in the order of their configurations' names, once
+//!   each (`reinvocationPolicy: Never`), over HTTPS verified with the `caBundle`, as an
+//!   AdmissionReview v1; a JSONPatch answer is applied, a denial refuses the object, and a
+//!   failed call refuses it unless `failurePolicy: Ignore`. A webhook's `service` is reached at
+//!   the address given by [`Builder::webhook_service`] or
+//!   [`FakeApiServer::route_webhook_service`]; every call is recorded
+//!   ([`FakeApiServer::webhook_calls`]).
+//!
 //! For tests: [`FakeApiServer::apply`] / [`FakeApiServer::delete`] change
 //! the store directly (events go to open watches), [`FakeApiServer::compact`]
 //! drops the history, [`FakeApiServer::bookmark`] sends a bookmark,
@@ -79,6 +89,7 @@
 //! For kubectl: `kubectl --server=<url> get endpointslices -A`, or write
 //! [`FakeApiServer::kubeconfig`] to a file.
 
+mod admission;
 mod meta;
 mod selector;
 mod server;
@@ -99,6 +110,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use crate::admission::WebhookCall;
 use crate::meta::ResourceType;
 use crate::server::{Shared, lock};
 pub use crate::store::WriteOutcome;
@@ -201,6 +213,7 @@ pub struct Builder {
     bookmark_interval: Option<Duration>,
     token_reviewer: TokenReviewer,
     port: u16,
+    webhook_services: HashMap<(String, String, u16), SocketAddr>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -232,6 +245,7 @@ impl Default for Builder {
                 ..TokenReviewStatus::default()
             }),
             port: 0,
+            webhook_services: HashMap::new(),
         }
     }
 }
@@ -279,6 +293,21 @@ impl Builder {
         self
     }
 
+    /// Reaches the admission webhooks whose `clientConfig.service` is `namespace/name:port` at
+    /// `addr` (the stand-in has no cluster network).
+    #[must_use]
+    pub fn webhook_service(
+        mut self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        addr: SocketAddr,
+    ) -> Self {
+        self.webhook_services
+            .insert((namespace.to_owned(), name.to_owned(), port), addr);
+        self
+    }
+
     /// Listens on this port of 127.0.0.1 (default: an ephemeral one).
     #[must_use]
     pub fn port(mut self, port: u16) -> Self {
@@ -295,6 +324,8 @@ impl Builder {
             requests: Mutex::new(Vec::new()),
             token_reviewer: Mutex::new(self.token_reviewer),
             addr,
+            webhook_calls: Mutex::new(Vec::new()),
+            webhook_services: Mutex::new(self.webhook_services),
         });
         let server = FakeApiServer {
             inner: Arc::new(Inner {
@@ -638,6 +669,17 @@ impl FakeApiServer {
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner.shared.requests).clone()
+    }
+
+    /// Every call of an admission webhook so far, in order.
+    pub fn webhook_calls(&self) -> Vec<WebhookCall> {
+        lock(&self.inner.shared.webhook_calls).clone()
+    }
+
+    /// Reaches webhooks of Service `namespace/name:port` at `addr` from now on.
+    pub fn route_webhook_service(&self, namespace: &str, name: &str, port: u16, addr: SocketAddr) {
+        lock(&self.inner.shared.webhook_services)
+            .insert((namespace.to_owned(), name.to_owned(), port), addr);
     }
 
     /// Forgets the recorded requests.

@@ -1,5 +1,6 @@
 //! The HTTP side: routing, discovery, list/get/watch and writes.
 
+use std::collections::HashMap;
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) token_reviewer: Mutex<TokenReviewer>,
     pub(crate) addr: SocketAddr,
+    /// Every call of an admission webhook.
+    pub(crate) webhook_calls: Mutex<Vec<crate::admission::WebhookCall>>,
+    /// Where webhooks' Services are reached: (namespace, name, port) -> address.
+    pub(crate) webhook_services: Mutex<HashMap<(String, String, u16), SocketAddr>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -368,6 +373,16 @@ pub(crate) async fn handle(
             Err(e) => return Ok(error_response(&ApiError::bad_request(e.to_string()))),
         },
         _ => Bytes::new(),
+    };
+    // Objects being created go through the mutating webhooks first, as on a real server.
+    let body = match (&route, &method) {
+        (Route::Collection { res, ns, .. }, &Method::POST) => {
+            match crate::admission::admit(&shared, *res, ns.as_deref(), body).await {
+                Ok(body) => body,
+                Err(e) => return Ok(error_response(&e)),
+            }
+        }
+        _ => body,
     };
     let result = match (&route, &method) {
         (Route::Version, &Method::GET) => Ok(json_response(200, &version())),

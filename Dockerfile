@@ -1,0 +1,41 @@
+# The mesh's two images, from one build:
+#
+#   docker build --target proxy        -t ghcr.io/mesh-dev/mesh-proxy:0.1.0 .
+#   docker build --target controlplane -t ghcr.io/mesh-dev/mesh-controlplane:0.1.0 .
+#
+# `proxy` is the sidecar and, with `mesh-proxy init`, the init container that installs the
+# capture rules (so it carries nft and iptables), as linkerd's proxy and proxy-init share a
+# release. `controlplane` holds mesh-controller, mesh-injector and meshctl on a distroless base.
+# Both run as non-root users: 2102 for the proxy (the uid the capture rules let out; init runs
+# as root with NET_ADMIN and NET_RAW only, as the injected securityContext says), 65532 for the
+# control plane. `meshctl install --registry R --version V` names these images.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+        -p mesh-proxy -p mesh-controller -p mesh-injector -p meshctl \
+ && mkdir -p /out \
+ && cp target/release/mesh-proxy target/release/mesh-controller \
+       target/release/mesh-injector target/release/meshctl /out/
+
+FROM debian:bookworm-slim AS proxy
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables iptables \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 2102 mesh-proxy \
+ && useradd --uid 2102 --gid 2102 --no-create-home --shell /usr/sbin/nologin mesh-proxy
+COPY --from=build /out/mesh-proxy /mesh-proxy
+USER 2102:2102
+EXPOSE 4140 4143 4191
+ENTRYPOINT ["/mesh-proxy"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS controlplane
+COPY --from=build /out/mesh-controller /out/mesh-injector /out/meshctl /usr/local/bin/
+USER 65532:65532
+EXPOSE 8080 8443
+ENTRYPOINT ["/usr/local/bin/mesh-controller"]
