@@ -1174,9 +1174,12 @@ fn decode(rt: &ResourceType, obj: Value, q: &Query) -> Result<(Value, Vec<String
             rt.kind, rt.version, rt.kind
         ))
     };
-    let decoded = (rt.normalize)(obj.clone()).map_err(|e| cannot(&e))?;
+    let mut decoded = (rt.normalize)(obj.clone()).map_err(|e| cannot(&e))?;
     let mut unknown = Vec::new();
     unknown_fields(&obj, &decoded, "", &mut unknown);
+    if rt.group.is_empty() && rt.kind == "Secret" {
+        merge_string_data(&mut decoded);
+    }
     let unknown: Vec<String> = unknown
         .iter()
         .map(|f| format!("unknown field \"{f}\""))
@@ -1188,6 +1191,28 @@ fn decode(rt: &ResourceType, obj: Value, q: &Query) -> Result<(Value, Vec<String
         ))),
         "Warn" => Ok((decoded, unknown)),
         _ => Ok((decoded, Vec::new())),
+    }
+}
+
+/// A Secret's `stringData` becomes `data` (base64), as the real server writes it: `stringData`
+/// is write-only.
+fn merge_string_data(secret: &mut Value) {
+    let Some(map) = secret.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map
+        .entry("data")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Value::Object(data) = data {
+        for (key, value) in strings {
+            let bytes = value.as_str().unwrap_or_default().as_bytes().to_vec();
+            if let Ok(encoded) = serde_json::to_value(k8s_openapi::ByteString(bytes)) {
+                data.insert(key, encoded);
+            }
+        }
     }
 }
 

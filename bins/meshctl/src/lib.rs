@@ -84,6 +84,7 @@
 //! # }
 //! ```
 
+pub mod check;
 mod http;
 pub mod inject;
 pub mod install;

@@ -35,6 +35,15 @@ enum Command {
     Install(InstallArgs),
     /// Print what to delete, for `kubectl delete --ignore-not-found -f -`.
     Uninstall,
+    /// Check the installed mesh: API, control plane, webhook, issuer, trust anchors, proxies.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The kubeconfig [default: as kubectl finds it: KUBECONFIG, ~/.kube/config, in-cluster]
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +136,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => Some(inject(args)),
         Command::Install(args) => Some(install(args)),
         Command::Uninstall => Some(meshctl::install::uninstall_yaml().map_err(Into::into)),
-        Command::Stat(_) | Command::Edges(_) => None,
+        Command::Stat(_) | Command::Edges(_) | Command::Check(_) => None,
     };
     if let Some(result) = offline {
         return match result {
@@ -236,10 +245,38 @@ fn install(args: &InstallArgs) -> anyhow::Result<String> {
     Ok(meshctl::install::install_yaml(&options)?)
 }
 
+/// `meshctl check`: the report, and whether every check passed.
+async fn check(args: CheckArgs) -> anyhow::Result<(String, bool)> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let checks = meshctl::check::run(client, std::time::SystemTime::now()).await;
+    let ok = checks.iter().all(|c| c.ok);
+    Ok((meshctl::check::render(&checks), ok))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<String> {
     let (is_stat, args) = match cli.command {
         Command::Stat(args) => (true, args),
         Command::Edges(args) => (false, args),
+        Command::Check(args) => {
+            let (report, ok) = check(args).await?;
+            if !ok {
+                // The report is the answer: print it, then fail.
+                print!("{report}");
+                bail!("some checks failed");
+            }
+            return Ok(report);
+        }
         Command::Inject(_) | Command::Install(_) | Command::Uninstall => {
             bail!("this command runs without the runtime")
         }
