@@ -28,8 +28,9 @@ if ! command -v openssl >/dev/null; then
     apt_install openssl
 fi
 
-# The capture tests run `mesh-proxy init` in network namespaces under each firewall backend.
-for tool in nft:nftables iptables-legacy:iptables ip:iproute2 setpriv:util-linux; do
+# The capture tests run `mesh-proxy init` in network namespaces under each firewall backend;
+# the install test drives the real kubectl.
+for tool in nft:nftables iptables-legacy:iptables ip:iproute2 setpriv:util-linux kubectl:kubernetes-client; do
     if ! command -v "${tool%%:*}" >/dev/null; then
         echo "installing ${tool##*:} for the capture tests"
         apt_install "${tool##*:}"
