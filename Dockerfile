@@ -1,7 +1,8 @@
-# The mesh's two images, from one build:
+# The mesh's two images, and the demo's, from one build:
 #
 #   docker build --target proxy        -t ghcr.io/mesh-dev/mesh-proxy:0.1.0 .
 #   docker build --target controlplane -t ghcr.io/mesh-dev/mesh-controlplane:0.1.0 .
+#   docker build --target demo         -t ghcr.io/mesh-dev/mesh-demo:0.1.0 .
 #
 # `proxy` is the sidecar and, with `mesh-proxy init`, the init container that installs the
 # capture rules (so it carries nft and iptables), as linkerd's proxy and proxy-init share a
@@ -19,9 +20,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
         -p mesh-proxy -p mesh-controller -p mesh-injector -p meshctl \
+ && cargo build --release --locked -p mesh-examples --bin demo-app \
  && mkdir -p /out \
  && cp target/release/mesh-proxy target/release/mesh-controller \
-       target/release/mesh-injector target/release/meshctl /out/
+       target/release/mesh-injector target/release/meshctl target/release/demo-app /out/
 
 FROM debian:bookworm-slim AS proxy
 RUN apt-get update \
@@ -39,3 +41,10 @@ COPY --from=build /out/mesh-controller /out/mesh-injector /out/meshctl /usr/loca
 USER 65532:65532
 EXPOSE 8080 8443
 ENTRYPOINT ["/usr/local/bin/mesh-controller"]
+
+# The demo's parts (deploy/demo/demo.yaml): greeter, names, loadgen.
+FROM gcr.io/distroless/cc-debian12:nonroot AS demo
+COPY --from=build /out/demo-app /usr/local/bin/demo-app
+USER 65532:65532
+EXPOSE 50051 50052
+ENTRYPOINT ["/usr/local/bin/demo-app"]

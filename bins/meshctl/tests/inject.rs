@@ -119,7 +119,9 @@ fn template_of(doc: &Value) -> Option<(String, PodTemplateSpec)> {
 
 #[test]
 fn workloads_get_one_proxy_and_everything_else_is_untouched() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/demo/demo.yaml");
     for file in [
+        demo.to_str().unwrap(),
         "deployment-with-sidecars.yaml",
         "job.yaml",
         "cronjob.yaml",
