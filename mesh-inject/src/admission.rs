@@ -115,6 +115,28 @@ pub fn parse(body: &[u8]) -> Result<Request, InvalidReview> {
     Ok(Request(request))
 }
 
+/// For a body this webhook cannot serve but that names a request (another API version, a
+/// request shaped unlike v1's): an answer in the body's own version that allows the object as
+/// it is, with a warning, so that the API server creates it unchanged. `None` when the body
+/// names no request uid (garbage: the caller's 400).
+pub fn allow_unserved(body: &[u8], why: &InvalidReview) -> Option<Value> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let uid = value.pointer("/request/uid")?.as_str()?.to_owned();
+    let version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(API_VERSION);
+    Some(serde_json::json!({
+        "apiVersion": version,
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid,
+            "allowed": true,
+            "warnings": [format!("mesh-injector did not inject: {why}")],
+        }
+    }))
+}
+
 /// The answer to `request` (always allowed) as JSON, and what was done.
 pub fn respond(
     request: &Request,

@@ -8,8 +8,9 @@
 //!
 //! It serves over HTTPS on `listen`:
 //!
-//! - `POST /inject`: the webhook. A body that is not an AdmissionReview v1 gets a 400 naming
-//!   what is wrong, one over 8 MiB a 413; each is logged and counted, and the injector goes on
+//! - `POST /inject`: the webhook. A review it cannot serve (another API version) is answered
+//!   allowed and unchanged, with a warning; a body that names no request gets a 400 naming what
+//!   is wrong, one over 8 MiB a 413; each is logged and counted, and the injector goes on
 //!   serving;
 //! - `GET /ready`, `GET /metrics` (`injector_admission_reviews_total{outcome,reason}`,
 //!   `injector_invalid_requests_total{reason}`).
@@ -307,7 +308,16 @@ async fn review(state: &State, request: Request<hyper::body::Incoming>) -> Respo
                 admission::InvalidReview::Version(_) => "api-version",
                 admission::InvalidReview::NoRequest => "no-request",
             };
-            return refuse(StatusCode::BAD_REQUEST, reason, e.to_string());
+            // A review that names its request is answered (allowed, unchanged): the pod is
+            // created as it is. Only what names no request is an HTTP error.
+            return match admission::allow_unserved(&body, &e) {
+                Some(answer) => {
+                    tracing::warn!(reason, "{e}: allowed unchanged");
+                    state.invalid.get_or_create(&InvalidLabels { reason }).inc();
+                    json(answer)
+                }
+                None => refuse(StatusCode::BAD_REQUEST, reason, e.to_string()),
+            };
         }
     };
     let namespace = match parsed.namespace() {
@@ -328,6 +338,10 @@ async fn review(state: &State, request: Request<hyper::body::Incoming>) -> Respo
         })
         .inc();
     tracing::info!(uid = parsed.uid(), namespace = ?parsed.namespace(), outcome = outcome.as_str(), reason, "admission review");
+    json(answer)
+}
+
+fn json(answer: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::OK, answer.to_string());
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

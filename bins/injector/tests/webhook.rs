@@ -254,15 +254,27 @@ async fn the_webhook_meshes_opted_in_pods_answers_bad_input_and_reloads_its_cert
         assert!(sidecars(&skipped).is_empty());
     }
 
-    // Bad input: garbage, an unknown version, 10 MiB: an HTTP error naming it, never a crash.
+    // Bad input: garbage, an unknown version, 10 MiB: never a crash, never a blocked pod.
     let (status, answer) = post(b"{not json".to_vec()).await.unwrap();
     assert_eq!(status, 400);
     assert!(answer.contains("not an AdmissionReview"), "{answer}");
     let mut old = review("shop", app_pod(json!({})));
     old["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    // Another version: answered in that version, allowed, unchanged, with the reason.
     let (status, answer) = post(old.to_string().into_bytes()).await.unwrap();
-    assert_eq!(status, 400);
-    assert!(answer.contains("admission.k8s.io/v1beta1"), "{answer}");
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["uid"], "8d3b1d5e-0001");
+    assert!(answer["response"].get("patch").is_none());
+    assert!(
+        answer["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("v1beta1"),
+        "{answer}"
+    );
     let (status, answer) = post(vec![b' '; 10 * 1024 * 1024]).await.unwrap();
     assert_eq!(status, 413, "{answer}");
     let (status, _) = post(review("shop", pod.clone()).to_string().into_bytes())
