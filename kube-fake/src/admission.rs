@@ -126,32 +126,21 @@ pub(crate) async fn admit(
                 format!("admission webhook \"{webhook}\" denied the request: {message}"),
             ));
         }
-        match patch_of(&response) {
-            Err(why) => {
-                record(Err(why.clone()));
-                if !ignore {
-                    return Err(ApiError::new(
-                        500,
-                        "InternalError",
-                        format!("webhook \"{webhook}\": {why}"),
-                    ));
-                }
-            }
-            Ok(None) => record(Ok("allowed")),
-            Ok(Some(patch)) => match json_patch::patch(&mut object, &patch) {
-                Ok(()) => record(Ok("patched")),
-                Err(e) => {
-                    let why = format!("the patch does not apply: {e}");
-                    record(Err(why.clone()));
-                    if !ignore {
-                        return Err(ApiError::new(
-                            500,
-                            "InternalError",
-                            format!("webhook \"{webhook}\": {why}"),
-                        ));
-                    }
-                }
-            },
+        let applied = patch_of(&response).and_then(|patch| match patch {
+            None => Ok("allowed"),
+            Some(patch) => json_patch::patch(&mut object, &patch)
+                .map(|()| "patched")
+                .map_err(|e| format!("the patch does not apply: {e}")),
+        });
+        record(applied.clone());
+        if let Err(why) = applied
+            && !ignore
+        {
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                format!("webhook \"{webhook}\": {why}"),
+            ));
         }
     }
     Ok(Bytes::from(object.to_string()))

@@ -484,3 +484,77 @@ async fn extra_cluster_scoped_resources_can_be_served() {
         "{err}"
     );
 }
+
+/// Mutating webhooks on create: a webhook that cannot be called refuses the object under
+/// `failurePolicy: Fail` (the default) and lets it through under `Ignore`, each call recorded;
+/// a namespace the selector leaves out is not sent to the webhook at all.
+#[tokio::test]
+async fn failing_webhooks_refuse_or_ignore_as_their_policy_says() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Pod;
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = FakeApiServer::builder()
+        .resource::<MutatingWebhookConfiguration>()
+        .webhook_service("hooks", "inject", 443, dead)
+        .start()
+        .await;
+    let webhook = |policy: &str| -> MutatingWebhookConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hook"},
+            "webhooks": [{
+                "name": "inject.example.dev",
+                "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "failurePolicy": policy,
+                "clientConfig": {"service": {"name": "inject", "namespace": "hooks", "port": 443},
+                                 "caBundle": "LS0tLS0="},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
+            }]
+        }))
+        .unwrap()
+    };
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "app"}]}
+        }))
+        .unwrap()
+    };
+    let client = server.client();
+    let demo: Api<Pod> = Api::namespaced(client.clone(), "demo");
+
+    server.apply(webhook("Fail"));
+    let refused = demo
+        .create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("failed calling webhook \"inject.example.dev\""),
+        "{refused}"
+    );
+    assert!(demo.get_opt("a").await.unwrap().is_none());
+
+    server.apply(webhook("Ignore"));
+    demo.create(&PostParams::default(), &pod("b"))
+        .await
+        .unwrap();
+
+    // kube-system is not selected: no call.
+    let system: Api<Pod> = Api::namespaced(client, "kube-system");
+    system
+        .create(&PostParams::default(), &pod("c"))
+        .await
+        .unwrap();
+
+    let calls = server.webhook_calls();
+    let objects: Vec<&str> = calls.iter().map(|c| c.object.as_str()).collect();
+    assert_eq!(objects, ["demo/a", "demo/b"], "{calls:?}");
+    assert!(calls.iter().all(|c| c.outcome.is_err()), "{calls:?}");
+}
