@@ -65,15 +65,32 @@ struct ResponseLabels {
     classification: &'static str,
 }
 
-/// A `grpc_status` label value: the code's decimal number, as it came (even a code gRPC does
-/// not define).
+/// A `grpc_status` label value: one of the 17 codes gRPC defines, by its decimal number, or
+/// `other` for any number it does not: an upstream may send any, and each distinct value
+/// would be a series kept for as long as the proxy runs.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct GrpcStatus(Code);
+enum GrpcStatus {
+    Defined(Code),
+    Other,
+}
+
+impl GrpcStatus {
+    fn of(code: Code) -> Self {
+        if code.is_defined() {
+            GrpcStatus::Defined(code)
+        } else {
+            GrpcStatus::Other
+        }
+    }
+}
 
 impl EncodeLabelValue for GrpcStatus {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         use std::fmt::Write as _;
-        write!(encoder, "{}", self.0)
+        match self {
+            GrpcStatus::Defined(code) => write!(encoder, "{code}"),
+            GrpcStatus::Other => encoder.write_str("other"),
+        }
     }
 }
 
@@ -264,7 +281,7 @@ impl EndpointMetrics {
         let labels = ResponseLabels {
             request: self.labels.clone(),
             status_code: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            grpc_status: grpc.map(GrpcStatus),
+            grpc_status: grpc.map(GrpcStatus::of),
             classification: if key.2 { "success" } else { "failure" },
         };
         let counter = self.families.responses.get_or_create(&labels).clone();
@@ -505,6 +522,7 @@ mod tests {
         });
         let svc = metrics.layer(labels()).layer(backend);
         for code in ["14", "5", "0", "0", "42"] {
+            // (42 is not a gRPC code.)
             let req = Request::builder()
                 .header("content-type", "application/grpc")
                 .header("x-answer", code)
@@ -517,8 +535,8 @@ mod tests {
             ("14", "failure", 1),
             ("5", "success", 1),
             ("0", "success", 2),
-            // A code gRPC does not define, as it came: the application's answer.
-            ("42", "success", 1),
+            // A code gRPC does not define: one `other` for all of them.
+            ("other", "success", 1),
         ] {
             let series = format!(
                 "status_code=\"200\",grpc_status=\"{label}\",classification=\"{class}\"}} {count}"

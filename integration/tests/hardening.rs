@@ -1,0 +1,68 @@
+//! What a hostile or broken neighbour cannot do to the proxy, tried on real sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any error"
+)]
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Empty, Full};
+use mesh_integration::{h2_client, scrape_metrics, start_backend, start_proxy};
+
+/// A backend that answers each call with any `grpc-status` number it likes (all 65,536 of
+/// them) cannot grow the proxy's metrics without bound: the label takes the 17 codes gRPC
+/// defines and `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_labels_stay_bounded_whatever_upstream_sends() {
+    let backend = start_backend(|req: Request<hyper::body::Incoming>| async move {
+        let status = req
+            .headers()
+            .get("x-status")
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static("0"));
+        Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", status)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let proxy = start_proxy(&[("grpc.test:80", &[backend])]).await.unwrap();
+    let client = h2_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    // 65,536 calls, 256 in flight on one connection.
+    use futures_util::StreamExt as _;
+    futures_util::stream::iter(0..65_536u32)
+        .map(|status| {
+            let mut client = client.clone();
+            async move {
+                let req = Request::post("http://grpc.test/svc/Method")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("x-status", status.to_string())
+                    .body(Empty::new())
+                    .unwrap();
+                let rsp = client.send_request(req).await.unwrap();
+                assert_eq!(rsp.status(), 200);
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<()>()
+        .await;
+    let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
+    let values: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("response_total{"))
+        .filter_map(|l| l.split("grpc_status=\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(values.len() <= 18, "{} values: {values:?}", values.len());
+    assert!(
+        values.contains("other") && values.contains("16"),
+        "{values:?}"
+    );
+}
