@@ -6,7 +6,9 @@
 //! - `GET /config`: the configuration in force, as TOML (it holds no secret today; when keys
 //!   and tokens come, they are redacted here);
 //! - `GET /log-level`, `PUT /log-level` (body: a filter such as `debug` or
-//!   `mesh_proxy=debug,info`): read and change the log filter at run time;
+//!   `mesh_proxy=debug,info`): read and change the log filter at run time; changing it only
+//!   from loopback (403 from anywhere else), so that an admin port open to Prometheus is no
+//!   lever for the network;
 //! - `POST /shutdown`: drain and exit, only when `admin.enable_shutdown` is on and only from
 //!   loopback.
 
@@ -190,6 +192,10 @@ async fn respond(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Res
             };
             match method {
                 Method::GET | Method::HEAD => text(StatusCode::OK, format!("{}\n", log.get())),
+                Method::PUT | Method::POST if !from_loopback(peer) => text(
+                    StatusCode::FORBIDDEN,
+                    "the log level changes only from loopback\n".into(),
+                ),
                 Method::PUT | Method::POST => {
                     let body = match http_body_util::Limited::new(req.into_body(), MAX_FILTER_BYTES)
                         .collect()
@@ -223,7 +229,7 @@ async fn respond(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Res
                 StatusCode::NOT_FOUND,
                 "/shutdown is off (admin.enable_shutdown)\n".into(),
             ),
-            Some(_) if !peer.ip().is_loopback() => {
+            Some(_) if !from_loopback(peer) => {
                 text(StatusCode::FORBIDDEN, "only from loopback\n".into())
             }
             Some(shutdown) => {
@@ -250,4 +256,15 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     rsp
+}
+
+/// Whether `peer` is this host's loopback (an IPv4-mapped `::ffff:127.0.0.1` too, as a
+/// dual-stack listener sees IPv4 peers).
+fn from_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
