@@ -365,3 +365,104 @@ async fn wait_ready_returns_when_the_proxy_is_ready_and_fails_when_it_never_is()
         "{err}"
     );
 }
+
+/// The README's configuration reference states each default as the code has it: every row of
+/// the table whose key the effective configuration holds (`--check` on a minimal file) shows
+/// that value.
+#[test]
+fn the_readme_states_the_defaults_the_code_has() {
+    let file = write_config("[inbound]\napp = \"127.0.0.1:8080\"\n");
+    let out = Command::new(BIN)
+        .args(["--check", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let effective: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let mut flat = std::collections::BTreeMap::new();
+    fn flatten(
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => flatten(&path, inner, out),
+                other => {
+                    out.insert(path, other.to_string());
+                }
+            }
+        }
+    }
+    flatten("", &effective, &mut flat);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let reference = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let normal = |s: &str| s.replace(['"', '`', ' '], "");
+    let mut checked = Vec::new();
+    for row in reference.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let key = cells[0].trim_start_matches("| ").trim_matches('`');
+        let Some(code) = flat.get(key) else {
+            continue;
+        };
+        let stated = cells[1];
+        // A default in words ("(required)", "as outbound...") is not a value to compare.
+        if !stated.starts_with('`') {
+            continue;
+        }
+        let (a, b) = (normal(stated), normal(code));
+        // Durations may be written in other units ("10m", "600s").
+        let same = match (
+            mesh_core::config::parse_duration(&a),
+            mesh_core::config::parse_duration(&b),
+        ) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        };
+        assert!(
+            same,
+            "README states {key} = {stated}; the code's default is {code}"
+        );
+        checked.push(key.to_owned());
+    }
+    assert!(
+        checked.len() >= 25,
+        "only {} rows checked: {checked:?}",
+        checked.len()
+    );
+    // And the other way: every key the effective configuration holds has its row (a row may
+    // name several keys of one section: `discovery.dns.nameservers`, `.min_ttl`, ...).
+    let rows: Vec<&str> = reference
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split(" | ").next().unwrap_or_default())
+        .collect();
+    let undocumented: Vec<&String> = flat
+        .keys()
+        .filter(|key| {
+            let (section, last) = key.rsplit_once('.').unwrap_or(("", key));
+            !rows.iter().any(|first| {
+                first.contains(&format!("`{key}`"))
+                    || first.contains(&format!("`{key}[]"))
+                    || (first.contains(&format!("`{section}."))
+                        && first.contains(&format!(".{last}`")))
+            })
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys the README's reference lacks: {undocumented:?}"
+    );
+}
