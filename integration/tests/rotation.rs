@@ -449,7 +449,7 @@ async fn ready_status(admin: SocketAddr) -> Option<u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_is_not_ready_until_it_holds_a_certificate() {
+async fn a_proxy_is_ready_only_while_it_holds_a_valid_certificate() {
     logs();
     let pki = Pki::new().unwrap();
     let web = pki.identity("demo", "web");
@@ -506,5 +506,32 @@ async fn a_proxy_is_not_ready_until_it_holds_a_certificate() {
         "never ready after the controller came"
     );
     assert_eq!(renewals(proxy.admin).await.0, 1);
+    let valid = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("identity_cert_valid "))
+            .map(|v| v.trim().to_owned())
+    };
+    let (_, text) = scrape_metrics(proxy.admin, None).await.unwrap();
+    assert_eq!(valid(&text).as_deref(), Some("1"));
+
+    // The controller goes away for longer than a leaf lives: when the certificate expires
+    // unrenewed, the proxy is not ready any more, and says why in its metrics.
+    controller.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready_status(proxy.admin).await != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "still ready with an expired certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, text) = scrape_metrics(proxy.admin, None).await.unwrap();
+    assert_eq!(valid(&text).as_deref(), Some("0"), "{text}");
+
+    // It comes back: a renewal, and ready again.
+    let controller = start_controller(&pki, &tokens, &controller_addr.to_string()).await;
+    assert!(wait_ready(proxy.admin).await, "never ready again");
+    let (_, text) = scrape_metrics(proxy.admin, None).await.unwrap();
+    assert_eq!(valid(&text).as_deref(), Some("1"));
     controller.stop().await;
 }

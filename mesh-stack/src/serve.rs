@@ -177,8 +177,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Sets `ready` at once without an identity; with one, once its certificate arrives (peers
-/// could not handshake before).
+/// Sets `ready` at once without an identity; with one, while it holds a valid certificate:
+/// from the first one (peers could not handshake before) until it expires with no renewal,
+/// and again when one arrives. Stops at drain (which clears `ready` itself).
 pub fn spawn_readiness(
     identity: Option<mesh_tls::local::LocalIdentity>,
     ready: Arc<AtomicBool>,
@@ -189,13 +190,20 @@ pub fn spawn_readiness(
         tracing::info!("ready");
         return;
     };
+    let mut readiness = identity.readiness();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = identity.ready() => {
-                ready.store(true, Ordering::Release);
+        loop {
+            let holds = *readiness.borrow_and_update();
+            if !drain.is_draining() {
+                ready.store(holds, Ordering::Release);
+            }
+            if holds {
                 tracing::info!(identity = %identity.name(), "ready: certificate in hand");
             }
-            _ = drain.signaled() => {}
+            tokio::select! {
+                changed = readiness.changed() => if changed.is_err() { return },
+                _ = drain.signaled() => return,
+            }
         }
     });
 }

@@ -214,9 +214,15 @@ impl LocalIdentity {
         ca::csr(&self.inner.name, &self.inner.key)
     }
 
-    /// Whether we hold a certificate.
+    /// Whether we hold a certificate that has not expired.
     pub fn is_ready(&self) -> bool {
         *self.inner.ready.borrow()
+    }
+
+    /// Follows [`is_ready`](Self::is_ready): true once a certificate arrives, false when it
+    /// expires with no renewal, true again when one comes.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.ready.subscribe()
     }
 
     /// Resolves once we hold a certificate.
@@ -343,7 +349,30 @@ impl LocalIdentity {
                     pause
                 }
             };
-            tokio::time::sleep(pause).await;
+            self.sleep_watching_expiry(pause, &metrics).await;
+        }
+    }
+
+    /// Sleeps `pause`; if the certificate expires meanwhile, stops being ready at that moment
+    /// (peers would refuse it; `/ready` must say so) until a renewal installs a new one.
+    async fn sleep_watching_expiry(&self, pause: Duration, metrics: &IdentityMetrics) {
+        let left = self
+            .valid_until()
+            .and_then(|t| t.duration_since(SystemTime::now()).ok());
+        match left {
+            Some(left) if left < pause => {
+                tokio::time::sleep(left).await;
+                if self.valid_until().is_some_and(|t| t <= SystemTime::now()) {
+                    self.inner.ready.send_replace(false);
+                    metrics.expired();
+                    tracing::error!(
+                        identity = %self.inner.name,
+                        "the certificate expired and no renewal came: not ready until one does"
+                    );
+                }
+                tokio::time::sleep(pause.saturating_sub(left)).await;
+            }
+            _ => tokio::time::sleep(pause).await,
         }
     }
 }

@@ -12,20 +12,26 @@ use crate::cert;
 #[derive(Clone, Debug, Default)]
 pub struct IdentityMetrics {
     expiration: Gauge,
+    valid: Gauge,
     renewals: Counter,
     failures: Counter,
 }
 
 impl IdentityMetrics {
     /// Registers the metrics:
-    /// `identity_cert_expiration_timestamp_seconds`, `identity_cert_renewals_total`,
-    /// `identity_cert_renewal_failures_total`.
+    /// `identity_cert_expiration_timestamp_seconds`, `identity_cert_valid`,
+    /// `identity_cert_renewals_total`, `identity_cert_renewal_failures_total`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
             "identity_cert_expiration_timestamp_seconds",
             "When the certificate in force expires (notAfter), in seconds since the epoch",
             metrics.expiration.clone(),
+        );
+        registry.register(
+            "identity_cert_valid",
+            "1 while the certificate in force is valid; 0 before the first and after one expired with no renewal (the proxy is then not ready)",
+            metrics.valid.clone(),
         );
         registry.register(
             "identity_cert_renewals",
@@ -43,8 +49,14 @@ impl IdentityMetrics {
     /// A certificate valid until `valid_until` was installed.
     pub fn renewed(&self, valid_until: SystemTime) {
         self.renewals.inc();
+        self.valid.set(1);
         self.expiration
             .set(i64::try_from(cert::unix_seconds(valid_until)).unwrap_or(i64::MAX));
+    }
+
+    /// The certificate in force expired with no renewal.
+    pub fn expired(&self) {
+        self.valid.set(0);
     }
 
     /// An attempt failed.
