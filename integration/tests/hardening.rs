@@ -66,3 +66,41 @@ async fn grpc_status_labels_stay_bounded_whatever_upstream_sends() {
         "{values:?}"
     );
 }
+
+/// A panic in one request's path (the test hook of mesh-core's `test-panic-hook` feature)
+/// ends that connection only: another connection's calls go on before and after, the process
+/// lives, and the panic is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_ends_one_connection_and_nothing_else() {
+    use mesh_integration::{h1_client, hello_backend};
+    let backend = hello_backend().await.unwrap();
+    let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
+    let get = |panic: bool| {
+        let mut req = Request::get("http://web.test/").header("host", "web.test");
+        if panic {
+            req = req.header("x-mesh-test-panic", "1");
+        }
+        req.body(Empty::<Bytes>::new()).unwrap()
+    };
+    let mut steady = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    assert_eq!(steady.send_request(get(false)).await.unwrap().status(), 200);
+
+    let mut doomed = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    let ended = doomed.send_request(get(true)).await;
+    assert!(
+        ended.is_err(),
+        "the panicking request's connection is closed: {ended:?}"
+    );
+
+    // The other connection, a new one, and the admin listener all still serve.
+    assert_eq!(steady.send_request(get(false)).await.unwrap().status(), 200);
+    let mut fresh = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    assert_eq!(fresh.send_request(get(false)).await.unwrap().status(), 200);
+    let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
+    let caught = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_panics_caught_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(caught >= 1, "{metrics}");
+}

@@ -54,6 +54,7 @@ pub mod endpoint;
 pub mod error;
 pub mod grpc;
 pub mod identity;
+pub mod panic;
 pub mod ports;
 pub mod retry;
 pub mod router;

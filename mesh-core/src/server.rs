@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -79,7 +79,7 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug)]
 pub struct HttpServer {
     h1: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    h2: hyper::server::conn::http2::Builder<crate::panic::IsolatingExecutor>,
 }
 
 impl HttpServer {
@@ -93,7 +93,7 @@ impl HttpServer {
             .half_close(true)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size((config.max_header_bytes as usize).max(8192));
-        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut h2 = hyper::server::conn::http2::Builder::new(crate::panic::IsolatingExecutor);
         h2.timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes)
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -225,6 +225,10 @@ where
     type Future = RespondFuture<S>;
 
     fn call(&self, req: Request<Incoming>) -> RespondFuture<S> {
+        #[cfg(feature = "test-panic-hook")]
+        if req.headers().contains_key("x-mesh-test-panic") {
+            panic!("x-mesh-test-panic: a panic a test asked for, in one request's path");
+        }
         RespondFuture::new(self.inner.clone(), req.map(Body::Incoming))
     }
 }

@@ -74,6 +74,14 @@ impl Collector for ProcessCollector {
             cpu.metric_type(),
         )?;
         cpu.encode(metric)?;
+        let panics = ConstCounter::new(mesh_core::panic::caught());
+        let metric = encoder.encode_descriptor(
+            "process_panics_caught",
+            "Panics caught while serving a connection or stream: each closed it, the process went on",
+            None,
+            panics.metric_type(),
+        )?;
+        panics.encode(metric)?;
         let gauges: [(&str, &str, f64); 3] = [
             (
                 "process_resident_memory_bytes",

@@ -37,7 +37,8 @@ pub fn spawn_accept<F, Fut>(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     mesh_core::tcp::keep_alive(&stream);
-                    drain.spawn(handle(metrics.accepted(stream), peer, drain.clone()));
+                    let served = handle(metrics.accepted(stream), peer, drain.clone());
+                    drain.spawn(mesh_core::panic::isolate(name, served));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.

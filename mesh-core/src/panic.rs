@@ -1,0 +1,51 @@
+//! Panic isolation: a panic while serving one connection (or one HTTP/2 stream) ends that
+//! connection (or stream) only; the proxy and its other connections go on. Release builds
+//! unwind (`panic = "unwind"`) for this: with `abort`, a panic in any dependency on one
+//! connection would take every connection of the pod down with the process.
+//!
+//! ```
+//! # async fn f() {
+//! mesh_core::panic::isolate("a connection", async { /* serve it */ }).await;
+//! # }
+//! ```
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::FutureExt as _;
+
+/// Panics caught so far, in this process.
+static CAUGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Panics caught so far (exported as `process_panics_caught_total`).
+pub fn caught() -> u64 {
+    CAUGHT.load(Ordering::Relaxed)
+}
+
+/// Runs `serve`; a panic in it is caught, counted and logged, naming `what` was being served.
+pub async fn isolate<F: Future<Output = ()>>(what: &'static str, serve: F) {
+    if AssertUnwindSafe(serve).catch_unwind().await.is_err() {
+        CAUGHT.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            what,
+            "a panic while serving it: it is closed, the proxy goes on (a bug: please report it with this log)"
+        );
+    }
+}
+
+/// Hyper's executor for HTTP/2 streams: each stream a task of its own, isolated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IsolatingExecutor;
+
+impl<F> hyper::rt::Executor<F> for IsolatingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(isolate("an HTTP/2 stream", async move {
+            let _ = fut.await;
+        }));
+    }
+}
