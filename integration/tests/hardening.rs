@@ -104,3 +104,52 @@ async fn a_panic_ends_one_connection_and_nothing_else() {
         .unwrap();
     assert!(caught >= 1, "{metrics}");
 }
+
+/// An endpoint that accepts TCP and never answers the TLS ClientHello: the request fails
+/// within the connect timeout, naming the TLS handshake, and does not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_tls_fails_within_the_connect_timeout() {
+    use mesh_integration::h1_client;
+    use mesh_integration::mtls::{Pki, wait_ready};
+    // Accepts, reads, never writes: the sockets are kept until the test ends.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = silent.accept().await {
+            keep.lock().await.push(socket);
+        }
+    });
+    let pki = Pki::new().unwrap();
+    let client_id = pki.identity("demo", "client");
+    let server_id = pki.identity("demo", "web");
+    let toml = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n[client]\nconnect_timeout = \"500ms\"\n\
+         [outbound]\nlisten = \"127.0.0.1:0\"\n\
+         [[outbound.services]]\nauthority = \"web.test:80\"\n\
+         endpoints = [{{ addr = \"{silent_addr}\", identity = \"{server_id}\" }}]\n",
+        pki.proxy_identity_toml(&client_id, "1h"),
+    );
+    let proxy = mesh_integration::start_proxy_toml(&toml).await.unwrap();
+    assert!(wait_ready(proxy.admin).await);
+    let mut client = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    let started = std::time::Instant::now();
+    let req = Request::get("http://web.test/")
+        .header("host", "web.test")
+        .body(Empty::new())
+        .unwrap();
+    let rsp = tokio::time::timeout(std::time::Duration::from_secs(10), client.send_request(req))
+        .await
+        .expect("the request hung")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(rsp.status().is_server_error(), "{:?}", rsp.status());
+    let reason = rsp.headers()["mesh-proxy-error"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("tls"), "{reason}");
+    assert!(!held.lock().await.is_empty(), "the endpoint was dialled");
+    eprintln!("failed after {took:?}: {reason}");
+}

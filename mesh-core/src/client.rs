@@ -190,11 +190,22 @@ struct TlsTarget {
 }
 
 impl TlsTarget {
-    async fn secure(&self, tcp: tokio::net::TcpStream, alpn: Alpn) -> Result<BoxedIo, ProxyError> {
-        self.tls
-            .connect(tcp, &self.identity, alpn)
-            .await
-            .map_err(|e| ProxyError::new(Cause::TlsHandshake, TlsFailed(e)))
+    /// The TLS handshake over `tcp`, within what is `left` of the connect timeout (begun with
+    /// the TCP connect): an endpoint that accepts TCP and never answers TLS fails like one that
+    /// never answers, in time, and is backed off from.
+    async fn secure(
+        &self,
+        tcp: tokio::net::TcpStream,
+        alpn: Alpn,
+        left: Duration,
+    ) -> Result<BoxedIo, ProxyError> {
+        match tokio::time::timeout(left, self.tls.connect(tcp, &self.identity, alpn)).await {
+            Ok(secured) => secured.map_err(|e| ProxyError::new(Cause::TlsHandshake, TlsFailed(e))),
+            Err(_) => Err(ProxyError::new(
+                Cause::TlsHandshake,
+                TlsFailed("no answer to the ClientHello within the connect timeout".into()),
+            )),
+        }
     }
 }
 
@@ -229,8 +240,10 @@ impl tower::Service<Uri> for TlsH1Connector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             let tcp = tcp::connect(this.addr, this.connect_timeout).await?;
-            let io = this.target.secure(tcp, Alpn::Http1).await?;
+            let left = this.connect_timeout.saturating_sub(started.elapsed());
+            let io = this.target.secure(tcp, Alpn::Http1, left).await?;
             Ok(TokioIo::new(SecuredIo(io)))
         })
     }
@@ -444,7 +457,12 @@ impl Inner {
 
     async fn connect_h2(&self) -> Result<Arc<H2Connection>, ProxyError> {
         let result = async {
+            let started = tokio::time::Instant::now();
             let tcp = tcp::connect(self.addr, self.client.connect_timeout).await?;
+            let left = self
+                .client
+                .connect_timeout
+                .saturating_sub(started.elapsed());
             let h2_failed = |e| ProxyError::new(Cause::H2Handshake, e);
             // The connection task is boxed so that plain and TLS connections share one type.
             let handshake: (_, Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) =
@@ -459,7 +477,7 @@ impl Inner {
                         (tx, Box::pin(conn))
                     }
                     Some(target) => {
-                        let io = target.secure(tcp, Alpn::H2).await?;
+                        let io = target.secure(tcp, Alpn::H2, left).await?;
                         let (tx, conn) = self
                             .client
                             .h2
