@@ -140,9 +140,22 @@ impl OpaqueService {
         addr: SocketAddr,
         identity: Option<&Identity>,
     ) -> Result<BoxedIo, mesh_core::BoxError> {
+        let started = tokio::time::Instant::now();
         let tcp = tcp::connect(addr, self.connect_timeout).await?;
         match (identity, &self.tls) {
-            (Some(identity), Some(tls)) => tls.connect(tcp, identity, Alpn::None).await,
+            (Some(identity), Some(tls)) => {
+                // The handshake within what is left of the connect timeout: a peer that
+                // accepts TCP and never answers TLS must not hold the client forever.
+                let left = self.connect_timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, tls.connect(tcp, identity, Alpn::None)).await {
+                    Ok(secured) => secured,
+                    Err(_) => Err(format!(
+                        "{addr}: no answer to the ClientHello within the connect timeout ({:?})",
+                        self.connect_timeout
+                    )
+                    .into()),
+                }
+            }
             _ => Ok(Box::new(tcp)),
         }
     }
