@@ -153,3 +153,58 @@ async fn an_endpoint_that_never_answers_tls_fails_within_the_connect_timeout() {
     assert!(!held.lock().await.is_empty(), "the endpoint was dialled");
     eprintln!("failed after {took:?}: {reason}");
 }
+
+/// A listener holds at most `server.max_connections` connections: one more is closed as soon
+/// as it is accepted, and counted; when one goes, a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_past_its_connection_cap_closes_new_connections() {
+    use mesh_integration::{h1_client, hello_backend, proxy_toml, start_proxy_toml};
+    use tokio::io::AsyncReadExt as _;
+    let backend = hello_backend().await.unwrap();
+    let toml = format!(
+        "{}[server]\nmax_connections = 2\n",
+        proxy_toml(&[("web.test:80", &[backend])])
+    );
+    let proxy = start_proxy_toml(&toml).await.unwrap();
+    let get = || {
+        Request::get("http://web.test/")
+            .header("host", "web.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // Two connections, served and held open.
+    let mut first = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    let mut second = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    assert_eq!(first.send_request(get()).await.unwrap().status(), 200);
+    assert_eq!(second.send_request(get()).await.unwrap().status(), 200);
+    // A third: accepted, then closed at once (end of stream, nothing sent).
+    let mut third = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), third.read(&mut byte))
+        .await
+        .expect("the connection past the cap was kept");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
+    assert!(
+        metrics.contains("tcp_refused_total{direction=\"outbound\",listener=\"outbound\"} 1"),
+        "{metrics}"
+    );
+    // One goes: room for a new one.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut fresh = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+        if let Ok(rsp) = fresh.send_request(get()).await {
+            assert_eq!(rsp.status(), 200);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.send_request(get()).await.unwrap().status(), 200);
+}

@@ -43,7 +43,14 @@ pub struct ServerConfig {
     /// the connection (a client that vanished without a FIN).
     #[serde(with = "crate::config::duration")]
     pub keep_alive_interval: Duration,
+    /// Connections one listener holds at once; past it, a new connection is closed as soon as
+    /// it is accepted (counted in `tcp_refused_total`), so that one peer cannot take every
+    /// file descriptor of the pod.
+    pub max_connections: u32,
 }
+
+/// The default [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 impl ServerConfig {
     /// Checks the values; the error names the field, the value and the bound.
@@ -58,7 +65,8 @@ impl ServerConfig {
             u32::MAX,
         )?;
         check_window("initial_stream_window", self.initial_stream_window)?;
-        check_window("initial_connection_window", self.initial_connection_window)
+        check_window("initial_connection_window", self.initial_connection_window)?;
+        check_range("max_connections", self.max_connections, 1, 1_000_000)
     }
 }
 
@@ -71,6 +79,7 @@ impl Default for ServerConfig {
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
             keep_alive_interval: Duration::from_secs(20),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -35,6 +35,7 @@ struct CloseLabels {
 /// The TCP metric families, registered once per proxy.
 #[derive(Clone, Debug)]
 pub struct TcpMetrics {
+    refused: Family<TcpLabels, Counter>,
     opened: Family<TcpLabels, Counter>,
     open: Family<TcpLabels, Gauge>,
     closed: Family<CloseLabels, Counter>,
@@ -46,6 +47,7 @@ impl TcpMetrics {
     /// Registers the families in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
+            refused: Family::default(),
             opened: Family::default(),
             open: Family::default(),
             closed: Family::default(),
@@ -56,6 +58,11 @@ impl TcpMetrics {
             "tcp_open",
             "TCP connections accepted",
             metrics.opened.clone(),
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP connections closed as soon as accepted: the listener was at its cap (server.max_connections)",
+            metrics.refused.clone(),
         );
         registry.register(
             "tcp_open_connections",
@@ -88,6 +95,7 @@ impl TcpMetrics {
         };
         ListenerMetrics {
             inner: Arc::new(Handles {
+                refused: self.refused.get_or_create(&labels).clone(),
                 opened: self.opened.get_or_create(&labels).clone(),
                 open: self.open.get_or_create(&labels).clone(),
                 read: self.read.get_or_create(&labels).clone(),
@@ -115,6 +123,7 @@ pub struct ListenerMetrics {
 #[derive(Debug)]
 struct Handles {
     labels: TcpLabels,
+    refused: Counter,
     opened: Counter,
     open: Gauge,
     read: Counter,
@@ -124,6 +133,11 @@ struct Handles {
 }
 
 impl ListenerMetrics {
+    /// Counts a connection closed at once: the listener was at its cap.
+    pub fn refused(&self) {
+        self.inner.refused.inc();
+    }
+
     /// Counts an accepted connection, and wraps it to count its bytes and its close.
     pub fn accepted<I>(&self, io: I) -> MeteredIo<I> {
         self.inner.opened.inc();

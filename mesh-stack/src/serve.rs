@@ -15,17 +15,19 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until draining starts, then drops the listener so new connections are refused.
 /// Each connection (counted by `metrics`) is handled by `handle` in a task of its own that
-/// `drain` waits for.
+/// `drain` waits for; at most `max_connections` at once: past that, a new connection is closed
+/// as soon as it is accepted, and counted.
 pub fn spawn_accept<F, Fut>(
     listener: TcpListener,
     drain: Drain,
     name: &'static str,
-    metrics: ListenerMetrics,
+    (metrics, max_connections): (ListenerMetrics, u32),
     mut handle: F,
 ) where
     F: FnMut(MeteredIo<TcpStream>, SocketAddr, Drain) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -35,10 +37,18 @@ pub fn spawn_accept<F, Fut>(
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        metrics.refused();
+                        tracing::debug!(listener = name, %peer, max_connections, "at the connection cap: closed at once");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     mesh_core::tcp::keep_alive(&stream);
                     let served = handle(metrics.accepted(stream), peer, drain.clone());
-                    drain.spawn(mesh_core::panic::isolate(name, served));
+                    drain.spawn(async move {
+                        mesh_core::panic::isolate(name, served).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.

@@ -19,8 +19,7 @@ pub mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, atomic::AtomicBool};
 
 use mesh_core::drain::Drain;
 use mesh_stack::serve::{bind, local_addr, spawn_accept};
@@ -140,6 +139,7 @@ impl Proxy {
         let registry = metrics.registry_mut();
         let http_metrics = mesh_metrics::http::HttpMetrics::register(registry);
         let tcp_metrics = mesh_metrics::tcp::TcpMetrics::register(registry);
+        let cap = config.server.max_connections;
         let ttl = config.metrics.idle_series_ttl;
         mesh_stack::serve::spawn_idle_series_sweep(http_metrics.clone(), ttl, drain.clone());
         let mut shared = Shared::new(config.workload.clone(), &config.client, &config.server);
@@ -173,7 +173,7 @@ impl Proxy {
             self.outbound,
             drain.clone(),
             "outbound",
-            tcp_metrics.listener("outbound", "outbound"),
+            (tcp_metrics.listener("outbound", "outbound"), cap),
             move |stream, peer, drain| outbound.clone().serve_accepted(stream, peer, drain),
         );
         if let (Some(l), Some(inbound_config)) = (self.inbound, &config.inbound) {
@@ -183,7 +183,7 @@ impl Proxy {
                 l,
                 drain.clone(),
                 "inbound",
-                tcp_metrics.listener("inbound", "inbound"),
+                (tcp_metrics.listener("inbound", "inbound"), cap),
                 move |stream, peer, drain| inbound.clone().serve_accepted(stream, peer, drain),
             );
         }
@@ -194,7 +194,7 @@ impl Proxy {
                 l,
                 drain.clone(),
                 "opaque",
-                tcp_metrics.listener("outbound", &svc.authority),
+                (tcp_metrics.listener("outbound", &svc.authority), cap),
                 move |stream, peer, _| forward.clone().serve(stream, peer),
             );
         }
@@ -213,7 +213,7 @@ impl Proxy {
             self.admin,
             drain.clone(),
             "admin",
-            tcp_metrics.listener("inbound", "admin"),
+            (tcp_metrics.listener("inbound", "admin"), cap),
             move |stream, peer, drain| admin.clone().serve(stream, peer, drain),
         );
         mesh_stack::serve::spawn_readiness(identity, ready.clone(), drain.clone());

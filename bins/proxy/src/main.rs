@@ -1,6 +1,5 @@
 //! `mesh-proxy --config FILE`: the sidecar. See the library docs for the stacks.
-//! `mesh-proxy init`: installs the pod's capture rules and exits.
-//! `mesh-proxy wait-ready`: waits for the proxy beside it to be ready.
+//! `mesh-proxy init`: installs the pod's capture rules; `wait-ready`: waits for the proxy.
 
 mod init;
 mod wait_ready;
