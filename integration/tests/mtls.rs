@@ -231,6 +231,20 @@ async fn bad_certificates_are_refused_and_named_in_the_log() {
     assert!(reason.starts_with("unauthorized: plaintext"), "{reason}");
     let line = server_logged(local, "inbound requests denied").await;
     assert!(line.contains("requires mutual TLS"), "{line}");
+    // And the connection ends with that answer: a denied client cannot keep it open.
+    let mut tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let two = b"GET / HTTP/1.1\r\nHost: api\r\n\r\nGET / HTTP/1.1\r\nHost: api\r\n\r\n";
+        tcp.write_all(two).await.unwrap();
+        let mut answered = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answered))
+            .await
+            .expect("the denied connection was kept open");
+        assert!(read.is_ok(), "{read:?}");
+        let text = String::from_utf8_lossy(&answered);
+        assert_eq!(text.matches("HTTP/1.1 403").count(), 1, "{text}");
+    }
 
     // The denials are counted.
     let (_, text) = scrape_metrics(server.admin, None).await.unwrap();

@@ -39,6 +39,21 @@ impl Drain {
         self.signal.is_cancelled()
     }
 
+    /// A drain for one connection: signalled with this one, or alone by
+    /// [`signal`](Self::signal) (a connection that must end after its current request).
+    pub fn child(&self) -> Drain {
+        Drain {
+            signal: self.signal.child_token(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// Signals this drain (and its children), waiting for nothing: the servers on it finish
+    /// what is in flight, take no new request, and close.
+    pub fn signal(&self) {
+        self.signal.cancel();
+    }
+
     /// Signals every task to drain and waits up to `grace` for them to finish.
     ///
     /// Returns whether all tasks finished in time.

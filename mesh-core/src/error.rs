@@ -356,6 +356,13 @@ pub fn error_response(err: &(dyn StdError + 'static), grpc: bool) -> Response<Bo
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if cause == Cause::Unauthorized {
+            // A refused client gets its answer and the connection ends (HTTP/1 honours this
+            // at once, pipelined requests included; HTTP/2, which has no such header, gets a
+            // GOAWAY from the inbound side).
+            rsp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     rsp.headers_mut().insert(PROXY_ERROR_HEADER, detail);
     rsp

@@ -358,6 +358,9 @@ impl Inbound {
         let served = match denial {
             Some(why) => {
                 tracing::warn!(%peer, client = ?tls.identity().map(|i| i.uri()), "inbound requests denied: {why}");
+                // The connection ends after its first answer: a denied client gets its 403
+                // and cannot hold the connection open with more requests.
+                let close = drain.child();
                 let deny = Deny {
                     why: Arc::from(why),
                     counter: self
@@ -369,9 +372,10 @@ impl Inbound {
                             port,
                         })
                         .clone(),
+                    close: close.clone(),
                 };
                 self.server
-                    .serve(io, protocol, Respond::new(deny), &drain)
+                    .serve(io, protocol, Respond::new(deny), &close)
                     .await
             }
             None => {
@@ -461,11 +465,13 @@ where
     }
 }
 
-/// Answers every request of a denied connection with 403 (gRPC: PERMISSION_DENIED).
+/// Answers a denied connection's request with 403 (gRPC: PERMISSION_DENIED), then closes the
+/// connection (HTTP/1: after the answer; HTTP/2: GOAWAY).
 #[derive(Clone, Debug)]
 struct Deny {
     why: Arc<str>,
     counter: Counter,
+    close: Drain,
 }
 
 /// Authorization refused the caller.
@@ -484,6 +490,7 @@ impl tower::Service<Request<Body>> for Deny {
 
     fn call(&mut self, _: Request<Body>) -> Self::Future {
         self.counter.inc();
+        self.close.signal();
         std::future::ready(Err(ProxyError::new(
             Cause::Unauthorized,
             Unauthorized(self.why.clone()),
