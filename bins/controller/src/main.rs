@@ -26,7 +26,8 @@ enum Command {
     },
     /// Create a trust anchor and an issuer for a new install, and print when they expire.
     Bootstrap {
-        /// Where to write `ca.crt` (the trust anchor), `issuer.crt` and `issuer.key`.
+        /// Where to write `ca.crt` (the trust anchor), `ca.key` (its key, owner-only: keep it
+        /// offline, it signs new issuers), `issuer.crt` and `issuer.key`.
         #[arg(long)]
         out: PathBuf,
         /// The trust domain.
@@ -41,6 +42,25 @@ enum Command {
         /// Overwrite files that exist.
         #[arg(long)]
         force: bool,
+    },
+    /// Rotate the issuer: a new `issuer.crt` and `issuer.key` signed by the trust anchor, so
+    /// that workloads trust them with no change (the controller reloads the files).
+    Issuer {
+        /// The trust anchor (`ca.crt` of `bootstrap`).
+        #[arg(long)]
+        anchor: PathBuf,
+        /// Its key (`ca.key` of `bootstrap`).
+        #[arg(long)]
+        anchor_key: PathBuf,
+        /// Where to write `issuer.crt` and `issuer.key`.
+        #[arg(long)]
+        out: PathBuf,
+        /// The trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long the issuer lives.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        lifetime: Duration,
     },
 }
 
@@ -89,6 +109,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Issuer {
+            anchor,
+            anchor_key,
+            out,
+            trust_domain,
+            lifetime,
+        } => match rotate_issuer(&anchor, &anchor_key, &out, &trust_domain, lifetime) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-controller: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -123,6 +156,7 @@ fn bootstrap(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let files = [
         ("ca.crt", &made.anchor_pem, 0o644),
+        ("ca.key", &made.anchor_key_pem, 0o600),
         ("issuer.crt", &made.issuer_cert_pem, 0o644),
         ("issuer.key", &made.issuer_key_pem, 0o600),
     ];
@@ -162,6 +196,49 @@ fn bootstrap(
         date(made.issuer_valid_until)
     );
     println!("issuer key    {}", out.join("issuer.key").display());
+    println!(
+        "anchor key    {}  (owner-only; keep it offline: `mesh-controller issuer --anchor {} --anchor-key {} --out DIR` makes the next issuer)",
+        out.join("ca.key").display(),
+        out.join("ca.crt").display(),
+        out.join("ca.key").display()
+    );
+    Ok(())
+}
+
+/// `issuer`: a new issuer under the trust anchor, written owner-only for the key.
+fn rotate_issuer(
+    anchor: &std::path::Path,
+    anchor_key: &std::path::Path,
+    out: &std::path::Path,
+    trust_domain: &str,
+    lifetime: Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let made = mesh_tls::ca::issuer_under(
+        &read(anchor)?,
+        &read(anchor_key)?,
+        trust_domain,
+        lifetime,
+        SystemTime::now(),
+    )?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // The key first: the controller reloads on the certificate's change.
+    for (name, text, mode) in [
+        ("issuer.key", &made.key_pem, 0o600),
+        ("issuer.crt", &made.cert_pem, 0o644),
+    ] {
+        let path = out.join(name);
+        write_with_mode(&path, text, mode)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "issuer        {}  (signed by {})",
+        out.join("issuer.crt").display(),
+        anchor.display()
+    );
     Ok(())
 }
 

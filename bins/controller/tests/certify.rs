@@ -1450,6 +1450,49 @@ fn bootstrap_writes_a_pki_and_refuses_to_overwrite_it() {
     let trust = TrustAnchors::from_pem(anchor_pem.as_bytes()).unwrap();
     assert!(verify(&issued.chain, &web, &trust));
 
+    // The anchor's key is kept, owner-only, and makes the next issuer: trusted with no change.
+    let mode = std::fs::metadata(out_dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the anchor key is owner-only: {mode:o}"
+    );
+    assert!(
+        stdout.contains("ca.key") && stdout.contains("mesh-controller issuer"),
+        "{stdout}"
+    );
+    let next_dir = dir.join("next");
+    let rotated = run_bin(&[
+        "issuer",
+        "--anchor",
+        out_dir.join("ca.crt").to_str().unwrap(),
+        "--anchor-key",
+        out_dir.join("ca.key").to_str().unwrap(),
+        "--out",
+        next_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let next = ca::Issuer::from_pem(
+        &std::fs::read_to_string(next_dir.join("issuer.crt")).unwrap(),
+        &std::fs::read_to_string(next_dir.join("issuer.key")).unwrap(),
+    )
+    .unwrap();
+    let (csr, _) = csr_for(&web);
+    let issued = next
+        .certify(&web, &csr, LEAF_LIFETIME, SystemTime::now())
+        .unwrap();
+    assert!(
+        verify(&issued.chain, &web, &trust),
+        "the new issuer chains to the same anchor"
+    );
+
     // Again: refused, nothing touched.
     let again = run_bin(&["bootstrap", "--out", out]);
     let stderr = String::from_utf8_lossy(&again.stderr);
