@@ -353,26 +353,35 @@ impl LocalIdentity {
         }
     }
 
-    /// Sleeps `pause`; if the certificate expires meanwhile, stops being ready at that moment
-    /// (peers would refuse it; `/ready` must say so) until a renewal installs a new one.
+    /// Sleeps `pause`; if the certificate has expired (during the last attempt) or expires
+    /// meanwhile, stops being ready at that moment (peers would refuse it; `/ready` must say
+    /// so) until a renewal installs a new one.
     async fn sleep_watching_expiry(&self, pause: Duration, metrics: &IdentityMetrics) {
-        let left = self
-            .valid_until()
-            .and_then(|t| t.duration_since(SystemTime::now()).ok());
-        match left {
-            Some(left) if left < pause => {
+        let Some(until) = self.valid_until() else {
+            return tokio::time::sleep(pause).await;
+        };
+        match until.duration_since(SystemTime::now()) {
+            Err(_) => self.expired(metrics),
+            Ok(left) if left < pause => {
                 tokio::time::sleep(left).await;
-                if self.valid_until().is_some_and(|t| t <= SystemTime::now()) {
-                    self.inner.ready.send_replace(false);
-                    metrics.expired();
-                    tracing::error!(
-                        identity = %self.inner.name,
-                        "the certificate expired and no renewal came: not ready until one does"
-                    );
+                if until <= SystemTime::now() {
+                    self.expired(metrics);
                 }
-                tokio::time::sleep(pause.saturating_sub(left)).await;
+                return tokio::time::sleep(pause.saturating_sub(left)).await;
             }
-            _ => tokio::time::sleep(pause).await,
+            Ok(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+    }
+
+    /// The certificate in force expired unrenewed: not ready (said once).
+    fn expired(&self, metrics: &IdentityMetrics) {
+        if self.inner.ready.send_replace(false) {
+            metrics.expired();
+            tracing::error!(
+                identity = %self.inner.name,
+                "the certificate expired and no renewal came: not ready until one does"
+            );
         }
     }
 }
