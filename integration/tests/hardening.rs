@@ -208,3 +208,138 @@ async fn a_listener_past_its_connection_cap_closes_new_connections() {
     }
     assert_eq!(second.send_request(get()).await.unwrap().status(), 200);
 }
+
+/// 5,000 connections that each send a real ClientHello for the proxy's own name and then
+/// stall are closed once the handshake timeout passes; all the while a real mTLS call from
+/// another proxy, an outbound call and `/live` are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_closed_and_do_not_starve_real_calls() {
+    use mesh_integration::mtls::{Pki, wait_ready};
+    use mesh_integration::{h2_client, hello_backend, start_proxy_toml};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const STALLED: usize = 5_000;
+
+    let pki = Pki::new().unwrap();
+    let web = pki.identity("demo", "web");
+    let client = pki.identity("demo", "client");
+    let app = hello_backend().await.unwrap();
+    let server = start_proxy_toml(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n\
+         [[outbound.services]]\nauthority = \"hello.test:80\"\nendpoints = [\"{app}\"]\n\
+         [inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\ndetect_timeout = \"1s\"\n\
+         handshake_timeout = \"4s\"\n",
+        pki.proxy_identity_toml(&web, "1h"),
+    ))
+    .await
+    .unwrap();
+    assert!(wait_ready(server.admin).await);
+    let inbound = server.inbound.unwrap();
+    let caller = start_proxy_toml(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n\
+         [[outbound.services]]\nauthority = \"web.test:80\"\n\
+         endpoints = [{{ addr = \"{inbound}\", identity = \"{web}\" }}]\n",
+        pki.proxy_identity_toml(&client, "1h"),
+    ))
+    .await
+    .unwrap();
+    assert!(wait_ready(caller.admin).await);
+
+    // A ClientHello exactly as a real TLS client sends it for the server's name.
+    let hello = {
+        let config = rustls::ClientConfig::builder_with_provider(mesh_tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(web.dns_name().to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        Bytes::from(out)
+    };
+    // While they are opened and stall: an mTLS call through both proxies, an outbound call
+    // and /live, after every thousand. Connections are opened fifty at a time: a burst of
+    // hundreds of SYNs at once overflows the kernel's accept queue on loopback whatever the
+    // proxy does.
+    let get = |host: &str| {
+        Request::get(format!("http://{host}/"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let mut through = h2_client::<Empty<Bytes>>(caller.outbound).await.unwrap();
+    let mut outbound = h2_client::<Empty<Bytes>>(server.outbound).await.unwrap();
+    let mut admin = mesh_integration::h1_client::<Empty<Bytes>>(server.admin)
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let mut stalled = Vec::with_capacity(STALLED);
+    for chunk in 0..STALLED / 50 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let hello = hello.clone();
+            batch.spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(inbound).await?;
+                s.write_all(&hello).await?;
+                Ok::<_, std::io::Error>(s)
+            });
+        }
+        while let Some(s) = batch.join_next().await {
+            stalled.push(s.unwrap().unwrap_or_else(|e| panic!("batch {chunk}: {e}")));
+        }
+        if stalled.len() % 1000 == 0 {
+            let n = stalled.len();
+            let rsp = through.send_request(get("web.test")).await.unwrap();
+            assert_eq!(rsp.status(), 200, "mTLS call with {n} stalled");
+            let rsp = outbound.send_request(get("hello.test")).await.unwrap();
+            assert_eq!(rsp.status(), 200, "outbound call with {n} stalled");
+            let live = Request::get("/live")
+                .header("host", "admin")
+                .body(Empty::new())
+                .unwrap();
+            let rsp = admin.send_request(live).await.unwrap();
+            assert_eq!(rsp.status(), 200, "/live with {n} stalled");
+        }
+    }
+    let opened_in = opened.elapsed();
+
+    // Then every stalled connection is closed by the proxy (end of stream after whatever
+    // part of the handshake it wrote).
+    let mut closed = tokio::task::JoinSet::new();
+    for mut s in stalled {
+        closed.spawn(async move {
+            let mut sink = [0u8; 4096];
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+    let all_closed = tokio::time::timeout(Duration::from_secs(30), async {
+        while closed.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(all_closed.is_ok(), "stalled handshakes were kept open");
+    let (_, metrics) = scrape_metrics(server.admin, None).await.unwrap();
+    let timed_out = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("inbound_tls_handshake_failures_total")
+                && l.contains("reason=\"handshake-timeout\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(timed_out, Some(STALLED as u64), "{metrics}");
+    // And the proxy still serves new calls.
+    assert_eq!(
+        through
+            .send_request(get("web.test"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    eprintln!("{STALLED} stalled handshakes opened in {opened_in:?}, all closed by the proxy");
+}

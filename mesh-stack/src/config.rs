@@ -28,6 +28,8 @@ pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
 pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:4143";
 /// How long protocol detection waits for a client's first bytes.
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default inbound `handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -397,6 +399,13 @@ pub struct InboundConfig {
         with = "mesh_core::config::duration"
     )]
     pub detect_timeout: Duration,
+    /// How long a client has to finish the mesh's TLS handshake once its ClientHello is read;
+    /// past it the connection is closed (counted as `reason="handshake-timeout"`).
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "mesh_core::config::duration"
+    )]
+    pub handshake_timeout: Duration,
     /// Who may call the app, unless `ports` says otherwise for the app's port. Default:
     /// `all-authenticated` when the proxy has an identity, `all-unauthenticated` without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -541,6 +550,10 @@ fn default_detect_timeout() -> Duration {
     DEFAULT_DETECT_TIMEOUT
 }
 
+fn default_handshake_timeout() -> Duration {
+    DEFAULT_HANDSHAKE_TIMEOUT
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
@@ -663,6 +676,8 @@ impl InboundConfig {
     pub fn validate(&self, has_identity: bool) -> Result<(), Invalid> {
         const WHY: &str =
             "only a proxy with an identity (an [identity] section) can authenticate callers";
+        mesh_core::config::check_setting_duration("detect_timeout", self.detect_timeout)?;
+        mesh_core::config::check_setting_duration("handshake_timeout", self.handshake_timeout)?;
         if has_identity {
             return Ok(());
         }

@@ -47,7 +47,7 @@ use mesh_core::ports::PortSet;
 use mesh_core::server::{HttpServer, Respond};
 use mesh_core::{Body, BoxError, tcp};
 use mesh_metrics::http::{HttpMetrics, RequestLabels};
-use mesh_tls::accept::{Accepted, accept};
+use mesh_tls::accept::{AcceptTimeouts, Accepted, accept};
 use mesh_tls::local::LocalIdentity;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,6 +74,7 @@ pub struct Inbound {
     client: HttpClient,
     server: HttpServer,
     detect_timeout: Duration,
+    accept_timeouts: AcceptTimeouts,
     connect_timeout: Duration,
     identity: Option<LocalIdentity>,
     /// `None`: requests are not counted.
@@ -167,6 +168,10 @@ impl Inbound {
             client: shared.client.clone(),
             server: shared.server.clone(),
             detect_timeout: inbound.detect_timeout,
+            accept_timeouts: AcceptTimeouts {
+                detect: inbound.detect_timeout,
+                handshake: inbound.handshake_timeout,
+            },
             connect_timeout: shared.connect_timeout,
             identity,
             metrics: shared.request_metrics.clone(),
@@ -218,7 +223,7 @@ impl Inbound {
                 .serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
                 .await;
         };
-        match accept(stream, &identity, self.detect_timeout).await {
+        match accept(stream, &identity, self.accept_timeouts).await {
             Ok(Accepted::Terminated { io, peer: client }) => {
                 let tls = PeerTls::Authenticated(client);
                 self.serve_authenticated(io, tls, app, peer, drain).await
@@ -236,6 +241,7 @@ impl Inbound {
                 let reason = match &e {
                     mesh_tls::accept::AcceptError::Read(_) => "read",
                     mesh_tls::accept::AcceptError::Handshake(_) => "handshake",
+                    mesh_tls::accept::AcceptError::HandshakeTimeout(_) => "handshake-timeout",
                     mesh_tls::accept::AcceptError::NoIdentity(_) => "no-identity",
                 };
                 if reason != "read" {

@@ -1,9 +1,11 @@
 //! The inbound side: peek the ClientHello, then terminate our mutual TLS, pass another SNI's
 //! TLS through, or hand plaintext on.
 //!
-//! The peek is bounded in bytes ([`MAX_CLIENT_HELLO`]) and in time (the caller's timeout): a
-//! client that sends nothing first is plaintext (a server-speaks-first protocol). The bytes
-//! read are replayed, so whatever serves the connection sees it from its first byte.
+//! The peek is bounded in bytes ([`MAX_CLIENT_HELLO`]) and in time (the caller's detection
+//! timeout): a client that sends nothing first is plaintext (a server-speaks-first protocol).
+//! The bytes read are replayed, so whatever serves the connection sees it from its first byte.
+//! The handshake that follows is bounded by its own timeout: a client that sends a real
+//! ClientHello and then stalls is closed, not kept with its file descriptor and buffers.
 
 use std::io;
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub enum AcceptError {
     /// The client's certificate names no workload identity.
     #[error("the client certificate names no workload identity: {0}")]
     NoIdentity(String),
+    /// The handshake did not finish within the handshake timeout.
+    #[error("TLS handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
 }
 
 /// What the first bytes say.
@@ -65,16 +70,25 @@ enum Hello {
     Tls(Option<String>),
 }
 
+/// How long [`accept`] waits for each step.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptTimeouts {
+    /// For the first bytes; silence past it means plaintext.
+    pub detect: Duration,
+    /// For the rest of our mutual TLS handshake, once the ClientHello is read.
+    pub handshake: Duration,
+}
+
 /// Reads the first bytes and decides; terminates TLS whose SNI is `ours`.
 pub async fn accept<I>(
     mut io: I,
     identity: &LocalIdentity,
-    timeout: Duration,
+    timeouts: AcceptTimeouts,
 ) -> Result<Accepted<I>, AcceptError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let (hello, prefix) = peek_hello(&mut io, timeout)
+    let (hello, prefix) = peek_hello(&mut io, timeouts.detect)
         .await
         .map_err(AcceptError::Read)?;
     let io = PrefixedIo::new(prefix, io);
@@ -85,9 +99,10 @@ where
     if sni.as_deref() != Some(identity.name().dns_name()) {
         return Ok(Accepted::Passthrough { io, sni });
     }
-    let tls = tokio_rustls::TlsAcceptor::from(identity.server_config())
-        .accept(io)
+    let handshake = tokio_rustls::TlsAcceptor::from(identity.server_config()).accept(io);
+    let tls = tokio::time::timeout(timeouts.handshake, handshake)
         .await
+        .map_err(|_| AcceptError::HandshakeTimeout(timeouts.handshake))?
         .map_err(AcceptError::Handshake)?;
     let leaf = tls
         .get_ref()
