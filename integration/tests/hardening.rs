@@ -105,12 +105,15 @@ async fn a_panic_ends_one_connection_and_nothing_else() {
     assert!(caught >= 1, "{metrics}");
 }
 
-/// An endpoint that accepts TCP and never answers the TLS ClientHello: the request fails
-/// within the connect timeout, naming the TLS handshake, and does not hang.
+/// An endpoint that accepts TCP and never answers the TLS ClientHello: the request that goes
+/// there fails within the connect timeout, naming the TLS handshake, and does not hang; the
+/// balancer then sends the next requests to the endpoint that answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_answers_tls_fails_within_the_connect_timeout() {
+    use http_body_util::BodyExt as _;
     use mesh_integration::h1_client;
     use mesh_integration::mtls::{Pki, wait_ready};
+    use std::time::Duration;
     // Accepts, reads, never writes: the sockets are kept until the test ends.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -124,33 +127,66 @@ async fn an_endpoint_that_never_answers_tls_fails_within_the_connect_timeout() {
     let pki = Pki::new().unwrap();
     let client_id = pki.identity("demo", "client");
     let server_id = pki.identity("demo", "web");
+    // The endpoint that answers: a proxy with the server identity in front of a hello app.
+    let app = mesh_integration::hello_backend().await.unwrap();
+    let server = mesh_integration::start_proxy_toml(&format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n\
+         [inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\n",
+        pki.proxy_identity_toml(&server_id, "1h"),
+    ))
+    .await
+    .unwrap();
+    assert!(wait_ready(server.admin).await);
+    let good = server.inbound.unwrap();
     let toml = format!(
         "{}[admin]\nlisten = \"127.0.0.1:0\"\n[client]\nconnect_timeout = \"500ms\"\n\
          [outbound]\nlisten = \"127.0.0.1:0\"\n\
          [[outbound.services]]\nauthority = \"web.test:80\"\n\
-         endpoints = [{{ addr = \"{silent_addr}\", identity = \"{server_id}\" }}]\n",
+         endpoints = [{{ addr = \"{silent_addr}\", identity = \"{server_id}\" }}, \
+                      {{ addr = \"{good}\", identity = \"{server_id}\" }}]\n",
         pki.proxy_identity_toml(&client_id, "1h"),
     );
     let proxy = mesh_integration::start_proxy_toml(&toml).await.unwrap();
     assert!(wait_ready(proxy.admin).await);
     let mut client = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
-    let started = std::time::Instant::now();
-    let req = Request::get("http://web.test/")
-        .header("host", "web.test")
-        .body(Empty::new())
-        .unwrap();
-    let rsp = tokio::time::timeout(std::time::Duration::from_secs(10), client.send_request(req))
-        .await
-        .expect("the request hung")
-        .unwrap();
-    let took = started.elapsed();
-    assert!(rsp.status().is_server_error(), "{:?}", rsp.status());
-    let reason = rsp.headers()["mesh-proxy-error"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let get = || {
+        Request::get("http://web.test/")
+            .header("host", "web.test")
+            .body(Empty::new())
+            .unwrap()
+    };
+    // Until the balancer tries the silent endpoint once (it picks at random between equals).
+    let mut failure = None;
+    for _ in 0..200 {
+        client.ready().await.unwrap();
+        let started = std::time::Instant::now();
+        let rsp = tokio::time::timeout(Duration::from_secs(10), client.send_request(get()))
+            .await
+            .expect("the request hung")
+            .unwrap();
+        if rsp.status().is_server_error() {
+            let reason = rsp.headers()["mesh-proxy-error"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            failure = Some((reason, started.elapsed()));
+            break;
+        }
+        assert_eq!(rsp.status(), 200);
+        rsp.into_body().collect().await.unwrap();
+    }
+    let (reason, took) = failure.expect("the silent endpoint was never tried");
     assert!(reason.contains("tls"), "{reason}");
     assert!(!held.lock().await.is_empty(), "the endpoint was dialled");
+    // Then the balancer knows: the next requests all go to the endpoint that answers (on a
+    // new connection: the failed request's answer closed the last one).
+    let mut client = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    for i in 0..50 {
+        client.ready().await.unwrap();
+        let rsp = client.send_request(get()).await.unwrap();
+        assert_eq!(rsp.status(), 200, "request {i} after the failed handshake");
+        rsp.into_body().collect().await.unwrap();
+    }
     eprintln!("failed after {took:?}: {reason}");
 }
 
