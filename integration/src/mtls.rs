@@ -218,7 +218,9 @@ pub fn logs() -> &'static Logs {
         let logs = Logs::default();
         let writer = logs.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into())))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ))
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .try_init();

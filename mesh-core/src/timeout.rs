@@ -1,11 +1,16 @@
 //! Request timeouts: a per-route timeout, and gRPC deadlines (`grpc-timeout`) honoured and
-//! propagated.
+//! propagated, and a fallback so that no request waits forever by default.
 //!
 //! [`TimeoutLayer`] makes a [`Timeout`] service. Each request gets a deadline, the earlier of:
 //!
 //! - the route's **request timeout** ([`TimeoutConfig::request`]), and
 //! - for gRPC requests (content type `application/grpc...`), the caller's **gRPC deadline**:
 //!   the `grpc-timeout` request header.
+//!
+//! When neither applies, the **fallback** ([`TimeoutConfig::fallback`], 30 s by default,
+//! `"off"` lifts it) bounds the time to the response head: a silent endpoint fails the call
+//! with a 504 instead of holding the caller forever. A caller's own deadline, longer or not,
+//! replaces the fallback: the caller said how long it is willing to wait.
 //!
 //! Both count from when the request was received: the [`ReceivedAt`] extension when a layer
 //! above (the server side) set one, otherwise when this layer is called. The deadline is also
@@ -138,13 +143,21 @@ pub struct TimeoutConfig {
     pub request: Option<Duration>,
     /// Honour and propagate gRPC deadlines (`grpc-timeout`); on by default.
     pub grpc_timeout: bool,
+    /// The time to the response head when neither `request` nor a caller's `grpc-timeout`
+    /// bounds it; `"off"` lets such a request wait for as long as the upstream takes.
+    #[serde(with = "fallback_duration")]
+    pub fallback: Option<Duration>,
 }
+
+/// The default [`TimeoutConfig::fallback`].
+pub const DEFAULT_FALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
         Self {
             request: None,
             grpc_timeout: true,
+            fallback: Some(DEFAULT_FALLBACK_TIMEOUT),
         }
     }
 }
@@ -152,9 +165,37 @@ impl Default for TimeoutConfig {
 impl TimeoutConfig {
     /// Checks the values; the error names the field and the bound.
     pub fn validate(&self) -> Result<(), crate::config::Invalid> {
-        match self.request {
-            Some(d) => crate::config::check_setting_duration("request", d),
-            None => Ok(()),
+        if let Some(d) = self.request {
+            crate::config::check_setting_duration("request", d)?;
+        }
+        if let Some(d) = self.fallback {
+            crate::config::check_setting_duration("fallback", d)?;
+        }
+        Ok(())
+    }
+}
+
+mod fallback_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        crate::config::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (or \"off\")")))
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&crate::config::format_duration(*d)),
+            None => s.serialize_str("off"),
         }
     }
 }
@@ -204,6 +245,9 @@ pub enum TimeoutError {
     /// The route's request timeout passed before the response head came.
     #[error("no response within the route's request timeout of {0:?}")]
     Request(Duration),
+    /// Nothing else bounded the request and the fallback timeout passed.
+    #[error("no response within {0:?}, the fallback timeout of a request with no other deadline")]
+    Fallback(Duration),
     /// The caller's gRPC deadline passed.
     #[error("the caller's gRPC deadline of {0:?} passed")]
     GrpcDeadline(Duration),
@@ -212,7 +256,7 @@ pub enum TimeoutError {
 impl TimeoutError {
     fn into_proxy_error(self) -> ProxyError {
         let cause = match self {
-            TimeoutError::Request(_) => Cause::RequestTimeout,
+            TimeoutError::Request(_) | TimeoutError::Fallback(_) => Cause::RequestTimeout,
             TimeoutError::GrpcDeadline(_) => Cause::GrpcDeadline,
         };
         ProxyError::new(cause, self)
@@ -295,6 +339,7 @@ pub fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
 pub struct TimeoutLayer {
     request: Option<Duration>,
     grpc_timeout: bool,
+    fallback: Option<Duration>,
 }
 
 impl TimeoutLayer {
@@ -303,6 +348,7 @@ impl TimeoutLayer {
         Self {
             request: config.request,
             grpc_timeout: config.grpc_timeout,
+            fallback: config.fallback,
         }
     }
 }
@@ -315,6 +361,7 @@ impl<S> Layer<S> for TimeoutLayer {
             inner,
             request: self.request,
             grpc_timeout: self.grpc_timeout,
+            fallback: self.fallback,
         }
     }
 }
@@ -325,6 +372,7 @@ pub struct Timeout<S> {
     inner: S,
     request: Option<Duration>,
     grpc_timeout: bool,
+    fallback: Option<Duration>,
 }
 
 impl<S> Timeout<S> {
@@ -369,8 +417,8 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> ResponseFuture<S::Future> {
         let grpc_timeout = self.grpc_timeout(&req);
-        if self.request.is_none() && grpc_timeout.is_none() {
-            // The common case, with nothing to time: not even a clock read.
+        if self.request.is_none() && grpc_timeout.is_none() && self.fallback.is_none() {
+            // Nothing to time: not even a clock read.
             return ResponseFuture::untimed(self.inner.call(req));
         }
         let now = Instant::now();
@@ -380,9 +428,12 @@ where
         };
         let start = received.map_or(now, |at| at.min(now));
         // A deadline too far to represent is no deadline.
-        let route = self
-            .request
-            .and_then(|d| Some((start.checked_add(d)?, TimeoutError::Request(d))));
+        let route = match (self.request, grpc_timeout) {
+            (Some(d), _) => Some((d, TimeoutError::Request(d))),
+            (None, None) => self.fallback.map(|d| (d, TimeoutError::Fallback(d))),
+            (None, Some(_)) => None,
+        };
+        let route = route.and_then(|(d, error)| Some((start.checked_add(d)?, error)));
         let grpc =
             grpc_timeout.and_then(|d| Some((start.checked_add(d)?, TimeoutError::GrpcDeadline(d))));
         let (at, error) = match (route, grpc) {
@@ -665,6 +716,12 @@ mod tests {
         let c: TimeoutConfig = toml::from_str("").unwrap();
         assert_eq!(c, TimeoutConfig::default());
         assert_eq!(c.request, None);
+        assert_eq!(c.fallback, Some(DEFAULT_FALLBACK_TIMEOUT));
+        let c: TimeoutConfig = toml::from_str("fallback = \"off\"\n").unwrap();
+        assert_eq!(c.fallback, None);
+        let c: TimeoutConfig = toml::from_str("fallback = \"2m\"\n").unwrap();
+        assert_eq!(c.fallback, Some(Duration::from_secs(120)));
+        assert!(toml::from_str::<TimeoutConfig>("fallback = \"never\"\n").is_err());
         assert!(toml::from_str::<TimeoutConfig>("request = \"soon\"\n").is_err());
         let zero = TimeoutConfig {
             request: Some(Duration::ZERO),

@@ -353,6 +353,7 @@ async fn grpc_timeout_on_plain_http_or_when_disabled_is_left_alone() {
     let svc = TimeoutLayer::new(&TimeoutConfig {
         request: None,
         grpc_timeout: false,
+        fallback: None,
     })
     .layer(inner);
     let rsp = svc.oneshot(grpc_request(Some("10m"))).await.unwrap();
@@ -382,7 +383,11 @@ async fn without_timeouts_requests_and_responses_pass_untouched() {
             }
         })
     };
-    let svc = TimeoutLayer::new(&TimeoutConfig::default()).layer(inner);
+    let svc = TimeoutLayer::new(&TimeoutConfig {
+        fallback: None,
+        ..TimeoutConfig::default()
+    })
+    .layer(inner);
     let req = Request::builder()
         .uri("http://svc/teapot")
         .header("x-request", "1")
@@ -534,4 +539,46 @@ async fn a_grpc_body_that_ends_in_time_is_forwarded_whole() {
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(header(&trailers, "grpc-status"), Some("0"));
     assert_eq!(collected.to_bytes(), "message");
+}
+
+/// With no route timeout and no gRPC deadline, the fallback (30 s by default) bounds the wait
+/// for the response head; a caller's own deadline replaces it, longer or not; `"off"` lifts
+/// it.
+#[tokio::test(start_paused = true)]
+async fn the_fallback_bounds_a_request_nothing_else_bounds() {
+    let (_, upstream) = fake_upstream(Duration::from_secs(3600));
+    let svc = route(None).layer(upstream);
+    let started = Instant::now();
+    let err = svc
+        .clone()
+        .oneshot(Request::new(Body::Empty))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        mesh_core::timeout::DEFAULT_FALLBACK_TIMEOUT
+    );
+    assert_eq!(
+        kind_and_reason(&*err),
+        (ErrorKind::GatewayTimeout, "request-timeout")
+    );
+    assert!(err.to_string().contains("fallback"), "{err}");
+
+    // A caller's deadline of a minute is honoured past the fallback.
+    let (_, slow) = fake_upstream(Duration::from_secs(45));
+    let svc = route(None).layer(slow);
+    let rsp = svc.oneshot(grpc_request(Some("60S"))).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+
+    // Off: the request waits as long as the upstream takes.
+    let (_, slow) = fake_upstream(Duration::from_secs(3600));
+    let svc = TimeoutLayer::new(&TimeoutConfig {
+        fallback: None,
+        ..TimeoutConfig::default()
+    })
+    .layer(slow);
+    let started = Instant::now();
+    let rsp = svc.oneshot(Request::new(Body::Empty)).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(started.elapsed(), Duration::from_secs(3600));
 }
