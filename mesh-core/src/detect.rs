@@ -31,7 +31,9 @@ pub enum Protocol {
 }
 
 /// The verdict on what is read so far; `None` means "read more".
-fn verdict(buf: &[u8]) -> Option<Protocol> {
+/// The verdict on the first bytes of a connection; `None`: too few bytes to tell. Public for
+/// the fuzz targets; [`detect`] is what a server calls.
+pub fn verdict(buf: &[u8]) -> Option<Protocol> {
     if buf.is_empty() {
         return None;
     }

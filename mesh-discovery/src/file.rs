@@ -485,7 +485,7 @@ impl EndpointEntry {
 
 /// Parses and checks a file's content: JSON when the name ends in `.json`, YAML otherwise.
 /// The error is one line, with the line (and column) where the parser reports one.
-fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Vec<Endpoint>>, String> {
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Vec<Endpoint>>, String> {
     let is_json = path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));

@@ -269,15 +269,18 @@ impl Lookup for RemoteResolve {
                 })
                 .await
                 .map_err(|s| failed(format!("{:?}: {}", s.code(), s.message())))?;
-            Ok(match reply.into_inner().target {
-                None => Destination::Unknown,
-                Some(proto::lookup_reply::Target::Service(name)) => Destination::Service(name),
-                Some(proto::lookup_reply::Target::Endpoint(e)) => {
-                    Destination::Endpoint(endpoint(e).map_err(failed)?)
-                }
-            })
+            destination(reply.into_inner()).map_err(failed)
         })
     }
+}
+
+/// What a `Lookup` reply says, or what is wrong with it.
+pub fn destination(reply: proto::LookupReply) -> Result<Destination, String> {
+    Ok(match reply.target {
+        None => Destination::Unknown,
+        Some(proto::lookup_reply::Target::Service(name)) => Destination::Service(name),
+        Some(proto::lookup_reply::Target::Endpoint(e)) => Destination::Endpoint(endpoint(e)?),
+    })
 }
 
 /// Follows one service until nobody subscribes, reconnecting with backoff.

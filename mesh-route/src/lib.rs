@@ -185,6 +185,14 @@ enum ValueMatcher {
     Present,
 }
 
+impl MatchConfig {
+    /// Compiles this match and tests `req` against it: for tools and the fuzz targets (a
+    /// route table compiles its matches once).
+    pub fn test<B>(&self, req: &Request<B>) -> Result<bool, String> {
+        Ok(Matcher::compile(self)?.matches(req))
+    }
+}
+
 impl Matcher {
     fn compile(m: &MatchConfig) -> Result<Self, String> {
         let anchored = |re: &str| {

@@ -63,7 +63,7 @@ pub enum AcceptError {
 
 /// What the first bytes say.
 #[derive(Debug, PartialEq, Eq)]
-enum Hello {
+pub enum Hello {
     /// Not a TLS handshake.
     NotTls,
     /// A ClientHello, with its SNI.
@@ -157,8 +157,9 @@ where
     Ok((hello, buf.freeze()))
 }
 
-/// The verdict on the bytes so far; `None`: read more.
-fn parse_hello(buf: &[u8]) -> Option<Hello> {
+/// The verdict on the bytes so far; `None`: read more. Public for the fuzz targets; [`accept`]
+/// is what a server calls.
+pub fn parse_hello(buf: &[u8]) -> Option<Hello> {
     // A TLS record: type 22 (handshake), version 3.x, a length.
     match buf {
         [] => return None,
