@@ -57,7 +57,11 @@ pub async fn build(config_toml: &str, workload: WorkloadConfig) -> anyhow::Resul
     let shared = Shared::new(workload, &Default::default(), &Default::default())
         .with_tls(tls)
         .with_request_metrics(HttpMetrics::register(registry));
-    let sources = Sources::new(&config.services, &config.discovery, Some(&config.identity)).await?;
+    let workload = mesh_stack::discovery::Workload {
+        config: &config.identity,
+        identity: &workload_identity,
+    };
+    let sources = Sources::new(&config.services, &config.discovery, Some(workload)).await?;
     let outbound_config = OutboundConfig {
         services: config.services,
         ..OutboundConfig::default()

@@ -326,6 +326,7 @@ impl Builder {
             addr,
             webhook_calls: Mutex::new(Vec::new()),
             webhook_services: Mutex::new(self.webhook_services),
+            open_watches: Arc::default(),
         });
         let server = FakeApiServer {
             inner: Arc::new(Inner {
@@ -680,6 +681,15 @@ impl FakeApiServer {
     pub fn route_webhook_service(&self, namespace: &str, name: &str, port: u16, addr: SocketAddr) {
         lock(&self.inner.shared.webhook_services)
             .insert((namespace.to_owned(), name.to_owned(), port), addr);
+    }
+
+    /// Watches whose responses are still streaming (a client that stops watching closes
+    /// its stream, which ends the count).
+    pub fn open_watches(&self) -> usize {
+        self.inner
+            .shared
+            .open_watches
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forgets the recorded requests.

@@ -35,6 +35,24 @@ pub(crate) struct Shared {
     pub(crate) webhook_calls: Mutex<Vec<crate::admission::WebhookCall>>,
     /// Where webhooks' Services are reached: (namespace, name, port) -> address.
     pub(crate) webhook_services: Mutex<HashMap<(String, String, u16), SocketAddr>>,
+    /// Watches whose response is still streaming.
+    pub(crate) open_watches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one open watch for as long as its response streams.
+struct OpenWatch(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenWatch {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -986,6 +1004,7 @@ struct WatchState {
     bookmarks: bool,
     table: Option<IncludeObject>,
     deadline: tokio::time::Instant,
+    _open: OpenWatch,
 }
 
 async fn next_line(mut st: WatchState) -> Option<(Bytes, WatchState)> {
@@ -1116,6 +1135,7 @@ async fn watch(
             bookmarks,
             table: table_include,
             deadline,
+            _open: OpenWatch::new(&shared.open_watches),
         }),
     ))
 }

@@ -19,6 +19,9 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// At most this many bytes are read to decide.
 pub const MAX_DETECT_BYTES: usize = 8 * 1024;
 
+/// The longest method token an HTTP/1 request line may start with here.
+const MAX_METHOD_LEN: usize = 16;
+
 /// What a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -30,7 +33,6 @@ pub enum Protocol {
     Opaque,
 }
 
-/// The verdict on what is read so far; `None` means "read more".
 /// The verdict on the first bytes of a connection; `None`: too few bytes to tell. Public for
 /// the fuzz targets; [`detect`] is what a server calls.
 pub fn verdict(buf: &[u8]) -> Option<Protocol> {
@@ -48,8 +50,13 @@ pub fn verdict(buf: &[u8]) -> Option<Protocol> {
         return None;
     }
     let method_len = buf.iter().take_while(|b| is_token(**b)).count();
+    // Longer than any method: decided now, whatever follows, so that the verdict never
+    // depends on how the bytes were split into reads (found by the fuzz target).
+    if method_len > MAX_METHOD_LEN {
+        return Some(Protocol::Opaque);
+    }
     if method_len == buf.len() {
-        return (method_len > 16).then_some(Protocol::Opaque);
+        return None;
     }
     if method_len == 0 || buf[method_len] != b' ' {
         return Some(Protocol::Opaque);
@@ -212,6 +219,16 @@ mod tests {
         assert_eq!(verdict(b"\r\nGET / HTTP/1.1\r\n"), Some(Protocol::Http1));
         assert_eq!(verdict(b"M-SEARCH2 * HTTP/1.1\r\n"), Some(Protocol::Http1));
         assert_eq!(verdict(b"\r\n"), None);
+        // A token longer than any method is opaque at once and stays so when a space and a
+        // request line follow (inputs the fuzz target found).
+        let long = b"PPPPPPPPPPPPPPPPPPPPPPPP / HTTP/1.1\r\n";
+        assert_eq!(verdict(long), Some(Protocol::Opaque));
+        for n in 1..long.len() {
+            assert!(
+                matches!(verdict(&long[..n]), None | Some(Protocol::Opaque)),
+                "{n}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,13 +71,26 @@ pub struct KubernetesConfig {
     pub cluster_domain: String,
     /// The mesh's trust domain, in the identities of meshed pods.
     pub trust_domain: String,
+    /// Namespaces watched at once (three watches each: Services, EndpointSlices, Pods); a
+    /// name in one more namespace is refused until a namespace is released. Bounds what
+    /// callers naming made-up namespaces can make the API server hold.
+    pub max_namespaces: usize,
+    /// A Service nobody follows any more is released after about this long, and its
+    /// namespace's watches with the last of its Services.
+    #[serde(with = "mesh_core::config::duration")]
+    pub release_after: std::time::Duration,
 }
+
+/// The default [`KubernetesConfig::max_namespaces`].
+pub const DEFAULT_MAX_NAMESPACES: usize = 1000;
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         Self {
             cluster_domain: "cluster.local".to_owned(),
             trust_domain: "cluster.local".to_owned(),
+            max_namespaces: DEFAULT_MAX_NAMESPACES,
+            release_after: UNUSED_CHECK,
         }
     }
 }
@@ -221,10 +234,19 @@ impl KubernetesResolve {
         if let Some(publisher) = services.get(&target) {
             return Ok(publisher.clone());
         }
+        let namespace =
+            self.namespace(&target.namespace)
+                .ok_or_else(|| ResolveError::Exhausted {
+                    name: name.to_owned(),
+                    source_name: "kubernetes",
+                    reason: format!(
+                        "{} namespaces are watched already (max_namespaces)",
+                        self.inner.config.max_namespaces
+                    ),
+                })?;
         let publisher = Publisher::new();
         services.insert(target.clone(), publisher.clone());
         drop(services);
-        let namespace = self.namespace(&target.namespace);
         tokio::spawn(follow_service(
             Arc::downgrade(&self.inner),
             target,
@@ -234,15 +256,19 @@ impl KubernetesResolve {
         Ok(publisher)
     }
 
-    /// The shared watches of `namespace`, started on first use.
-    fn namespace(&self, namespace: &str) -> Namespace {
+    /// The shared watches of `namespace`, started on first use; `None` when as many
+    /// namespaces as allowed are watched already.
+    fn namespace(&self, namespace: &str) -> Option<Namespace> {
         let mut all = self
             .inner
             .namespaces
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(ns) = all.get(namespace) {
-            return ns.clone();
+            return Some(ns.clone());
+        }
+        if all.len() >= self.inner.config.max_namespaces {
+            return None;
         }
         let client = &self.inner.client;
         let (services_tx, services) = watch::channel(None);
@@ -299,7 +325,7 @@ impl KubernetesResolve {
             pods,
         };
         all.insert(namespace.to_owned(), ns.clone());
-        ns
+        Some(ns)
     }
 }
 
@@ -604,7 +630,15 @@ async fn watch_kind<K, V>(
         .rsplit("::")
         .next()
         .unwrap_or("object");
-    while let Some(event) = events.next().await {
+    loop {
+        // A namespace nobody follows any more ends its watches at once, not at the next event.
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = tx.closed() => return,
+        };
+        let Some(event) = event else {
+            break;
+        };
         match event {
             Ok(event) => {
                 if known.apply(event) && known.synced {
@@ -659,8 +693,10 @@ async fn follow_service(
 ) {
     // Whether anybody still follows the service is checked now and then, never at once: the
     // caller subscribes just after starting the watch.
-    let mut checks =
-        tokio::time::interval_at(tokio::time::Instant::now() + UNUSED_CHECK, UNUSED_CHECK);
+    let every = inner
+        .upgrade()
+        .map_or(UNUSED_CHECK, |i| i.config.release_after);
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_slices: Option<Vec<Arc<EndpointSlice>>> = None;
     let mut last_pods = None;
@@ -719,11 +755,21 @@ async fn follow_service(
 }
 
 /// Drops an unused service's entry; true when it was unused.
+/// Forgets `target` if nobody follows it, and its namespace's watches with the namespace's
+/// last Service (their tasks end once the last receiver is gone).
 fn forget(inner: &Inner, target: &ServiceTarget) -> bool {
     let mut services = inner.services.lock().unwrap_or_else(|e| e.into_inner());
     let unused = services.get(target).is_none_or(|p| p.subscribers() == 0);
     if unused {
         services.remove(target);
+        if !services.keys().any(|s| s.namespace == target.namespace) {
+            inner
+                .namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&target.namespace);
+            tracing::debug!(namespace = %target.namespace, "no Service followed: namespace watches released");
+        }
     }
     unused
 }

@@ -156,7 +156,10 @@ impl proto::destination_server::Destination for DestinationService {
                 Some(proto::lookup_reply::Target::Endpoint(endpoint_message(&e)))
             }
             Ok(Destination::Unknown) => None,
-            Err(e) => return Err(Status::unavailable(e.to_string())),
+            Err(e) => {
+                tracing::info!(addr = %asked, error = %e, "lookup failed");
+                return Err(Status::unavailable("the address cannot be looked up now"));
+            }
         };
         Ok(Response::new(proto::LookupReply { target }))
     }
@@ -165,13 +168,22 @@ impl proto::destination_server::Destination for DestinationService {
         &self,
         request: Request<proto::ResolveRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
+        let mut request = request;
+        let guard = request.extensions_mut().remove::<StreamGuard>();
         let authority = request.into_inner().authority;
         let publisher = self.source.publisher(&authority).map_err(|e| {
             tracing::info!(%authority, error = %e, "resolve refused");
-            Status::invalid_argument(e.to_string())
+            match e {
+                ResolveError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+                ResolveError::Exhausted { .. } => {
+                    Status::resource_exhausted("too many names are resolved now; retry later")
+                }
+            }
         })?;
         let rx = publisher.watch();
-        // The publisher goes with the stream: the source sees a subscriber while it lasts.
+        // The publisher goes with the stream: the source sees a subscriber while it lasts;
+        // so does the server's guard (a per-client stream permit).
+        let publisher = (publisher, guard);
         let stream = futures_util::stream::unfold(
             (rx, publisher, true),
             |(mut rx, publisher, first)| async move {
@@ -197,6 +209,17 @@ impl proto::destination_server::Destination for DestinationService {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// What a server holds for as long as one `Resolve` stream lasts (a per-client stream permit,
+/// say): put in the request's extensions (by an interceptor), it goes with the stream.
+#[derive(Clone)]
+pub struct StreamGuard(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamGuard")
     }
 }
 

@@ -38,6 +38,16 @@ pub enum ResolveError {
         /// Why.
         reason: String,
     },
+    /// The source resolves as many names as it may at once.
+    #[error("{name:?} cannot be resolved by the {source_name} source now: {reason}")]
+    Exhausted {
+        /// The service name.
+        name: String,
+        /// The source.
+        source_name: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Hands out the publisher of a service: what a server of the destination API needs from a

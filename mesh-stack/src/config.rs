@@ -656,11 +656,18 @@ impl IdentityConfig {
 impl IdentityConfig {
     /// The trust anchors: read from the file, or parsed from the PEM text given in its place.
     pub fn load_trust_anchors(&self) -> Result<mesh_tls::cert::TrustAnchors, mesh_tls::TlsError> {
-        let text = self.trust_anchors.as_os_str().to_string_lossy();
-        if text.trim_start().starts_with("-----BEGIN") {
-            return mesh_tls::cert::TrustAnchors::from_pem(text.as_bytes());
+        match self.trust_anchors_file() {
+            Some(path) => mesh_tls::cert::TrustAnchors::from_pem_file(&path),
+            None => mesh_tls::cert::TrustAnchors::from_pem(
+                self.trust_anchors.as_os_str().to_string_lossy().as_bytes(),
+            ),
         }
-        mesh_tls::cert::TrustAnchors::from_pem_file(&self.trust_anchors)
+    }
+
+    /// The trust anchors' file, unless the PEM text is given in its place.
+    pub fn trust_anchors_file(&self) -> Option<std::path::PathBuf> {
+        let text = self.trust_anchors.as_os_str().to_string_lossy();
+        (!text.trim_start().starts_with("-----BEGIN")).then(|| self.trust_anchors.clone())
     }
 }
 

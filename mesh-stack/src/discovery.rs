@@ -53,11 +53,12 @@ pub struct AddressSource {
 
 impl Sources {
     /// Starts each source that one of `services` uses. The destination API is reached with
-    /// the trust anchors (and by default the controller) of `identity`.
+    /// the trust anchors (and by default the controller) of `identity`, presenting its
+    /// certificate.
     pub async fn new(
         services: &[ServiceConfig],
         discovery: &DiscoveryConfig,
-        identity: Option<&IdentityConfig>,
+        identity: Option<Workload<'_>>,
     ) -> Result<Self, StackError> {
         let uses = |source: DiscoverySource| services.iter().any(|s| s.discovery == source);
         let mut sources = Self::default();
@@ -88,7 +89,7 @@ impl Sources {
         mut self,
         lookup: AddressLookup,
         discovery: &DiscoveryConfig,
-        identity: Option<&IdentityConfig>,
+        identity: Option<Workload<'_>>,
     ) -> Result<Self, StackError> {
         match lookup {
             AddressLookup::None => {}
@@ -173,12 +174,24 @@ async fn kubernetes(discovery: &DiscoveryConfig) -> Result<KubernetesResolve, St
     Ok(KubernetesResolve::new(client, k8s.source.clone()))
 }
 
+/// The workload's identity as discovery needs it: its configuration (the controller's address
+/// and identity) and the identity itself (its trust anchors, reloaded in place, and the
+/// certificate that the destination API asks for).
+#[derive(Clone, Copy, Debug)]
+pub struct Workload<'a> {
+    /// The `[identity]` section.
+    pub config: &'a IdentityConfig,
+    /// The identity made from it.
+    pub identity: &'a mesh_tls::local::LocalIdentity,
+}
+
 /// The destination API's client: the controller of `[discovery.destination]`, or that of
-/// `[identity]`, verified with the identity's trust anchors.
+/// `[identity]`, verified with the identity's trust anchors, presented its certificate.
 fn destination(
     discovery: &DiscoveryConfig,
-    identity: Option<&IdentityConfig>,
+    workload: Option<Workload<'_>>,
 ) -> Result<RemoteResolve, StackError> {
+    let identity = workload.map(|w| w.config);
     let destination = &discovery.destination;
     let missing = |key: &'static str, why: &str| StackError::Discovery {
         key,
@@ -199,17 +212,20 @@ fn destination(
                 "not set (nor identity.controller_identity)",
             )
         })?;
-    let identity = identity.ok_or_else(|| {
+    let workload = workload.ok_or_else(|| {
         missing(
             "discovery.destination",
-            "the destination API needs [identity] (its trust anchors verify the controller)",
+            "the destination API needs [identity] (its trust anchors verify the controller, its certificate proves the caller)",
         )
     })?;
-    let trust = identity
-        .load_trust_anchors()
-        .map_err(setup("identity.trust_anchors"))?;
-    let channel = mesh_tls::api::controller_channel(addr.as_str(), &controller, &trust, None)
-        .map_err(setup("discovery.destination"))?;
+    let channel = mesh_tls::api::controller_channel(
+        addr.as_str(),
+        &controller,
+        workload.identity.trust_anchors(),
+        Some(workload.identity.client_cert_resolver()),
+        None,
+    )
+    .map_err(setup("discovery.destination"))?;
     Ok(RemoteResolve::new(channel))
 }
 

@@ -20,6 +20,11 @@ pub fn from_config(c: &IdentityConfig) -> Result<(LocalIdentity, Arc<dyn Certify
     let trust = c
         .load_trust_anchors()
         .map_err(failed("identity.trust_anchors"))?;
+    if let Some(path) = c.trust_anchors_file() {
+        // A root rotation: the file becomes a bundle of the old and new roots, then the new
+        // root alone; each change applies to new handshakes, with no restart.
+        trust.watch(path, mesh_tls::cert::TRUST_ANCHORS_POLL);
+    }
     let certify: Arc<dyn Certify> = match c.mode {
         IdentityMode::Local => {
             let (Some(cert), Some(key)) = (&c.issuer_cert, &c.issuer_key) else {

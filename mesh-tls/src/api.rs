@@ -45,7 +45,7 @@ impl ControllerClient {
         token_file: PathBuf,
         timeout: Duration,
     ) -> Result<Self, TlsError> {
-        let channel = controller_channel(addr, controller, trust, Some(timeout))?;
+        let channel = controller_channel(addr, controller, trust, None, Some(timeout))?;
         Ok(Self {
             client: proto::identity_client::IdentityClient::new(channel),
             token_file,
@@ -54,19 +54,26 @@ impl ControllerClient {
 }
 
 /// A gRPC channel to the controller at `addr` over TLS, verifying that it proves `controller`
-/// against `trust`; each call limited to `timeout` (`None` for streams). Connects lazily and
+/// against `trust` (the anchors in force at each connect); presenting `client_cert` when
+/// given and holding a certificate (the destination API serves only callers that prove an
+/// identity); each call limited to `timeout` (`None` for streams). Connects lazily and
 /// reconnects by itself.
 pub fn controller_channel(
     addr: &str,
     controller: &Identity,
     trust: &TrustAnchors,
+    client_cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     timeout: Option<Duration>,
 ) -> Result<tonic::transport::Channel, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(trust.store())
-        .with_no_client_auth();
+        .dangerous()
+        .with_custom_certificate_verifier(trust.server_verifier());
+    let mut config = match client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target: Arc<str> = addr.into();

@@ -42,11 +42,37 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// How often a watched trust anchors file ([`TrustAnchors::watch`]) is read for a change.
+pub const TRUST_ANCHORS_POLL: Duration = Duration::from_secs(5);
+
 /// Trust anchors: one or several roots (several while a root rotates by overlap).
-#[derive(Clone, Debug)]
+///
+/// Clones share one set of roots: [`TrustAnchors::replace`] (or a [`TrustAnchors::watch`] of
+/// the file) changes them for every clone, and every verifier made by
+/// [`TrustAnchors::server_verifier`] and [`TrustAnchors::client_verifier`] checks each new
+/// handshake against the roots in force then. Connections already established stay up: a
+/// root rotation (a bundle of the old and the new root, then the new root alone) needs no
+/// restart and drops no request.
+#[derive(Clone)]
 pub struct TrustAnchors {
-    roots: Arc<RootCertStore>,
+    current: Arc<arc_swap::ArcSwap<Roots>>,
+}
+
+/// One generation of roots, with the verifiers built from them.
+struct Roots {
+    store: Arc<RootCertStore>,
     certs: Vec<CertificateDer<'static>>,
+    server: Arc<rustls::client::WebPkiServerVerifier>,
+    client_required: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    client_optional: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustAnchors")
+            .field("roots", &self.current.load().certs.len())
+            .finish()
+    }
 }
 
 impl TrustAnchors {
@@ -72,26 +98,238 @@ impl TrustAnchors {
     }
 
     fn from_certs(certs: Vec<CertificateDer<'static>>) -> Result<Self, String> {
+        Ok(Self {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Roots::new(certs)?)),
+        })
+    }
+
+    /// Puts `other`'s roots in force, for this and every clone.
+    pub fn replace(&self, other: &TrustAnchors) {
+        self.current.store(other.current.load_full());
+    }
+
+    /// The roots in force, for rustls verifiers.
+    pub fn store(&self) -> Arc<RootCertStore> {
+        self.current.load().store.clone()
+    }
+
+    /// The roots in force, as DER.
+    pub fn certs(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().certs.clone()
+    }
+
+    /// A verifier of servers against the roots in force at each handshake.
+    pub fn server_verifier(&self) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+        Arc::new(Reloading(self.clone(), Side::Server))
+    }
+
+    /// A verifier of client certificates against the roots in force at each handshake;
+    /// `required`: a client without a certificate is refused, otherwise admitted as
+    /// anonymous (the server then decides what an anonymous client may do).
+    pub fn client_verifier(
+        &self,
+        required: bool,
+    ) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let side = if required {
+            Side::ClientRequired
+        } else {
+            Side::ClientOptional
+        };
+        Arc::new(Reloading(self.clone(), side))
+    }
+
+    /// Re-reads `path` every `every` and puts its roots in force when its bytes change; a file
+    /// that does not parse is logged and the roots in force stay. Stops when every clone of
+    /// these anchors is gone.
+    pub fn watch(&self, path: std::path::PathBuf, every: Duration) {
+        let weak = Arc::downgrade(&self.current);
+        let mut last = std::fs::read(&path).ok();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(current) = weak.upgrade() else {
+                    return;
+                };
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                if last.as_deref() == Some(&bytes[..]) {
+                    continue;
+                }
+                match certs_from_pem(&bytes).and_then(Roots::new) {
+                    Ok(roots) => {
+                        let subjects: Vec<String> = roots
+                            .certs
+                            .iter()
+                            .filter_map(|c| inspect(c).ok().map(|i| i.subject))
+                            .collect();
+                        current.store(Arc::new(roots));
+                        tracing::info!(path = %path.display(), roots = ?subjects, "trust anchors reloaded");
+                        last = Some(bytes);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(path = %path.display(), %reason, "trust anchors not reloaded: the file does not parse; the roots in force stay");
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Roots {
+    fn new(certs: Vec<CertificateDer<'static>>) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
         for (i, cert) in certs.iter().enumerate() {
             roots
                 .add(cert.clone())
                 .map_err(|e| format!("trust anchor #{i} is not usable: {e}"))?;
         }
+        let store = Arc::new(roots);
+        let provider = crate::provider();
+        let server = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            store.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("server verifier: {e}"))?;
+        let client = |optional: bool| {
+            let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                store.clone(),
+                provider.clone(),
+            );
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder.build().map_err(|e| format!("client verifier: {e}"))
+        };
         Ok(Self {
-            roots: Arc::new(roots),
+            client_required: client(false)?,
+            client_optional: client(true)?,
+            store,
             certs,
+            server,
         })
     }
+}
 
-    /// The roots, for rustls verifiers.
-    pub fn store(&self) -> Arc<RootCertStore> {
-        self.roots.clone()
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Server,
+    ClientRequired,
+    ClientOptional,
+}
+
+/// A verifier that checks against the roots in force (one lock-free load per handshake).
+#[derive(Debug)]
+struct Reloading(TrustAnchors, Side);
+
+impl Reloading {
+    fn client(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let roots = self.0.current.load();
+        match self.1 {
+            Side::ClientOptional => roots.client_optional.clone(),
+            Side::ClientRequired | Side::Server => roots.client_required.clone(),
+        }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Reloading {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.current.load().server.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
     }
 
-    /// The roots as DER.
-    pub fn certs(&self) -> &[CertificateDer<'static>] {
-        &self.certs
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .server
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .server
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.current.load().server.supported_verify_schemes()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for Reloading {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !matches!(self.1, Side::ClientOptional)
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: every mesh client holds exactly one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.client()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.client().supported_verify_schemes()
     }
 }
 

@@ -19,7 +19,7 @@ use mesh_core::identity::Identity;
 use rcgen::KeyPair;
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::ServerCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -92,6 +92,7 @@ struct Inner {
     ready: tokio::sync::watch::Sender<bool>,
     server: Arc<ServerConfig>,
     server_without_client_auth: Arc<ServerConfig>,
+    server_optional_client_auth: Arc<ServerConfig>,
     client_h2: Arc<ClientConfig>,
     client_http1: Arc<ClientConfig>,
     client_opaque: Arc<ClientConfig>,
@@ -148,14 +149,12 @@ impl LocalIdentity {
         let store = Arc::new(CertStore::default());
         let tls13 = &[&rustls::version::TLS13];
 
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(trust.store(), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+        // Every verifier checks against the trust anchors in force at each handshake: a root
+        // rotation (TrustAnchors::watch) needs no new configuration.
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(tls13)
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(client_verifier)
+            .with_client_cert_verifier(trust.client_verifier(true))
             .with_cert_resolver(store.clone());
         server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         let mut server_without_client_auth = ServerConfig::builder_with_provider(provider.clone())
@@ -164,18 +163,20 @@ impl LocalIdentity {
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         server_without_client_auth.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let mut server_optional_client_auth = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(tls13)
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(trust.client_verifier(false))
+            .with_cert_resolver(store.clone());
+        server_optional_client_auth.alpn_protocols = vec![ALPN_H2.to_vec()];
 
-        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            trust.store(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(format!("server verifier: {e}")))?;
+        let server_verifier = trust.server_verifier();
         let client = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, TlsError> {
             let mut config = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(tls13)
                 .map_err(|e| TlsError::Config(e.to_string()))?
-                .with_root_certificates(trust.store())
+                .dangerous()
+                .with_custom_certificate_verifier(server_verifier.clone())
                 .with_client_cert_resolver(store.clone());
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(config))
@@ -188,6 +189,7 @@ impl LocalIdentity {
                 signing_key,
                 server: Arc::new(server),
                 server_without_client_auth: Arc::new(server_without_client_auth),
+                server_optional_client_auth: Arc::new(server_optional_client_auth),
                 client_h2: client(&[ALPN_H2])?,
                 client_http1: client(&[ALPN_HTTP1])?,
                 client_opaque: client(&[])?,
@@ -294,6 +296,20 @@ impl LocalIdentity {
     /// clients prove themselves with tokens before they have certificates).
     pub fn server_config_without_client_auth(&self) -> Arc<ServerConfig> {
         self.inner.server_without_client_auth.clone()
+    }
+
+    /// A server configuration that asks for a client certificate and verifies one if sent,
+    /// but admits a client without one (ALPN h2): the controller, whose identity service
+    /// serves clients before they have certificates and whose destination API serves only
+    /// clients that prove an identity.
+    pub fn server_config_optional_client_auth(&self) -> Arc<ServerConfig> {
+        self.inner.server_optional_client_auth.clone()
+    }
+
+    /// Our certificate as a TLS client presents it (none while we have none): for clients
+    /// built elsewhere, such as the controller's channel.
+    pub fn client_cert_resolver(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        self.inner.store.clone()
     }
 
     /// The outbound side's configuration for `alpn`: presents our certificate, verifies the

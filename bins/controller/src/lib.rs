@@ -13,7 +13,18 @@
 //! (`mesh.destination.v1.Destination`) on the same port: `Resolve`, the endpoints of
 //! Kubernetes Services, and `Lookup`, what an IP and port is (a Service's ClusterIP, a pod's
 //! address with its identity), both watched once here for every proxy (mesh-discovery's
-//! Kubernetes source).
+//! Kubernetes source). Only callers that prove a mesh identity with their certificate (mutual
+//! TLS) are answered.
+//!
+//! # What one client can hold
+//!
+//! Every wait and every resource a caller can make the controller hold is bounded, each by a
+//! setting of `[server]`, `[tokens]` or `[destination]` with a default: connections in all
+//! and per client address, streams per connection and per client address, the time to an
+//! answer, the TLS handshake (10 s), TokenReviews per second (each token's verdict is reused
+//! for a while, so that a flood of garbage tokens costs the API server a bounded rate), and
+//! the namespaces watched for `Resolve` (released when no proxy follows them any more).
+//! Refusals carry a gRPC code and a short reason; the detail stays in the controller's log.
 //!
 //! # Example
 //!
@@ -46,6 +57,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mesh_core::identity::Identity;
 use mesh_tls::ca::IssuerFiles;
 use mesh_tls::cert::TrustAnchors;
 use mesh_tls::local::{LocalCa, LocalIdentity};
@@ -69,6 +81,7 @@ pub struct Controller {
     identity: LocalIdentity,
     ca: Arc<LocalCa>,
     destination: Option<mesh_discovery::remote::DestinationService>,
+    limits: config::ServerConfig,
 }
 
 impl Controller {
@@ -76,6 +89,12 @@ impl Controller {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let trust = TrustAnchors::from_pem_file(&config.identity.trust_anchors)
             .context("identity.trust_anchors")?;
+        // A root rotation reaches the controller as it reaches the proxies: the issuer check,
+        // the controller's own certificate and its clients' all follow the file.
+        trust.watch(
+            config.identity.trust_anchors.clone(),
+            mesh_tls::cert::TRUST_ANCHORS_POLL,
+        );
         let issuer = IssuerFiles::load(
             &config.identity.issuer_cert,
             &config.identity.issuer_key,
@@ -102,6 +121,8 @@ impl Controller {
                 let client = kube::Client::try_from(kube_config).context("destination")?;
                 let mut k8s = mesh_discovery::kubernetes::KubernetesConfig {
                     trust_domain: config.identity.trust_domain.clone(),
+                    max_namespaces: d.max_namespaces,
+                    release_after: d.release_after,
                     ..Default::default()
                 };
                 if let Some(domain) = &d.cluster_domain {
@@ -132,6 +153,7 @@ impl Controller {
             identity,
             ca,
             destination,
+            limits: config.server.clone(),
         })
     }
 
@@ -168,10 +190,16 @@ impl Controller {
             identity = %self.identity.name(),
             "identity service ready"
         );
+        // A client certificate is asked for and verified when sent, but not required: the
+        // identity service serves workloads before they hold one (their token proves them);
+        // the destination API serves only callers that proved an identity.
         let acceptor =
-            tokio_rustls::TlsAcceptor::from(self.identity.server_config_without_client_auth());
+            tokio_rustls::TlsAcceptor::from(self.identity.server_config_optional_client_auth());
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Tls>>(64);
         let listener = self.listener;
+        let limits = self.limits;
+        let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let per_client = PerClient::default();
         let accept = tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -182,13 +210,32 @@ impl Controller {
                         continue;
                     }
                 };
+                let Ok(slot) = connections.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "at the connection cap: closed at once");
+                    continue;
+                };
+                let Some(client_slot) =
+                    per_client.acquire(peer.ip(), limits.max_connections_per_client)
+                else {
+                    tracing::info!(%peer, "this client holds its most connections: closed at once");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(Tls(Box::new(tls)))).await;
+                            let identity = peer_identity(&tls);
+                            let conn = Tls {
+                                io: Box::new(tls),
+                                peer: Peer {
+                                    addr: Some(peer),
+                                    identity,
+                                },
+                                _slots: (slot, client_slot),
+                            };
+                            let _ = tx.send(Ok(conn)).await;
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -196,11 +243,27 @@ impl Controller {
                 });
             }
         });
+        let streams = PerClient::default();
+        let max_streams = limits.max_streams_per_client;
+        let destination = self.destination.map(|d| {
+            mesh_discovery::remote::proto::destination_server::DestinationServer::with_interceptor(
+                d,
+                move |request| authorize_destination(request, &streams, max_streams),
+            )
+        });
         let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(limits.keep_alive_interval))
+            .http2_keepalive_timeout(Some(limits.keep_alive_interval))
+            .timeout(limits.request_timeout)
+            // A client that resets streams as fast as it opens them (HTTP/2 rapid reset) is
+            // sent GOAWAY after this many; headers are bounded in size.
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_header_list_size(Some(16 * 1024))
             .add_service(mesh_tls::api::proto::identity_server::IdentityServer::new(
                 self.service,
             ))
-            .add_optional_service(self.destination.map(|d| d.into_server()))
+            .add_optional_service(destination)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
             .await;
         accept.abort();
@@ -209,13 +272,102 @@ impl Controller {
     }
 }
 
-/// A client's TLS connection, as tonic serves it.
-struct Tls(Box<TlsStream<TcpStream>>);
+/// Who is at the other end of a connection: in each request's extensions.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: Option<SocketAddr>,
+    /// The mesh identity its certificate proved, if it sent one.
+    pub identity: Option<Identity>,
+}
+
+/// A client's TLS connection, as tonic serves it, with the slots it holds until it closes.
+struct Tls {
+    io: Box<TlsStream<TcpStream>>,
+    peer: Peer,
+    _slots: (tokio::sync::OwnedSemaphorePermit, ClientSlot),
+}
 
 impl tonic::transport::server::Connected for Tls {
-    type ConnectInfo = Option<SocketAddr>;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.peer_addr().ok()
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+/// The identity a client's certificate proves (verified against the trust anchors during the
+/// handshake): `None` without a certificate.
+fn peer_identity(tls: &TlsStream<TcpStream>) -> Option<Identity> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    mesh_tls::cert::inspect(leaf).ok()?.identity
+}
+
+/// The destination API answers callers that proved a mesh identity, each client address
+/// holding at most `max_streams` calls at once.
+fn authorize_destination(
+    mut request: tonic::Request<()>,
+    streams: &PerClient,
+    max_streams: usize,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let peer = request.extensions().get::<Peer>().cloned();
+    let Some(Peer {
+        addr,
+        identity: Some(identity),
+    }) = peer
+    else {
+        return Err(tonic::Status::unauthenticated(
+            "the destination API needs the caller's mesh certificate (mutual TLS)",
+        ));
+    };
+    let ip = addr.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let Some(slot) = streams.acquire(ip, max_streams) else {
+        tracing::info!(%identity, %ip, max_streams, "destination call refused: too many streams");
+        return Err(tonic::Status::resource_exhausted(
+            "too many destination streams from this client",
+        ));
+    };
+    request
+        .extensions_mut()
+        .insert(mesh_discovery::remote::StreamGuard(Arc::new(slot)));
+    Ok(request)
+}
+
+/// Counts what each client address holds (connections, streams); an address holding
+/// nothing takes no memory.
+#[derive(Clone, Debug, Default)]
+struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One unit a client holds, given back when dropped.
+#[derive(Debug)]
+struct ClientSlot {
+    counts: PerClient,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn acquire(&self, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = counts.entry(ip).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(ClientSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = counts.get_mut(&self.ip) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -225,7 +377,7 @@ impl AsyncRead for Tls {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
+        Pin::new(&mut *self.io).poll_read(cx, buf)
     }
 }
 
@@ -235,14 +387,14 @@ impl AsyncWrite for Tls {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
+        Pin::new(&mut *self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
+        Pin::new(&mut *self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }

@@ -50,9 +50,24 @@ impl IdentityService {
             .tokens
             .identify(&request.token, &self.trust_domain)
             .await
-            .map_err(|e| match e {
-                TokenError::Unavailable(_) => Status::unavailable(e.to_string()),
-                _ => Status::unauthenticated(e.to_string()),
+            .map_err(|e| {
+                // The detail (the API server's words, its address) stays in our log; the
+                // caller learns the code and a short reason.
+                tracing::info!(identity = %identity, detail = %e, "token refused");
+                match e {
+                    TokenError::Unavailable(_) => {
+                        Status::unavailable("the token cannot be checked now; retry shortly")
+                    }
+                    TokenError::Empty | TokenError::Unknown => {
+                        Status::unauthenticated(e.to_string())
+                    }
+                    TokenError::Rejected(_) => {
+                        Status::unauthenticated("Kubernetes does not authenticate the token")
+                    }
+                    TokenError::NotServiceAccount(_) => {
+                        Status::unauthenticated("the token is not a ServiceAccount's")
+                    }
+                }
             })?;
         if proven != identity {
             return Err(Status::permission_denied(format!(
@@ -72,7 +87,10 @@ impl IdentityService {
             )
             .map_err(|e| match e {
                 mesh_tls::TlsError::Csr(_) => Status::invalid_argument(e.to_string()),
-                _ => Status::failed_precondition(e.to_string()),
+                _ => {
+                    tracing::error!(identity = %identity, error = %e, "the issuer cannot sign");
+                    Status::unavailable("the issuer cannot sign now")
+                }
             })?;
         let mut chain = issued.chain.into_iter().map(|c| c.to_vec());
         Ok(CertifyResponse {
@@ -90,7 +108,10 @@ impl IdentityApi for IdentityService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let peer = request.remote_addr();
+        let peer = request
+            .extensions()
+            .get::<crate::Peer>()
+            .and_then(|p| p.addr);
         let request = request.into_inner();
         let requested = request.identity.clone();
         match self.certify_checked(request).await {

@@ -1,7 +1,10 @@
 //! Tokens that prove identities: a Kubernetes TokenReview of a projected ServiceAccount token,
 //! or a file mapping tokens to identities.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
@@ -10,7 +13,7 @@ use mesh_core::identity::Identity;
 use crate::config::TokensConfig;
 
 /// Why a token proves nothing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TokenError {
     /// The token is empty.
     #[error("the token is empty")]
@@ -40,7 +43,91 @@ pub enum TokenSource {
         client: kube::Client,
         /// The audience the token must be for.
         audience: String,
+        /// Verdicts already known, and the rate of new reviews.
+        reviews: Arc<Reviews>,
     },
+}
+
+/// What bounds the TokenReviews a caller can cause: each token's verdict is reused for a
+/// while (by the token's SHA-256, never the token itself), and new reviews are rate-limited
+/// by a token bucket, so that garbage tokens cost the API server a bounded rate whatever
+/// their number.
+#[derive(Debug)]
+pub struct Reviews {
+    verdicts: Mutex<HashMap<[u8; 32], (Result<String, TokenError>, Instant)>>,
+    bucket: Mutex<Bucket>,
+    ttl: Duration,
+}
+
+/// At most this many verdicts are kept: past it, expired ones go, then any.
+const MAX_VERDICTS: usize = 10_000;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Reviews {
+    /// `per_second` reviews on average, `burst` at once; verdicts kept `ttl` (refusals a
+    /// tenth of it).
+    pub fn new(per_second: u32, burst: u32, ttl: Duration) -> Self {
+        Self {
+            verdicts: Mutex::new(HashMap::new()),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(burst),
+                last: Instant::now(),
+                rate: f64::from(per_second),
+                burst: f64::from(burst),
+            }),
+            ttl,
+        }
+    }
+
+    fn known(&self, key: &[u8; 32]) -> Option<Result<String, TokenError>> {
+        let verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        verdicts
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(verdict, _)| verdict.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], verdict: &Result<String, TokenError>) {
+        let ttl = match verdict {
+            Ok(_) => self.ttl,
+            // A refusal is kept briefly: a token just minted may be refused by a lagging API
+            // server replica.
+            Err(TokenError::Rejected(_) | TokenError::NotServiceAccount(_)) => self.ttl / 10,
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if verdicts.len() >= MAX_VERDICTS {
+            verdicts.retain(|_, (_, until)| *until > now);
+        }
+        if verdicts.len() >= MAX_VERDICTS
+            && let Some(any) = verdicts.keys().next().copied()
+        {
+            verdicts.remove(&any);
+        }
+        verdicts.insert(key, (verdict.clone(), now + ttl));
+    }
+
+    fn allow(&self) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(bucket.last).as_secs_f64() * bucket.rate;
+        bucket.tokens = (bucket.tokens + earned).min(bucket.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -72,6 +159,11 @@ impl TokenSource {
             return Ok(TokenSource::Kubernetes {
                 client,
                 audience: config.audience.clone(),
+                reviews: Arc::new(Reviews::new(
+                    config.reviews_per_second,
+                    config.review_burst,
+                    config.review_cache_ttl,
+                )),
             });
         }
         match &config.file {
@@ -111,42 +203,28 @@ impl TokenSource {
                 }
                 Err(TokenError::Unknown)
             }
-            TokenSource::Kubernetes { client, audience } => {
-                let review = TokenReview {
-                    spec: TokenReviewSpec {
-                        token: Some(token.to_owned()),
-                        audiences: Some(vec![audience.clone()]),
-                    },
-                    ..TokenReview::default()
+            TokenSource::Kubernetes {
+                client,
+                audience,
+                reviews,
+            } => {
+                let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| TokenError::Unavailable("hashing the token".into()))?;
+                let username = match reviews.known(&key) {
+                    Some(verdict) => verdict?,
+                    None => {
+                        if !reviews.allow() {
+                            return Err(TokenError::Unavailable(
+                                "too many token reviews now; retry shortly".into(),
+                            ));
+                        }
+                        let verdict = review(client, audience, token).await;
+                        reviews.remember(key, &verdict);
+                        verdict?
+                    }
                 };
-                let api: Api<TokenReview> = Api::all(client.clone());
-                let reviewed = tokio::time::timeout(
-                    TOKEN_REVIEW_TIMEOUT,
-                    api.create(&PostParams::default(), &review),
-                )
-                .await
-                .map_err(|_| {
-                    TokenError::Unavailable(format!(
-                        "the Kubernetes API did not answer the TokenReview within {TOKEN_REVIEW_TIMEOUT:?}"
-                    ))
-                })?
-                .map_err(|e| TokenError::Unavailable(kube_error(&e)))?;
-                let status = reviewed.status.unwrap_or_default();
-                if status.authenticated != Some(true) {
-                    return Err(TokenError::Rejected(
-                        status
-                            .error
-                            .unwrap_or_else(|| "not authenticated".to_owned()),
-                    ));
-                }
-                if let Some(audiences) = &status.audiences
-                    && !audiences.iter().any(|a| a == audience)
-                {
-                    return Err(TokenError::Rejected(format!(
-                        "the token is for {audiences:?}, not {audience:?}"
-                    )));
-                }
-                let username = status.user.and_then(|u| u.username).unwrap_or_default();
                 let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
                     return Err(TokenError::NotServiceAccount(username));
                 };
@@ -158,6 +236,46 @@ impl TokenSource {
             }
         }
     }
+}
+
+/// One TokenReview: the username the API server authenticates for `audience`.
+async fn review(client: &kube::Client, audience: &str, token: &str) -> Result<String, TokenError> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..TokenReview::default()
+    };
+    let api: Api<TokenReview> = Api::all(client.clone());
+    let reviewed = tokio::time::timeout(
+        TOKEN_REVIEW_TIMEOUT,
+        api.create(&PostParams::default(), &review),
+    )
+    .await
+    .map_err(|_| {
+        TokenError::Unavailable(format!(
+            "the Kubernetes API did not answer the TokenReview within {TOKEN_REVIEW_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| TokenError::Unavailable(kube_error(&e)))?;
+    let status = reviewed.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(TokenError::Rejected(
+            status
+                .error
+                .unwrap_or_else(|| "not authenticated".to_owned()),
+        ));
+    }
+    // The audience must be confirmed: an API server that answers without
+    // audiences has not checked the one we asked for.
+    let audiences = status.audiences.unwrap_or_default();
+    if !audiences.iter().any(|a| *a == audience) {
+        return Err(TokenError::Rejected(format!(
+            "the review does not confirm the audience {audience:?} (it names {audiences:?})"
+        )));
+    }
+    Ok(status.user.and_then(|u| u.username).unwrap_or_default())
 }
 
 /// How long a TokenReview may take.

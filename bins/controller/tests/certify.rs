@@ -273,6 +273,16 @@ async fn certify(client: &ControllerClient, identity: &Identity) -> Result<Issue
 
 /// Asserts that `error` carries the gRPC `code` and every one of `words`.
 #[track_caller]
+/// The controller's log (of every test of this binary) has a line with each of `words`: the
+/// detail a refusal keeps from its caller.
+fn assert_logged(words: &[&str]) {
+    let (logs, _) = logs_since(0);
+    assert!(
+        logs.lines().any(|l| words.iter().all(|w| l.contains(w))),
+        "no log line with {words:?}"
+    );
+}
+
 fn assert_refused(error: &str, code: &str, words: &[&str]) {
     assert!(
         error.contains(&format!("answered {code}:")),
@@ -819,6 +829,9 @@ enum Mood {
     Overloaded,
     /// Reads the request and never answers.
     Hangs,
+    /// Reviews, but leaves `audiences` out of the answer (an API server that did not check
+    /// the audience asked for).
+    NoAudiences,
 }
 
 #[derive(Clone, Default)]
@@ -869,7 +882,7 @@ impl FakeKube {
             body: body.clone(),
         });
         match self.mood {
-            Mood::Reviews => {}
+            Mood::Reviews | Mood::NoAudiences => {}
             Mood::Forbidden => {
                 return api_status(
                     StatusCode::FORBIDDEN,
@@ -959,6 +972,12 @@ impl FakeKube {
                 }
             }
         };
+        let mut status = status;
+        if self.mood == Mood::NoAudiences
+            && let Some(status) = status.as_object_mut()
+        {
+            status.remove("audiences");
+        }
         json_response(
             StatusCode::CREATED,
             &json!({
@@ -1053,11 +1072,11 @@ async fn a_token_review_proves_a_service_account() {
     assert_refused(
         &error,
         "Unauthenticated",
-        &[
-            "Kubernetes does not authenticate the token",
-            "is invalid for the target audiences",
-        ],
+        &["Kubernetes does not authenticate the token"],
     );
+    // The API server's words stay in the controller's log.
+    assert!(!error.contains("audiences"), "{error}");
+    assert_logged(&["token refused", "is invalid for the target audiences"]);
     running.stop().await;
 }
 
@@ -1078,8 +1097,9 @@ async fn the_token_review_audience_is_configurable() {
             .await
             .unwrap_err(),
         "Unauthenticated",
-        &["is invalid for the target audiences"],
+        &["Kubernetes does not authenticate the token"],
     );
+    assert_logged(&["token refused", "is invalid for the target audiences"]);
     let received = fake.received();
     assert_eq!(received.len(), 2);
     for review in &received {
@@ -1102,27 +1122,28 @@ async fn token_reviews_that_prove_no_service_account_are_refused() {
             .await
             .unwrap_err(),
         "Unauthenticated",
-        &[
-            "Kubernetes does not authenticate the token",
-            "service account token has expired",
-        ],
+        &["Kubernetes does not authenticate the token"],
     );
+    assert_logged(&["token refused", "service account token has expired"]);
     assert_refused(
         &certify(&running.client("garbage"), &web).await.unwrap_err(),
         "Unauthenticated",
-        &[
-            "Kubernetes does not authenticate the token",
-            "invalid bearer token",
-        ],
+        &["Kubernetes does not authenticate the token"],
     );
+    assert_logged(&["token refused", "invalid bearer token"]);
     // Authenticated, but a node, not a ServiceAccount.
     assert_refused(
         &certify(&running.client("eyJ.node"), &web)
             .await
             .unwrap_err(),
         "Unauthenticated",
-        &["\"system:node:node-1\"", "not a ServiceAccount"],
+        &["the token is not a ServiceAccount's"],
     );
+    assert_logged(&[
+        "token refused",
+        "\"system:node:node-1\"",
+        "not a ServiceAccount",
+    ]);
     // An empty token is refused without asking the API.
     assert_refused(
         &certify(&running.client(""), &web).await.unwrap_err(),
@@ -1170,8 +1191,9 @@ async fn an_unreachable_or_forbidden_api_is_unavailable() {
             .await
             .unwrap_err(),
         "Unavailable",
-        &["the token cannot be checked now", "forbidden"],
+        &["the token cannot be checked now"],
     );
+    assert_logged(&["token refused", "forbidden"]);
     assert_eq!(fake.received().len(), 1);
     running.stop().await;
 }
@@ -1309,8 +1331,9 @@ fn configuration_errors_name_the_key() {
     for (bad, expected) in [
         ("\"soon\"", "soon"),
         ("\"10\"", "no unit"),
-        ("\"0s\"", "at least 1s"),
-        ("\"500ms\"", "at least 1s"),
+        ("\"0s\"", "expected 1s to"),
+        ("\"500ms\"", "expected 1s to"),
+        ("\"100000h\"", "expected 1s to"),
     ] {
         let e = error(&no_lifetime.replace(
             "[identity]\n",
@@ -1656,4 +1679,27 @@ fn bootstrap_refuses_before_writing_anything() {
         !out_dir.join("issuer.crt").exists(),
         "issuer.crt was written"
     );
+}
+
+/// A review that does not confirm the audience asked for proves nothing, even when it
+/// authenticates the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_that_does_not_confirm_the_audience_is_refused() {
+    init_logs();
+    let pki = Pki::new("kube-no-audience");
+    let fake = FakeKube {
+        mood: Mood::NoAudiences,
+        ..FakeKube::default()
+    };
+    let api = fake.clone().start().await;
+    let running = start(&pki.config("", &kube_tokens(api, "")), pki.trust()).await;
+    assert_refused(
+        &certify(&running.client("eyJ.web.projected"), &id("demo", "web"))
+            .await
+            .unwrap_err(),
+        "Unauthenticated",
+        &["Kubernetes does not authenticate the token"],
+    );
+    assert_logged(&["token refused", "does not confirm the audience"]);
+    running.stop().await;
 }

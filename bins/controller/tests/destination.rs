@@ -56,6 +56,28 @@ impl Pki {
     fn trust(&self) -> TrustAnchors {
         TrustAnchors::from_pem_file(&self.dir.join("ca.crt")).unwrap()
     }
+
+    /// A proxy's identity with a certificate from this PKI's issuer: what the destination
+    /// API asks its callers to prove.
+    fn proxy_identity(&self) -> mesh_tls::local::LocalIdentity {
+        let name = Identity::parse("spiffe://cluster.local/ns/demo/sa/proxy").unwrap();
+        let identity = mesh_tls::local::LocalIdentity::new(name.clone(), self.trust()).unwrap();
+        let issuer = mesh_tls::ca::Issuer::from_files(
+            &self.dir.join("issuer.crt"),
+            &self.dir.join("issuer.key"),
+        )
+        .unwrap();
+        let issued = issuer
+            .certify(
+                &name,
+                &identity.csr().unwrap(),
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+        identity.install(&issued).unwrap();
+        identity
+    }
 }
 
 impl Drop for Pki {
@@ -72,13 +94,25 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn start(pki: &Pki, api: &FakeApiServer, listen: SocketAddr) -> Self {
+        let tokens = format!("file = \"{}/tokens.txt\"\n", pki.dir.display());
+        Self::start_with(pki, api, listen, &tokens, "")
+    }
+
+    /// With these `[tokens]` keys, and more `[destination]` keys.
+    fn start_with(
+        pki: &Pki,
+        api: &FakeApiServer,
+        listen: SocketAddr,
+        tokens: &str,
+        destination: &str,
+    ) -> Self {
         let config = pki.dir.join("controller.toml");
         std::fs::write(
             &config,
             format!(
                 "listen = \"{listen}\"\nlog = \"warn\"\n[identity]\ntrust_anchors = \"{0}/ca.crt\"\n\
                  issuer_cert = \"{0}/issuer.crt\"\nissuer_key = \"{0}/issuer.key\"\n\
-                 [tokens]\nfile = \"{0}/tokens.txt\"\n[destination]\nkubernetes_api = \"{1}\"\n",
+                 [tokens]\n{tokens}[destination]\nkubernetes_api = \"{1}\"\n{destination}",
                 pki.dir.display(),
                 api.url()
             ),
@@ -133,11 +167,26 @@ fn controller_identity() -> Identity {
     Identity::parse("spiffe://cluster.local/ns/mesh-system/sa/mesh-controller").unwrap()
 }
 
+/// A channel that proves a proxy's identity, as the destination API asks.
 fn channel(pki: &Pki, addr: SocketAddr) -> tonic::transport::Channel {
+    let identity = pki.proxy_identity();
     mesh_tls::api::controller_channel(
         &addr.to_string(),
         &controller_identity(),
         &pki.trust(),
+        Some(identity.client_cert_resolver()),
+        None,
+    )
+    .unwrap()
+}
+
+/// A channel with no client certificate: what anyone on the network can open.
+fn anonymous_channel(pki: &Pki, addr: SocketAddr) -> tonic::transport::Channel {
+    mesh_tls::api::controller_channel(
+        &addr.to_string(),
+        &controller_identity(),
+        &pki.trust(),
+        None,
         None,
     )
     .unwrap()
@@ -479,4 +528,143 @@ async fn addresses_are_looked_up() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("not-an-address"), "{refused:?}");
+}
+
+/// A made-up name in namespace number `i`.
+fn made_up(i: usize) -> ResolveRequest {
+    ResolveRequest {
+        authority: format!("svc.made-up-{i}.svc.cluster.local:80"),
+    }
+}
+
+/// Hostile callers: 5,000 `Resolve` calls on made-up namespaces without a certificate are
+/// refused and start no watch; with one, the namespaces watched stay under the cap (three
+/// watches each in the stand-in API server), the calls past it are refused, and the watches
+/// fall back to none once the calls end. 10,000 `Certify` calls with garbage tokens cause at
+/// most the rate limit's worth of TokenReviews. The controller's RSS is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_callers_hold_nothing_past_the_limits() {
+    const CALLS: usize = 5_000;
+    const MAX_NAMESPACES: usize = 50;
+    let pki = Pki::new("hostile");
+    let api = FakeApiServer::start().await;
+    let listen = free_addr();
+    let controller = ControllerProcess::start_with(
+        &pki,
+        &api,
+        listen,
+        &format!(
+            "kubernetes = true\nkubernetes_api = \"{}\"\nreviews_per_second = 20\nreview_burst = 40\n",
+            api.url()
+        ),
+        &format!("max_namespaces = {MAX_NAMESPACES}\nrelease_after = \"1s\"\n"),
+    );
+    wait_until_serving(&pki, listen).await;
+    let (rss_start, _) = controller.memory_kib();
+
+    // Without a certificate: every call refused, no watch started.
+    let mut anonymous = DestinationClient::new(anonymous_channel(&pki, listen));
+    let watches_before = api.open_watches();
+    for i in 0..CALLS {
+        let status = anonymous.resolve(made_up(i)).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "call {i}: {status:?}"
+        );
+    }
+    assert_eq!(
+        api.open_watches(),
+        watches_before,
+        "an anonymous call started a watch"
+    );
+
+    // With one: the first MAX_NAMESPACES namespaces are watched, the rest refused.
+    let mut client = DestinationClient::new(channel(&pki, listen));
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut peak = 0;
+    for i in 0..CALLS {
+        match client.resolve(made_up(i)).await {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+        if i % 500 == 0 {
+            peak = peak.max(api.open_watches());
+        }
+    }
+    peak = peak.max(api.open_watches());
+    assert!(
+        held.len() <= MAX_NAMESPACES,
+        "{} namespaces held",
+        held.len()
+    );
+    assert_eq!(held.len() + refused, CALLS);
+    assert!(
+        peak <= 3 * MAX_NAMESPACES + watches_before,
+        "{peak} watches open"
+    );
+    let (rss_resolving, _) = controller.memory_kib();
+
+    // The calls end: the watches are released.
+    drop(held);
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.open_watches() > watches_before {
+        assert!(
+            Instant::now() < deadline,
+            "{} watches still open after the calls ended",
+            api.open_watches()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 10,000 Certify calls with garbage tokens, 50 at a time.
+    api.clear_requests();
+    let reviews = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/tokenreviews"))
+            .count()
+    };
+    let identity_client =
+        mesh_tls::api::proto::identity_client::IdentityClient::new(anonymous_channel(&pki, listen));
+    let started = Instant::now();
+    let mut calls = futures_util::stream::iter(0..10_000)
+        .map(|i| {
+            let mut client = identity_client.clone();
+            async move {
+                client
+                    .certify(mesh_tls::api::proto::CertifyRequest {
+                        identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
+                        token: format!("garbage-{i}").into_bytes(),
+                        certificate_signing_request: Vec::new(),
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(50);
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(result) = calls.next().await {
+        let code = result.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+    }
+    let took = started.elapsed();
+    let sent = reviews();
+    let allowed = 40 + (20.0 * took.as_secs_f64()).ceil() as usize;
+    assert!(
+        sent <= allowed,
+        "{sent} TokenReviews in {took:?} (allowed {allowed})"
+    );
+    assert!(!codes.contains_key("Ok"), "{codes:?}");
+    let (rss_end, hwm) = controller.memory_kib();
+    eprintln!(
+        "resolve: {refused} of {CALLS} refused past {MAX_NAMESPACES} namespaces, peak {peak} watches; \
+         certify: 10000 garbage tokens in {took:?} -> {sent} TokenReviews, answers {codes:?}; \
+         controller RSS {rss_start} KiB at start, {rss_resolving} KiB resolving, {rss_end} KiB at the end (peak {hwm} KiB)"
+    );
+    controller.stop();
 }

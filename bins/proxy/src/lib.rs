@@ -59,13 +59,21 @@ impl Proxy {
         let identity = config
             .identity
             .as_ref()
-            .map(mesh_stack::identity::from_config);
-        let (services, identity_config) = (&config.outbound.services, config.identity.as_ref());
-        let sources =
-            mesh_stack::discovery::Sources::new(services, &config.discovery, identity_config)
-                .await?
-                .with_lookup(config.outbound.lookup, &config.discovery, identity_config)
-                .await?;
+            .map(mesh_stack::identity::from_config)
+            .transpose()?;
+        let workload = config
+            .identity
+            .as_ref()
+            .zip(identity.as_ref())
+            .map(|(c, i)| mesh_stack::discovery::Workload {
+                config: c,
+                identity: &i.0,
+            });
+        let services = &config.outbound.services;
+        let sources = mesh_stack::discovery::Sources::new(services, &config.discovery, workload)
+            .await?
+            .with_lookup(config.outbound.lookup, &config.discovery, workload)
+            .await?;
         let mut opaque = Vec::new();
         for svc in services.iter().filter(|s| s.opaque) {
             if let Some(listen) = svc.listen {
@@ -73,7 +81,7 @@ impl Proxy {
             }
         }
         Ok(Self {
-            identity: identity.transpose()?,
+            identity,
             config,
             admin,
             outbound,
