@@ -214,10 +214,26 @@ async fn probe(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_rotate_under_load_with_zero_failed_requests() {
-    logs();
-    let pki = Pki::new().unwrap();
+/// Two proxies (a calls b) and a probe, each certified by the controller, under load: four
+/// gRPC callers through a to b over one long-lived mTLS connection, and the probe opening a
+/// fresh mTLS connection to each proxy twice a second.
+struct Load {
+    controller: Option<Controller>,
+    a: RunningProxy,
+    b: RunningProxy,
+    web: Identity,
+    api: Identity,
+    tokens: std::path::PathBuf,
+    me: LocalIdentity,
+    trust: mesh_tls::cert::TrustAnchors,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    renew: tokio::task::JoinHandle<()>,
+    start: Instant,
+}
+
+async fn mesh_under_load(pki: &Pki) -> Load {
     let (web, api, probe_id) = (
         pki.identity("demo", "web"),
         pki.identity("demo", "api"),
@@ -236,7 +252,7 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     };
     let (web_token, api_token, probe_token) = (token("web"), token("api"), token("probe"));
 
-    let controller = start_controller(&pki, &tokens, "127.0.0.1:0").await;
+    let controller = start_controller(pki, &tokens, "127.0.0.1:0").await;
     let controller_addr = controller.addr;
     let greeter_b = Replica::spawn_greeter(Greeter::new(GreeterConfig::new("b")))
         .await
@@ -244,17 +260,9 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     let greeter_a = Replica::spawn_greeter(Greeter::new(GreeterConfig::new("a")))
         .await
         .unwrap();
-    let b = proxy(
-        &pki,
-        &api,
-        controller_addr,
-        &api_token,
-        greeter_b.addr(),
-        "",
-    )
-    .await;
+    let b = proxy(pki, &api, controller_addr, &api_token, greeter_b.addr(), "").await;
     let a = proxy(
-        &pki,
+        pki,
         &web,
         controller_addr,
         &web_token,
@@ -266,7 +274,8 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
         ),
     )
     .await;
-    let admins = [a.admin, b.admin];
+    // The greeters live as long as the test's runtime.
+    std::mem::forget((greeter_a, greeter_b));
 
     // The probe is a workload too: it gets and renews its certificate from the controller.
     let trust = mesh_tls::cert::TrustAnchors::from_pem_file(&pki.anchors()).unwrap();
@@ -343,6 +352,80 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
             }
         }));
     }
+    Load {
+        controller: Some(controller),
+        a,
+        b,
+        web,
+        api,
+        tokens,
+        me,
+        trust,
+        tally,
+        stop,
+        tasks,
+        renew,
+        start,
+    }
+}
+
+impl Load {
+    /// Stops the load; the requests that succeeded, and those that failed with why.
+    async fn finish(self) -> (u64, u64, Vec<String>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let ran = self.start.elapsed();
+        self.renew.abort();
+        if let Some(controller) = self.controller {
+            controller.stop().await;
+        }
+        let errors = self.tally.errors.lock().unwrap().clone();
+        (
+            self.tally.ok.load(Ordering::Relaxed),
+            self.tally.failed.load(Ordering::Relaxed),
+            errors,
+            ran,
+        )
+    }
+
+    /// Waits until both proxies present leaves of `issuer` in fresh handshakes.
+    async fn until_proxies_present(&self, issuer: &CertificateDer<'static>, within: Duration) {
+        let deadline = Instant::now() + within;
+        while [self.web.uri(), self.api.uri()]
+            .iter()
+            .any(|p| self.tally.issuer_of(p).as_ref() != Some(issuer))
+        {
+            if Instant::now() >= deadline {
+                let issuer_lines = logs().lines_with("issuer");
+                let errors = self.tally.errors.lock().unwrap().clone();
+                panic!(
+                    "the proxies still present leaves of another issuer: {issuer_lines:?}; \
+                     ok {} failed {}: {errors:#?}",
+                    self.tally.ok.load(Ordering::Relaxed),
+                    self.tally.failed.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn der_of(pem: &str) -> CertificateDer<'static> {
+    rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|c: CertificateDer<'_>| c.into_owned())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_with_zero_failed_requests() {
+    logs();
+    let pki = Pki::new().unwrap();
+    let mut load = mesh_under_load(&pki).await;
+    let admins = [load.a.admin, load.b.admin];
+    let controller_addr = load.controller.as_ref().unwrap().addr;
+    let start = load.start;
 
     // 1. Renewals happen: the first one after about 9 s.
     until(
@@ -354,34 +437,19 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     .await;
 
     // 2. The issuer files are replaced: new leaves chain to the new issuer.
-    let old_issuer = tally.issuer_of(api.uri()).expect("a probe saw b's chain");
-    let new_issuer_pem = pki.rotate_issuer().unwrap();
-    let new_issuer = rustls_pki_types::pem::PemObject::from_pem_slice(new_issuer_pem.as_bytes())
-        .map(|c: CertificateDer<'_>| c.into_owned())
-        .unwrap();
+    let old_issuer = load
+        .tally
+        .issuer_of(load.api.uri())
+        .expect("a probe saw b's chain");
+    let new_issuer = der_of(&pki.rotate_issuer().unwrap());
     assert_ne!(old_issuer, new_issuer);
-    let deadline = Instant::now() + Duration::from_secs(25);
-    while [web.uri(), api.uri()]
-        .iter()
-        .any(|p| tally.issuer_of(p).as_ref() != Some(&new_issuer))
-    {
-        if Instant::now() >= deadline {
-            let issuer_lines = logs().lines_with("issuer");
-            let errors = tally.errors.lock().unwrap().clone();
-            panic!(
-                "the proxies still present leaves of the old issuer: {issuer_lines:?}; \
-                 ok {} failed {}: {errors:#?}",
-                tally.ok.load(Ordering::Relaxed),
-                tally.failed.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    load.until_proxies_present(&new_issuer, Duration::from_secs(25))
+        .await;
 
     // 3. The controller stops: renewals fail, traffic goes on with the certificates held;
     // it comes back on the same address and renewals resume.
-    let before = [renewals(a.admin).await, renewals(b.admin).await];
-    controller.stop().await;
+    let before = [renewals(admins[0]).await, renewals(admins[1]).await];
+    load.controller.take().unwrap().stop().await;
     let stopped_at = Instant::now();
     until(
         &admins,
@@ -391,7 +459,8 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     )
     .await;
     let down_for = stopped_at.elapsed();
-    let controller = start_controller(&pki, &tokens, &controller_addr.to_string()).await;
+    load.controller =
+        Some(start_controller(&pki, &load.tokens, &controller_addr.to_string()).await);
     // Each proxy renews again (its own count goes past what it was when the controller
     // stopped).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -409,31 +478,20 @@ async fn certificates_rotate_under_load_with_zero_failed_requests() {
     if let Some(left) = RUN.checked_sub(start.elapsed()) {
         tokio::time::sleep(left).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
-    let ran = start.elapsed();
-    let (ok, failed) = (
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-    );
-    let errors = tally.errors.lock().unwrap().clone();
+    // The proxies stop with the load: their counts first.
+    let renewed = [renewals(admins[0]).await, renewals(admins[1]).await];
+    let (ok, failed, errors, ran) = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed of {}: {errors:#?}", ok + failed);
     assert!(ok > 1000, "only {ok} requests in {ran:?}");
-    for admin in admins {
-        let (r, f) = renewals(admin).await;
+    for (r, f) in renewed {
         // The first certificate, then at least three renewals.
         assert!(r >= 4, "{r} certificates in {ran:?} ({f} failures)");
     }
     eprintln!(
         "rotation: {ok} requests in {ran:?}, 0 failed; controller down for {down_for:?}; \
          renewals a={:?} b={:?}",
-        renewals(a.admin).await,
-        renewals(b.admin).await
+        renewed[0], renewed[1]
     );
-    renew.abort();
-    controller.stop().await;
 }
 
 /// `/ready`'s status code.
@@ -534,4 +592,90 @@ async fn a_proxy_is_ready_only_while_it_holds_a_valid_certificate() {
     let (_, text) = scrape_metrics(proxy.admin, None).await.unwrap();
     assert_eq!(valid(&text).as_deref(), Some("1"));
     controller.stop().await;
+}
+
+/// A root rotation through the trust anchors file under steady load: the file becomes a
+/// bundle of the old and the new root, the issuer moves under the new root, then the file
+/// holds the new root alone. The controller, both proxies and the probe follow the file with
+/// no restart; fresh handshakes happen all along; not one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_anchor_rotates_under_load_with_zero_failed_requests() {
+    let logs = logs();
+    let pki = Pki::new().unwrap();
+    let load = mesh_under_load(&pki).await;
+    // The probe follows the file as the proxies and the controller do.
+    load.trust.watch(pki.anchors(), Duration::from_millis(200));
+    let reloads = || logs.lines_with("trust anchors reloaded").len();
+    // Four followers of one file: the controller, a, b and the probe.
+    let until_reloaded = |n: usize, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads() < n {
+            assert!(Instant::now() < deadline, "{what}: {} reloads", reloads());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let old_root = std::fs::read_to_string(pki.anchors()).unwrap();
+    let new = mesh_tls::ca::bootstrap(
+        "cluster.local",
+        Duration::from_secs(365 * 86400),
+        Duration::from_secs(30 * 86400),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let replace_anchors = |pem: &str| {
+        let tmp = pki.dir.join(".ca.crt.tmp");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, pki.anchors()).unwrap();
+    };
+
+    // 1. Both roots.
+    let before = reloads();
+    replace_anchors(&format!("{old_root}{}", new.anchor_pem));
+    until_reloaded(before + 4, "the bundle").await;
+
+    // 2. The issuer moves under the new root; every leaf is re-issued under it, the
+    // controller's own and the probe's included.
+    pki.write_issuer(&new.issuer_cert_pem, &new.issuer_key_pem)
+        .unwrap();
+    let new_issuer = der_of(&new.issuer_cert_pem);
+    load.until_proxies_present(&new_issuer, Duration::from_secs(30))
+        .await;
+    let controller = load.controller.as_ref().unwrap().addr;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe_on_new = load
+            .me
+            .chain()
+            .is_some_and(|c| c.get(1) == Some(&new_issuer));
+        let tcp = tokio::net::TcpStream::connect(controller).await.unwrap();
+        let tls = mesh_tls::connect::MeshConnector::new(load.me.clone())
+            .full_handshakes()
+            .handshake(tcp, &controller_identity(), Alpn::H2)
+            .await
+            .unwrap();
+        let controller_on_new = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.get(1))
+            .is_some_and(|i| *i == new_issuer);
+        if probe_on_new && controller_on_new {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaves still under the old root");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 3. The new root alone; fresh handshakes go on for a while under it.
+    let before = reloads();
+    replace_anchors(&new.anchor_pem);
+    until_reloaded(before + 4, "the new root alone").await;
+    let handshakes = load.tally.ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(load.tally.ok.load(Ordering::Relaxed) > handshakes);
+
+    let (ok, failed, errors, ran) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed of {}: {errors:#?}", ok + failed);
+    assert!(ok > 500, "only {ok} requests in {ran:?}");
+    eprintln!("trust anchor rotation: {ok} requests in {ran:?}, 0 failed");
 }
