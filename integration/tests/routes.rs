@@ -45,7 +45,7 @@ async fn start(path: &Path) -> SocketAddr {
     let proxy = mesh_proxy::Proxy::bind(config)
         .await
         .unwrap()
-        .with_config_file(path.to_owned());
+        .with_config_file(Some(path.to_owned()));
     let outbound = proxy.outbound_addr();
     tokio::spawn(proxy.run(std::future::pending()));
     outbound

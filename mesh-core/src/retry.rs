@@ -108,7 +108,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -407,6 +407,51 @@ impl Budget {
         }
         state.buckets[slot] -= self.withdrawal;
         true
+    }
+}
+
+/// The bytes of request bodies kept for replay across every retry layer of the process: a
+/// body is kept only while the pool has room, so that many large requests at once cannot
+/// make the proxy hold more than the pool's limit for retries (past it, a request is sent
+/// once, streamed, without retries). Set the limit once at start
+/// ([`set_buffer_limit`]); [`DEFAULT_BUFFER_LIMIT`] otherwise.
+#[derive(Debug)]
+struct BufferPool {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+}
+
+/// The default limit of the bytes kept for retries in all: 32 MiB.
+pub const DEFAULT_BUFFER_LIMIT: usize = 32 * 1024 * 1024;
+
+static BUFFER_POOL: BufferPool = BufferPool {
+    limit: AtomicUsize::new(DEFAULT_BUFFER_LIMIT),
+    used: AtomicUsize::new(0),
+};
+
+/// Sets the limit of the bytes of request bodies kept for retries, in all (see
+/// [`RetryPolicy::max_buffered_body`] for the limit per request).
+pub fn set_buffer_limit(bytes: usize) {
+    BUFFER_POOL.limit.store(bytes, Ordering::Relaxed);
+}
+
+/// The bytes of request bodies kept for retries now, in all.
+pub fn buffered_bytes() -> usize {
+    BUFFER_POOL.used.load(Ordering::Relaxed)
+}
+
+impl BufferPool {
+    fn reserve(&self, n: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= limit).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -773,10 +818,10 @@ impl ReplayBody {
             Some(Ok(frame)) => {
                 if !state.spoiled {
                     let len = frame.data_ref().map_or(0, Bytes::len);
-                    if state.buffered + len > state.limit {
-                        // Too large to replay: stop keeping it, and free what was kept.
-                        state.spoiled = true;
-                        state.frames = Vec::new();
+                    if state.buffered + len > state.limit || !BUFFER_POOL.reserve(len) {
+                        // Too large to replay, or no room left in the process's pool: stop
+                        // keeping it, and free what was kept.
+                        state.spoil();
                     } else if let Some(data) = frame.data_ref() {
                         state.buffered += len;
                         state.frames.push(Frame::data(data.clone()));
@@ -794,12 +839,24 @@ impl ReplayBody {
                 state.complete = true;
                 self.rest = None;
             }
-            Some(Err(_)) => {
-                state.spoiled = true;
-                state.frames = Vec::new();
-            }
+            Some(Err(_)) => state.spoil(),
         }
         polled
+    }
+}
+
+impl ReplayState {
+    /// The body cannot be replayed: what was kept is freed, and given back to the pool.
+    fn spoil(&mut self) {
+        self.spoiled = true;
+        self.frames = Vec::new();
+        BUFFER_POOL.release(std::mem::take(&mut self.buffered));
+    }
+}
+
+impl Drop for ReplayState {
+    fn drop(&mut self) {
+        BUFFER_POOL.release(self.buffered);
     }
 }
 

@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub max_connections: u32,
 }
 
+/// HTTP/2: streams a client may open and reset before the server accepts them, at once.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 64;
+/// HTTP/2: streams the server may reset for a client's protocol errors on one connection.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// The default [`ServerConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
@@ -109,7 +114,14 @@ impl HttpServer {
             .initial_stream_window_size(config.initial_stream_window)
             .initial_connection_window_size(config.initial_connection_window)
             .keep_alive_interval(config.keep_alive_interval)
-            .keep_alive_timeout(config.keep_alive_interval);
+            .keep_alive_timeout(config.keep_alive_interval)
+            // HTTP/2 floods, bounded here rather than by a dependency's default: streams a
+            // client resets before they are served (rapid reset, CVE-2023-44487), and streams
+            // the server itself must reset for a client's errors, each end the connection
+            // with GOAWAY past these counts; a header block, CONTINUATION frames included, is
+            // refused past `max_header_bytes`.
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
         Self { h1, h2 }
     }
 

@@ -535,6 +535,10 @@ pub struct RuntimeConfig {
     /// After SIGTERM, how long in-flight requests may take.
     #[serde(with = "mesh_core::config::duration")]
     pub shutdown_grace: Duration,
+    /// Bytes of request bodies kept for retries, over all requests at once (each request
+    /// keeps at most its route's `retry.max_buffered_body`); past it a request is sent once,
+    /// without retries, so that a burst of large requests cannot grow the proxy's memory.
+    pub retry_buffer_limit: usize,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -581,6 +585,7 @@ impl Default for RuntimeConfig {
         Self {
             threads: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            retry_buffer_limit: mesh_core::retry::DEFAULT_BUFFER_LIMIT,
         }
     }
 }

@@ -185,6 +185,19 @@ pub struct Workload<'a> {
     pub identity: &'a mesh_tls::local::LocalIdentity,
 }
 
+impl<'a> Workload<'a> {
+    /// Both halves, when the workload has an identity.
+    pub fn of(
+        config: Option<&'a IdentityConfig>,
+        identity: Option<&'a mesh_tls::local::LocalIdentity>,
+    ) -> Option<Self> {
+        Some(Self {
+            config: config?,
+            identity: identity?,
+        })
+    }
+}
+
 /// The destination API's client: the controller of `[discovery.destination]`, or that of
 /// `[identity]`, verified with the identity's trust anchors, presented its certificate.
 fn destination(

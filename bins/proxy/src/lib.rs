@@ -50,6 +50,7 @@ impl Proxy {
     /// Validates the configuration and binds every listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        mesh_core::retry::set_buffer_limit(config.runtime.retry_buffer_limit);
         let admin = bind(config.admin.listen, "admin.listen").await?;
         let outbound = bind(config.outbound.listen, "outbound.listen").await?;
         let inbound = match &config.inbound {
@@ -61,14 +62,8 @@ impl Proxy {
             .as_ref()
             .map(mesh_stack::identity::from_config)
             .transpose()?;
-        let workload = config
-            .identity
-            .as_ref()
-            .zip(identity.as_ref())
-            .map(|(c, i)| mesh_stack::discovery::Workload {
-                config: c,
-                identity: &i.0,
-            });
+        let id = identity.as_ref().map(|i| &i.0);
+        let workload = mesh_stack::discovery::Workload::of(config.identity.as_ref(), id);
         let services = &config.outbound.services;
         let sources = mesh_stack::discovery::Sources::new(services, &config.discovery, workload)
             .await?
@@ -96,8 +91,8 @@ impl Proxy {
     /// Watches the configuration file the proxy was started from: when it changes, the
     /// services' routes are reloaded (an invalid file is refused with a logged reason and the
     /// old routes stay).
-    pub fn with_config_file(mut self, path: std::path::PathBuf) -> Self {
-        self.config_file = Some(path);
+    pub fn with_config_file(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.config_file = path;
         self
     }
 

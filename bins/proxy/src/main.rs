@@ -62,10 +62,8 @@ fn main() -> ExitCode {
 fn run(config: Config, log: LogControl, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let (runtime, threads) = mesh_stack::serve::runtime(config.runtime.threads)?;
     runtime.block_on(async move {
-        let mut proxy = Proxy::bind(config).await?.with_log_control(log);
-        if let Some(path) = config_file {
-            proxy = proxy.with_config_file(path);
-        }
+        let proxy = Proxy::bind(config).await?;
+        let proxy = proxy.with_log_control(log).with_config_file(config_file);
         let (outbound, inbound) = (proxy.outbound_addr(), proxy.inbound_addr());
         let admin = proxy.admin_addr();
         tracing::info!(%outbound, ?inbound, %admin, threads, "listening");
