@@ -366,11 +366,29 @@ async fn wait_ready_returns_when_the_proxy_is_ready_and_fails_when_it_never_is()
     );
 }
 
-/// The README's configuration reference states each default as the code has it: every row of
-/// the table whose key the effective configuration holds (`--check` on a minimal file) shows
-/// that value.
-#[test]
-fn the_readme_states_the_defaults_the_code_has() {
+/// A table's configuration as dotted keys and TOML values.
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&path, inner, out),
+            other => {
+                out.insert(path, other.to_string());
+            }
+        }
+    }
+}
+
+/// The proxy's effective configuration (`--check` on a minimal file), flattened.
+fn proxy_defaults() -> std::collections::BTreeMap<String, String> {
     let file = write_config("[inbound]\napp = \"127.0.0.1:8080\"\n");
     let out = Command::new(BIN)
         .args(["--check", "--config"])
@@ -380,41 +398,37 @@ fn the_readme_states_the_defaults_the_code_has() {
     assert!(out.status.success());
     let effective: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let mut flat = std::collections::BTreeMap::new();
-    fn flatten(
-        prefix: &str,
-        table: &toml::Table,
-        out: &mut std::collections::BTreeMap<String, String>,
-    ) {
-        for (key, value) in table {
-            let path = if prefix.is_empty() {
-                key.clone()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            match value {
-                toml::Value::Table(inner) => flatten(&path, inner, out),
-                other => {
-                    out.insert(path, other.to_string());
-                }
-            }
-        }
-    }
     flatten("", &effective, &mut flat);
+    flat
+}
+
+/// A section of the README, from its heading to the next.
+fn readme_section(heading: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let reference = readme
-        .split("## Configuration reference")
+    readme
+        .split(heading)
         .nth(1)
         .unwrap()
         .split("\n## ")
         .next()
-        .unwrap();
+        .unwrap()
+        .to_owned()
+}
+
+/// Checks each table row of `section` whose key `flat` holds: its default (second cell) is
+/// the code's. Returns the keys checked and those `flat` lacks.
+fn check_rows(
+    section: &str,
+    flat: &std::collections::BTreeMap<String, String>,
+) -> (Vec<String>, Vec<String>) {
     let normal = |s: &str| s.replace(['"', '`', ' '], "");
-    let mut checked = Vec::new();
-    for row in reference.lines().filter(|l| l.starts_with("| `")) {
+    let (mut checked, mut unknown) = (Vec::new(), Vec::new());
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = row.split(" | ").collect();
         let key = cells[0].trim_start_matches("| ").trim_matches('`');
         let Some(code) = flat.get(key) else {
+            unknown.push(key.to_owned());
             continue;
         };
         let stated = cells[1];
@@ -437,6 +451,17 @@ fn the_readme_states_the_defaults_the_code_has() {
         );
         checked.push(key.to_owned());
     }
+    (checked, unknown)
+}
+
+/// The README's configuration reference states each default as the code has it: every row of
+/// the table whose key the effective configuration holds (`--check` on a minimal file) shows
+/// that value.
+#[test]
+fn the_readme_states_the_defaults_the_code_has() {
+    let flat = proxy_defaults();
+    let reference = readme_section("## Configuration reference");
+    let (checked, _) = check_rows(&reference, &flat);
     assert!(
         checked.len() >= 25,
         "only {} rows checked: {checked:?}",
@@ -465,4 +490,43 @@ fn the_readme_states_the_defaults_the_code_has() {
         undocumented.is_empty(),
         "keys the README's reference lacks: {undocumented:?}"
     );
+}
+
+/// The README's security section states each limit's default as the code has it, for the
+/// proxy and (keys under `controller.`) the controller; every row names a real key.
+#[test]
+fn the_security_section_states_the_defaults_the_code_has() {
+    let mut flat = proxy_defaults();
+    // A service-level key, as the reference writes it.
+    let fallback = mesh_core::timeout::DEFAULT_FALLBACK_TIMEOUT;
+    flat.insert(
+        "outbound.services[].timeout.fallback".into(),
+        format!("\"{}\"", mesh_core::config::format_duration(fallback)),
+    );
+    let controller = mesh_controller::Config::from_toml_str(
+        "[identity]\ntrust_anchors = \"ca.crt\"\nissuer_cert = \"i.crt\"\nissuer_key = \"i.key\"\n\
+         [tokens]\nkubernetes = true\n[destination]\n",
+    )
+    .unwrap();
+    let controller: toml::Table = toml::from_str(&toml::to_string(&controller).unwrap()).unwrap();
+    flatten("controller", &controller, &mut flat);
+    let section = readme_section("## Security");
+    let (checked, unknown) = check_rows(&section, &flat);
+    assert!(unknown.is_empty(), "rows naming no key: {unknown:?}");
+    assert!(checked.len() >= 14, "only {checked:?}");
+    // The defaults named in the words of a row, as `key` (`value`).
+    for (key, value) in [
+        ("controller.server.max_connections_per_client", "64"),
+        ("controller.server.max_streams_per_client", "4000"),
+        ("controller.destination.release_after", "\"30s\""),
+        ("controller.tokens.review_burst", "40"),
+        ("controller.tokens.review_cache_ttl", "\"60s\""),
+    ] {
+        assert_eq!(flat.get(key).map(String::as_str), Some(value), "{key}");
+        let last = key.rsplit('.').next().unwrap_or_default();
+        assert!(
+            section.contains(&format!("`{last}` (`{value}`)")),
+            "the security section does not state {last} = {value}"
+        );
+    }
 }
