@@ -4,6 +4,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -47,6 +49,12 @@ pub struct ServerConfig {
     /// it is accepted (counted in `tcp_refused_total`), so that one peer cannot take every
     /// file descriptor of the pod.
     pub max_connections: u32,
+    /// HTTP/2: a connection on which no new stream opened for this long is sent GOAWAY
+    /// (streams still open finish; the client opens a new connection for more), so that idle
+    /// clients do not hold connections forever. Checked every `idle_timeout`: a connection
+    /// goes after one to two of them.
+    #[serde(with = "crate::config::duration")]
+    pub idle_timeout: Duration,
 }
 
 /// HTTP/2: streams a client may open and reset before the server accepts them, at once.
@@ -71,6 +79,7 @@ impl ServerConfig {
         )?;
         check_window("initial_stream_window", self.initial_stream_window)?;
         check_window("initial_connection_window", self.initial_connection_window)?;
+        check_setting_duration("idle_timeout", self.idle_timeout)?;
         check_range("max_connections", self.max_connections, 1, 1_000_000)
     }
 }
@@ -85,6 +94,7 @@ impl Default for ServerConfig {
             initial_connection_window: 4 * 1024 * 1024,
             keep_alive_interval: Duration::from_secs(20),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -94,6 +104,7 @@ impl Default for ServerConfig {
 pub struct HttpServer {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<crate::panic::IsolatingExecutor>,
+    idle_timeout: Duration,
 }
 
 impl HttpServer {
@@ -122,7 +133,11 @@ impl HttpServer {
             // refused past `max_header_bytes`.
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
-        Self { h1, h2 }
+        Self {
+            h1,
+            h2,
+            idle_timeout: config.idle_timeout,
+        }
     }
 
     /// Serves one connection until the client is done or draining finishes it.
@@ -148,11 +163,74 @@ impl HttpServer {
     {
         let io = TokioIo::new(io);
         match protocol {
-            Protocol::Http2 => until_drained(self.h2.serve_connection(io, service), drain).await,
+            Protocol::Http2 => {
+                // One relaxed add per request tells the connection's idle check it is in use.
+                let streams = Arc::new(AtomicU64::new(0));
+                let service = Counted {
+                    inner: service,
+                    streams: streams.clone(),
+                };
+                let conn = self.h2.serve_connection(io, service);
+                until_drained_or_idle(conn, drain, &streams, self.idle_timeout).await
+            }
             Protocol::Http1 | Protocol::Opaque => {
                 until_drained(self.h1.serve_connection(io, service), drain).await
             }
         }
+    }
+}
+
+/// Like [`until_drained`], and also ends the connection gracefully when no new stream opened
+/// during a whole `idle` period.
+async fn until_drained_or_idle<C>(
+    conn: C,
+    drain: &Drain,
+    streams: &AtomicU64,
+    idle: Duration,
+) -> Result<(), hyper::Error>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    tokio::pin!(conn);
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => return res,
+            _ = drain.signaled() => break,
+            _ = checks.tick() => {
+                let now = streams.load(Ordering::Relaxed);
+                if now == seen {
+                    tracing::debug!(?idle, "HTTP/2 connection idle: GOAWAY");
+                    break;
+                }
+                seen = now;
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// A connection's service that counts the streams it serves.
+struct Counted<S> {
+    inner: S,
+    streams: Arc<AtomicU64>,
+}
+
+impl<S, B> hyper::service::Service<Request<B>> for Counted<S>
+where
+    S: hyper::service::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<B>) -> S::Future {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(req)
     }
 }
 
@@ -309,6 +387,54 @@ mod tests {
     use super::*;
     use crate::error::{Cause, ProxyError};
     use http::StatusCode;
+
+    /// An HTTP/2 connection on which no new stream opens for an idle period is sent GOAWAY
+    /// and closed; one in use is kept.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_closed() {
+        let config = ServerConfig {
+            idle_timeout: Duration::from_secs(60),
+            ..ServerConfig::default()
+        };
+        let server = HttpServer::new(&config);
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let drain = Drain::new();
+        let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Body::Empty))
+        });
+        let served = tokio::spawn(async move {
+            server
+                .serve(server_io, Protocol::Http2, service, &drain)
+                .await
+        });
+        let (mut client, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(client_io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let started = tokio::time::Instant::now();
+        // In use: a request every 50 s keeps it through four idle periods.
+        for _ in 0..5 {
+            let rsp = client
+                .send_request(Request::new(http_body_util::Empty::new()))
+                .await
+                .unwrap();
+            assert_eq!(rsp.status(), http::StatusCode::OK);
+            tokio::time::sleep(Duration::from_secs(50)).await;
+        }
+        assert!(!served.is_finished());
+        // Then silent: closed within two idle periods (the client may have gone first once
+        // GOAWAY came: a broken pipe is the server's news of that).
+        let _ = served.await.unwrap();
+        let _ = conn.await;
+        let lasted = started.elapsed();
+        assert!(
+            lasted >= Duration::from_secs(250) && lasted <= Duration::from_secs(250 + 120),
+            "{lasted:?}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn errors_become_responses() {
