@@ -6,6 +6,7 @@
 #
 #   scripts/fuzz.sh                 # every target, 10 minutes each
 #   scripts/fuzz.sh 30 detect       # one target, 30 seconds
+#   FUZZ_DEBUG=1 scripts/fuzz.sh 20 # a smoke run on an unoptimised build (CI: half the build)
 #
 # cargo-afl works on the stable toolchain (it instruments with LLVM's sanitizer-coverage
 # passes, which stable rustc exposes), where cargo-fuzz needs nightly for -Zsanitizer.
@@ -26,7 +27,13 @@ if ! command -v cargo-afl >/dev/null; then
 fi
 # The AFL++ runtime for this toolchain, built once.
 cargo afl config --build >/dev/null 2>&1 || true
-cargo afl build --release --locked
+if [ "${FUZZ_DEBUG:-}" = 1 ]; then
+    cargo afl build --locked
+    bin="$CARGO_TARGET_DIR/debug"
+else
+    cargo afl build --release --locked
+    bin="$CARGO_TARGET_DIR/release"
+fi
 
 # No UI; a machine whose core pattern pipes to a crash handler or whose CPU governor is not
 # "performance" still fuzzes (these only cost some speed or a late crash report).
@@ -39,7 +46,7 @@ for target in "${targets[@]}"; do
     rm -rf "${out:?}/$target"
     mkdir -p "$out/$target"
     cargo afl fuzz -i "corpus/$target" -o "$out/$target" -V "$seconds" -t 2000 \
-        "$CARGO_TARGET_DIR/release/$target" >"$out/$target.log" 2>&1 || {
+        "$bin/$target" >"$out/$target.log" 2>&1 || {
         echo "$target: afl-fuzz failed, see $out/$target.log" >&2
         tail -20 "$out/$target.log" >&2
         failed=1

@@ -45,5 +45,11 @@ export CARGO_PROFILE_TEST_DEBUG="${CARGO_PROFILE_TEST_DEBUG:-0}"
 python3 -m unittest discover -s bench/tests -t bench
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# Every fuzz target for 20 seconds from its seed corpus (scripts/fuzz.sh runs them longer),
+# then the supply chain: licences, advisories (a vendored snapshot), bans.
+FUZZ_DEBUG=1 ./scripts/fuzz.sh 20
+./scripts/deny.sh

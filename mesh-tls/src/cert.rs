@@ -237,6 +237,32 @@ impl Reloading {
     }
 }
 
+// Handshake signatures depend on the crypto provider only, not on the roots: both sides check
+// them as the provider's WebPKI verifiers do.
+fn tls12_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let algorithms = crate::provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+}
+
+fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let algorithms = crate::provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+}
+
+fn signature_schemes() -> Vec<rustls::SignatureScheme> {
+    crate::provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
 impl rustls::client::danger::ServerCertVerifier for Reloading {
     fn verify_server_cert(
         &self,
@@ -261,11 +287,7 @@ impl rustls::client::danger::ServerCertVerifier for Reloading {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current
-            .load()
-            .server
-            .verify_tls12_signature(message, cert, dss)
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -274,15 +296,11 @@ impl rustls::client::danger::ServerCertVerifier for Reloading {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .current
-            .load()
-            .server
-            .verify_tls13_signature(message, cert, dss)
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.current.load().server.supported_verify_schemes()
+        signature_schemes()
     }
 }
 
@@ -316,7 +334,7 @@ impl rustls::server::danger::ClientCertVerifier for Reloading {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.client().verify_tls12_signature(message, cert, dss)
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -325,11 +343,11 @@ impl rustls::server::danger::ClientCertVerifier for Reloading {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.client().verify_tls13_signature(message, cert, dss)
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.client().supported_verify_schemes()
+        signature_schemes()
     }
 }
 
