@@ -54,10 +54,14 @@ pub enum TokenSource {
 /// their number.
 #[derive(Debug)]
 pub struct Reviews {
-    verdicts: Mutex<HashMap<[u8; 32], (Result<String, TokenError>, Instant)>>,
+    verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
     bucket: Mutex<Bucket>,
     ttl: Duration,
 }
+
+/// A review's verdict on a token (the username it proves, or why not), and until when it
+/// holds.
+type Verdict = (Result<String, TokenError>, Instant);
 
 /// At most this many verdicts are kept: past it, expired ones go, then any.
 const MAX_VERDICTS: usize = 10_000;
