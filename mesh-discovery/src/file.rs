@@ -522,6 +522,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Vec<Endpoint>
         let mut endpoints: BTreeMap<SocketAddr, usize> = BTreeMap::new();
         let mut set = Vec::with_capacity(service.endpoints.len());
         for (i, endpoint) in service.endpoints.into_iter().enumerate() {
+            // Port 0 cannot be dialled (a fuzz finding: it was accepted, then failed at connect).
+            if endpoint.addr.port() == 0 {
+                return Err(format!(
+                    "services[{index}] ({:?}): endpoints[{i}]: address {} has port 0 (expected 1-65535)",
+                    service.name, endpoint.addr
+                ));
+            }
             if let Some(first) = endpoints.insert(endpoint.addr, i) {
                 return Err(format!(
                     "services[{index}] ({:?}): endpoints[{i}]: address {} is listed twice (also endpoints[{first}])",
@@ -556,6 +563,13 @@ mod tests {
 
     fn yaml(text: &str) -> Result<BTreeMap<String, Vec<Endpoint>>, String> {
         parse(Path::new("endpoints.yaml"), text.as_bytes())
+    }
+
+    #[test]
+    fn an_endpoint_on_port_0_is_refused_by_name() {
+        let err = yaml("services:\n  - name: web:80\n    endpoints:\n      - addr: 10.0.0.7:0\n")
+            .unwrap_err();
+        assert!(err.contains("endpoints[0]") && err.contains("port 0"), "{err}");
     }
 
     #[test]

@@ -120,6 +120,9 @@ fn endpoint(e: proto::Endpoint) -> Result<Endpoint, String> {
         .addr
         .parse()
         .map_err(|_| format!("destination API sent a malformed address {:?}", e.addr))?;
+    if addr.port() == 0 {
+        return Err(format!("destination API sent {addr}, on port 0"));
+    }
     let identity = if e.identity.is_empty() {
         None
     } else {

@@ -9,6 +9,7 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Ok(message) = proto::Update::decode(data) {
             let kept = endpoints(message);
+            assert!(kept.iter().all(|e| e.addr.port() != 0));
             let set: mesh_discovery::EndpointSet =
                 std::sync::Arc::new(kept.iter().map(|e| (e.addr, e.clone())).collect());
             let again = endpoints(update(&set));
