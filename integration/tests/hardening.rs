@@ -379,3 +379,144 @@ async fn stalled_handshakes_are_closed_and_do_not_starve_real_calls() {
     );
     eprintln!("{STALLED} stalled handshakes opened in {opened_in:?}, all closed by the proxy");
 }
+
+/// One raw HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Sends `frames` after the client preface on a new connection to `addr`, then reads until
+/// the proxy closes it (or 20 s pass): the frames it sent (type, stream), and whether it
+/// closed.
+async fn flood(addr: std::net::SocketAddr, frames: Vec<u8>) -> (Vec<(u8, u32)>, bool) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(frames);
+    let (mut read, mut write) = tcp.split();
+    let (mut received, mut closed) = (Vec::new(), false);
+    let reading = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    // The proxy may close before it has read all: a failed write is part of the answer.
+    let writing = async {
+        let _ = write.write_all(&out).await;
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        done = tokio::time::timeout(std::time::Duration::from_secs(20), reading) => {
+            closed = done.unwrap_or(false);
+        }
+        () = writing => {}
+    }
+    let mut sent = Vec::new();
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = usize::from(received[at]) << 16
+            | usize::from(received[at + 1]) << 8
+            | usize::from(received[at + 2]);
+        let stream = u32::from_be_bytes([
+            received[at + 5],
+            received[at + 6],
+            received[at + 7],
+            received[at + 8],
+        ]);
+        sent.push((received[at + 3], stream & 0x7fff_ffff));
+        at += 9 + len;
+    }
+    (sent, closed)
+}
+
+/// Whether the proxy sent GOAWAY (frame type 7).
+fn goaway(frames: &[(u8, u32)]) -> bool {
+    frames.iter().any(|(kind, _)| *kind == 0x7)
+}
+
+/// HTTP/2 floods end the flooding connection by our own settings, and nobody else notices:
+/// 2,000 streams opened and reset at once (rapid reset, CVE-2023-44487) get GOAWAY; a header
+/// block of CONTINUATION frames far past `server.max_header_bytes` ends the connection;
+/// 10,000 SETTINGS frames are acknowledged one by one and the request after them answered.
+/// Another client's calls go on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_end_only_the_flooding_connection() {
+    let backend = mesh_integration::hello_backend().await.unwrap();
+    let proxy = start_proxy(&[("web.test:80", &[backend])]).await.unwrap();
+    let get = || {
+        Request::get("http://web.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let mut bystander = h2_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
+    assert_eq!(bystander.send_request(get()).await.unwrap().status(), 200);
+    // :method GET, :scheme http, :path /, :authority "web.test" (HPACK).
+    let mut head = vec![0x82, 0x86, 0x84, 0x41, 8];
+    head.extend_from_slice(b"web.test");
+
+    // Rapid reset: HEADERS then RST_STREAM(CANCEL), 2,000 times, in one write.
+    let mut frames = Vec::new();
+    for i in 0..2_000u32 {
+        let stream = 1 + 2 * i;
+        frames.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head));
+        frames.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let (sent, closed) = flood(proxy.outbound, frames).await;
+    assert!(
+        goaway(&sent) && closed,
+        "rapid reset: {sent:?}, closed {closed}"
+    );
+    assert_eq!(bystander.send_request(get()).await.unwrap().status(), 200);
+
+    // CONTINUATION: one header block of 16 MiB in 16 KiB frames (the limit is 64 KiB).
+    let mut field = vec![0x00, 3];
+    field.extend_from_slice(b"x-a");
+    field.push(100);
+    field.extend_from_slice(&[b'v'; 100]);
+    let chunk: Vec<u8> = field.iter().copied().cycle().take(16 * 1024).collect();
+    let mut frames = h2_frame(0x1, 0x1, 1, &head);
+    for _ in 0..1_024 {
+        frames.extend(h2_frame(0x9, 0, 1, &chunk));
+    }
+    let (sent, closed) = flood(proxy.outbound, frames).await;
+    assert!(
+        closed,
+        "CONTINUATION flood: the connection stayed open ({sent:?})"
+    );
+    assert_eq!(bystander.send_request(get()).await.unwrap().status(), 200);
+
+    // SETTINGS: 10,000 of them, then a request on the same connection is still answered: each
+    // is acknowledged before the next is read, so nothing accumulates.
+    let mut frames = Vec::new();
+    for _ in 0..10_000 {
+        frames.extend(h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+    }
+    frames.extend(h2_frame(0x1, 0x4 | 0x1, 1, &head));
+    frames.extend(h2_frame(0x7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+    let (sent, closed) = flood(proxy.outbound, frames).await;
+    let acks = sent.iter().filter(|(kind, _)| *kind == 0x4).count();
+    assert!(acks > 10_000, "{acks} SETTINGS frames back");
+    assert!(
+        sent.contains(&(0x1, 1)),
+        "the request after the flood was not answered"
+    );
+    assert!(
+        closed,
+        "the SETTINGS flood connection was never closed after its GOAWAY"
+    );
+    assert_eq!(bystander.send_request(get()).await.unwrap().status(), 200);
+    let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
+    assert!(
+        metrics.contains("process_panics_caught_total 0"),
+        "{metrics}"
+    );
+}

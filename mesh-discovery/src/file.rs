@@ -569,7 +569,10 @@ mod tests {
     fn an_endpoint_on_port_0_is_refused_by_name() {
         let err = yaml("services:\n  - name: web:80\n    endpoints:\n      - addr: 10.0.0.7:0\n")
             .unwrap_err();
-        assert!(err.contains("endpoints[0]") && err.contains("port 0"), "{err}");
+        assert!(
+            err.contains("endpoints[0]") && err.contains("port 0"),
+            "{err}"
+        );
     }
 
     #[test]
