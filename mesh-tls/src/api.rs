@@ -53,6 +53,10 @@ impl ControllerClient {
     }
 }
 
+/// How long a channel that presents our certificate waits for the first one before it
+/// connects without.
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(30);
+
 /// A gRPC channel to the controller at `addr` over TLS, verifying that it proves `controller`
 /// against `trust` (the anchors in force at each connect); presenting `client_cert` when
 /// given and holding a certificate (the destination API serves only callers that prove an
@@ -70,8 +74,8 @@ pub fn controller_channel(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(trust.server_verifier());
-    let mut config = match client_cert {
-        Some(resolver) => builder.with_client_cert_resolver(resolver),
+    let mut config = match &client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver.clone()),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -93,7 +97,17 @@ pub fn controller_channel(
             let connector = connector.clone();
             let name = name.clone();
             let target = target.clone();
+            let client_cert = client_cert.clone();
             async move {
+                // A connection made before our first certificate would present none for its
+                // whole life, and the destination API refuses such callers: wait for one
+                // (bounded; the identity service's own retries run meanwhile).
+                if let Some(resolver) = &client_cert {
+                    let deadline = tokio::time::Instant::now() + CERTIFICATE_WAIT;
+                    while !resolver.has_certs() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 // A name is resolved anew at each connect: the controller's Service may move.
                 let tcp = tokio::net::TcpStream::connect(&*target).await?;
                 let _ = tcp.set_nodelay(true);
