@@ -401,7 +401,7 @@ async fn flood(addr: std::net::SocketAddr, frames: Vec<u8>) -> (Vec<(u8, u32)>, 
     let (mut read, mut write) = tcp.split();
     let (mut received, mut closed) = (Vec::new(), false);
     let reading = async {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             match read.read(&mut buf).await {
                 Ok(0) | Err(_) => return true,
