@@ -205,8 +205,10 @@ impl std::fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {
+    // The error itself, not its source: a cause a layer attached to a body's error (a body
+    // over its limit) is then found by classification.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(&*self.0)
     }
 }
 

@@ -100,6 +100,8 @@ pub struct HttpClient {
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
     tls: Option<Arc<dyn TlsConnect>>,
+    /// Put the endpoint's address in each response's extensions ([`Upstream`]).
+    tag_upstream: bool,
 }
 
 impl HttpClient {
@@ -128,7 +130,15 @@ impl HttpClient {
             idle_timeout: config.idle_timeout,
             max_idle_per_endpoint: config.max_idle_per_endpoint,
             tls: None,
+            tag_upstream: false,
         }
+    }
+
+    /// Puts the endpoint's address in each response's extensions as an [`Upstream`], for an
+    /// access log (one extension insert per response; off by default).
+    pub fn tagging_upstream(mut self) -> Self {
+        self.tag_upstream = true;
+        self
     }
 
     /// Reaches endpoints that have an identity over mutual TLS made by `tls`.
@@ -304,6 +314,11 @@ impl tokio::io::AsyncWrite for SecuredIo {
     }
 }
 
+/// The endpoint that answered, in a response's extensions when the client is
+/// [tagging](HttpClient::tagging_upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upstream(pub SocketAddr);
+
 /// Sends each request to one endpoint; cheap to clone (clones share connections).
 #[derive(Clone, Debug)]
 pub struct EndpointClient {
@@ -385,6 +400,18 @@ impl tower::Service<Request<Body>> for EndpointClient {
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
         let inner = self.inner.clone();
+        if inner.client.tag_upstream {
+            let h2 = req.version() == Version::HTTP_2;
+            let addr = inner.addr;
+            return Box::pin(async move {
+                let mut rsp = match h2 {
+                    true => inner.send_h2(req).await?,
+                    false => inner.send_h1(req).await?,
+                };
+                rsp.extensions_mut().insert(Upstream(addr));
+                Ok(rsp)
+            });
+        }
         if req.version() == Version::HTTP_2 {
             Box::pin(async move { inner.send_h2(req).await })
         } else {

@@ -49,6 +49,12 @@ pub enum ErrorKind {
     GatewayTimeout,
     /// The caller may not call this (403): authorization denied it.
     Forbidden,
+    /// Nothing serves what the request names (404): no route for its host or path.
+    NotFound,
+    /// The caller sends faster than its limit (429).
+    TooManyRequests,
+    /// The request's body is over the limit (413).
+    PayloadTooLarge,
 }
 
 impl ErrorKind {
@@ -59,7 +65,22 @@ impl ErrorKind {
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
+    }
+
+    /// Is this the mesh's answer about the request itself (denied, not found, over a limit),
+    /// rather than a failure to reach or hear an upstream? Answers are not retried.
+    pub const fn is_answer(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Forbidden
+                | ErrorKind::NotFound
+                | ErrorKind::TooManyRequests
+                | ErrorKind::PayloadTooLarge
+        )
     }
 
     /// The gRPC status for a gRPC request.
@@ -68,6 +89,9 @@ impl ErrorKind {
             ErrorKind::BadGateway | ErrorKind::Unavailable => Code::UNAVAILABLE,
             ErrorKind::GatewayTimeout => Code::DEADLINE_EXCEEDED,
             ErrorKind::Forbidden => Code::PERMISSION_DENIED,
+            // What gRPC clients make of an HTTP 404 themselves.
+            ErrorKind::NotFound => Code::UNIMPLEMENTED,
+            ErrorKind::TooManyRequests | ErrorKind::PayloadTooLarge => Code::RESOURCE_EXHAUSTED,
         }
     }
 }
@@ -121,11 +145,17 @@ pub enum Cause {
     UnknownAuthority,
     /// Authorization denied the caller. `unauthorized`, 403.
     Unauthorized,
+    /// No route serves the request's host and path (the ingress). `no-route`, 404.
+    NoRoute,
+    /// The client is over its request rate. `rate-limited`, 429.
+    RateLimited,
+    /// The request's body is over the limit. `body-too-large`, 413.
+    BodyTooLarge,
 }
 
 impl Cause {
     /// Every cause.
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 22] = [
         Cause::Connect,
         Cause::ConnectTimeout,
         Cause::EndpointDown,
@@ -145,6 +175,9 @@ impl Cause {
         Cause::QueueFull,
         Cause::UnknownAuthority,
         Cause::Unauthorized,
+        Cause::NoRoute,
+        Cause::RateLimited,
+        Cause::BodyTooLarge,
     ];
 
     /// The kind of failure, which decides the status.
@@ -167,6 +200,9 @@ impl Cause {
             | Cause::GrpcDeadline => ErrorKind::GatewayTimeout,
             Cause::FailFast | Cause::QueueFull | Cause::UnknownAuthority => ErrorKind::Unavailable,
             Cause::Unauthorized => ErrorKind::Forbidden,
+            Cause::NoRoute => ErrorKind::NotFound,
+            Cause::RateLimited => ErrorKind::TooManyRequests,
+            Cause::BodyTooLarge => ErrorKind::PayloadTooLarge,
         }
     }
 
@@ -192,6 +228,9 @@ impl Cause {
             Cause::QueueFull => "queue-full",
             Cause::UnknownAuthority => "unknown-authority",
             Cause::Unauthorized => "unauthorized",
+            Cause::NoRoute => "no-route",
+            Cause::RateLimited => "rate-limited",
+            Cause::BodyTooLarge => "body-too-large",
         }
     }
 
@@ -214,7 +253,10 @@ impl Cause {
             | Cause::FailFast
             | Cause::QueueFull
             | Cause::UnknownAuthority
-            | Cause::Unauthorized => true,
+            | Cause::Unauthorized
+            | Cause::NoRoute
+            | Cause::RateLimited
+            | Cause::BodyTooLarge => true,
             Cause::Upstream
             | Cause::UpstreamError
             | Cause::UpstreamTimeout

@@ -253,7 +253,7 @@ impl RetryPolicy {
                 }
                 let kind = cause.kind();
                 response_ok
-                    && ((self.on(RetryOn::ServerError) && kind != ErrorKind::Forbidden)
+                    && ((self.on(RetryOn::ServerError) && !kind.is_answer())
                         || (self.on(RetryOn::GatewayError)
                             && matches!(
                                 kind,
@@ -277,11 +277,9 @@ impl RetryPolicy {
 }
 
 /// Did the request fail before reaching the application, other than by a refused stream (its
-/// own condition)? An authorization denial is an answer, not a failure to retry.
+/// own condition)? A denial or a limit is an answer, not a failure to retry.
 fn is_connect_failure(cause: Cause) -> bool {
-    cause.never_reached_app()
-        && cause != Cause::RefusedStream
-        && cause.kind() != ErrorKind::Forbidden
+    cause.never_reached_app() && cause != Cause::RefusedStream && !cause.kind().is_answer()
 }
 
 fn is_idempotent(method: &Method) -> bool {

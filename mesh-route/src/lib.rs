@@ -44,6 +44,10 @@
 //! # }
 //! ```
 
+mod hosts;
+
+pub use hosts::{HostRouted, HostRoutes, WrapHostRoute, request_host};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -61,9 +65,15 @@ use tower::{Layer, ServiceExt};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The route's name, for logs.
+    /// The route's name, for logs (and the `route` of an ingress's metrics).
     #[serde(default)]
     pub name: String,
+    /// The hosts the route serves, at an ingress ([`HostRoutes`]): exact names, or `*.` and a
+    /// domain for any name under it (one label or more, as the Gateway API has it); none: every
+    /// host. A service's own routes (the sidecar's) take no hostnames: the service's authority
+    /// already names the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
     /// Any of these selects the route; none: every request.
     #[serde(default)]
     pub matches: Vec<MatchConfig>,
@@ -161,11 +171,65 @@ pub struct RouteError {
 struct Route {
     name: String,
     matches: Vec<Matcher>,
+    target: Arc<RouteTarget>,
+    /// The route's service under the layers the caller wrapped it in
+    /// ([`RouteTable::compile_wrapped`]); none: the target is called directly.
+    wrapped: Option<HttpService>,
+}
+
+/// Where a route's requests go: a backend picked by weight, under the route's timeout and
+/// retries.
+struct RouteTarget {
     backends: Vec<(HttpService, u32)>,
     total_weight: u32,
     timeout: TimeoutLayer,
     retry: Option<RetryLayer>,
 }
+
+impl RouteTarget {
+    fn call(&self, req: Request<Body>) -> RoutedFuture {
+        let mut pick = fastrand::u32(..self.total_weight);
+        let mut backend = &self.backends[0].0;
+        for (service, weight) in &self.backends {
+            if pick < *weight {
+                backend = service;
+                break;
+            }
+            pick -= weight;
+        }
+        let inner = self.timeout.layer(backend.clone());
+        match &self.retry {
+            Some(retry) => {
+                let service = retry.layer(inner);
+                Box::pin(service.oneshot(req))
+            }
+            None => Box::pin(inner.oneshot(req)),
+        }
+    }
+}
+
+/// A route's target as a service, for the layers a caller wraps it in.
+#[derive(Clone)]
+struct RouteService(Arc<RouteTarget>);
+
+impl tower::Service<Request<Body>> for RouteService {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = RoutedFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> RoutedFuture {
+        self.0.call(req)
+    }
+}
+
+/// Wraps each route's service (and the service of requests no route takes) in the caller's
+/// layers, given the route's name (empty for no route): an ingress counts requests by route
+/// and host this way.
+pub type WrapRoute<'a> = &'a dyn Fn(&str, HttpService) -> HttpService;
 
 struct Matcher {
     path: Option<PathMatcher>,
@@ -289,19 +353,37 @@ impl std::fmt::Debug for RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles `routes`; backends name services of `backends` (their balancers).
+    /// Compiles `routes`; backends name services of `backends` (their balancers). Routes with
+    /// `hostnames` are refused: they belong to an ingress's [`HostRoutes`].
     pub fn compile(
         routes: &[RouteConfig],
         default: HttpService,
         backends: &HashMap<Authority, HttpService>,
     ) -> Result<Self, RouteError> {
-        let mut compiled = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let name = if route.name.is_empty() {
-                format!("#{i}")
-            } else {
-                route.name.clone()
-            };
+            if !route.hostnames.is_empty() {
+                return Err(RouteError {
+                    route: route_name(route, i),
+                    reason: "hostnames are for an ingress's routes: a service's routes already \
+                             serve its authority"
+                        .into(),
+                });
+            }
+        }
+        Self::compile_wrapped(routes.iter().enumerate(), default, backends, None)
+    }
+
+    /// Compiles `routes` (each with its index in the configuration, for unnamed routes'
+    /// names), each route's service and `default` wrapped by `wrap` when given.
+    pub fn compile_wrapped<'r>(
+        routes: impl IntoIterator<Item = (usize, &'r RouteConfig)>,
+        default: HttpService,
+        backends: &HashMap<Authority, HttpService>,
+        wrap: Option<WrapRoute<'_>>,
+    ) -> Result<Self, RouteError> {
+        let mut compiled = Vec::new();
+        for (i, route) in routes {
+            let name = route_name(route, i);
             let fail = |reason: String| RouteError {
                 route: name.clone(),
                 reason,
@@ -335,19 +417,43 @@ impl RouteTable {
             if let Some(Err(e)) = route.retry.as_ref().map(RetryPolicy::validate) {
                 return Err(fail(e.within("retry").to_string()));
             }
-            compiled.push(Route {
-                name: name.clone(),
-                matches,
+            let target = Arc::new(RouteTarget {
                 backends: targets,
                 total_weight,
                 timeout: TimeoutLayer::new(&route.timeout),
                 retry: route.retry.as_ref().map(RetryLayer::new),
             });
+            let wrapped =
+                wrap.map(|wrap| wrap(&name, mesh_core::erase(RouteService(target.clone()))));
+            compiled.push(Route {
+                name: name.clone(),
+                matches,
+                target,
+                wrapped,
+            });
         }
+        let default = match wrap {
+            Some(wrap) => wrap("", default),
+            None => default,
+        };
         Ok(Self {
             routes: compiled,
             default,
         })
+    }
+
+    /// Whether it has no route (every request goes to the default).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// A route's name: its own, or `#<index>`.
+fn route_name(route: &RouteConfig, index: usize) -> String {
+    if route.name.is_empty() {
+        format!("#{index}")
+    } else {
+        route.name.clone()
     }
 }
 
@@ -357,7 +463,8 @@ impl RouteTable {
         self.routes
             .iter()
             .filter_map(|r| {
-                r.retry
+                r.target
+                    .retry
                     .as_ref()
                     .map(|retry| (r.name.clone(), retry.stats()))
             })
@@ -398,31 +505,27 @@ impl tower::Service<Request<Body>> for Routed {
     }
 
     fn call(&mut self, req: Request<Body>) -> RoutedFuture {
-        let table = self.table.load();
-        let Some(route) = table
+        self.table.load().call(req)
+    }
+}
+
+impl RouteTable {
+    /// Sends `req` down the first route that matches, else to the default.
+    fn call(&self, req: Request<Body>) -> RoutedFuture {
+        let Some(route) = self
             .routes
             .iter()
             .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(&req)))
         else {
-            let default = table.default.clone();
+            let default = self.default.clone();
             return Box::pin(async move { default.oneshot(req).await.map_err(Into::into) });
         };
-        let mut pick = fastrand::u32(..route.total_weight);
-        let mut backend = &route.backends[0].0;
-        for (service, weight) in &route.backends {
-            if pick < *weight {
-                backend = service;
-                break;
+        match &route.wrapped {
+            Some(wrapped) => {
+                let wrapped = wrapped.clone();
+                Box::pin(async move { wrapped.oneshot(req).await.map_err(Into::into) })
             }
-            pick -= weight;
-        }
-        let inner = route.timeout.layer(backend.clone());
-        match &route.retry {
-            Some(retry) => {
-                let service = retry.layer(inner);
-                Box::pin(service.oneshot(req))
-            }
-            None => Box::pin(inner.oneshot(req)),
+            None => route.target.call(req),
         }
     }
 }

@@ -368,6 +368,8 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// The DER of its SubjectPublicKeyInfo.
     pub public_key: Vec<u8>,
+    /// Its DNS SANs (`web.example.com`, `*.example.com`), lowercase.
+    pub dns_names: Vec<String>,
 }
 
 /// Parses a DER certificate.
@@ -375,14 +377,17 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, TlsError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| TlsError::Certificate(format!("not an X.509 certificate: {e}")))?;
     let mut identity = None;
+    let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name
-                && uri.starts_with("spiffe://")
-            {
-                identity = Some(Identity::parse(uri).map_err(|e| {
-                    TlsError::Certificate(format!("the certificate's URI SAN: {e}"))
-                })?);
+            match name {
+                GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                    identity = Some(Identity::parse(uri).map_err(|e| {
+                        TlsError::Certificate(format!("the certificate's URI SAN: {e}"))
+                    })?);
+                }
+                GeneralName::DNSName(dns) => dns_names.push(dns.to_ascii_lowercase()),
+                _ => {}
             }
         }
     }
@@ -402,6 +407,7 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, TlsError> {
         issuer: cert.issuer().to_string(),
         is_ca: cert.is_ca(),
         public_key: cert.public_key().raw.to_vec(),
+        dns_names,
     })
 }
 

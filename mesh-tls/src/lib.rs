@@ -12,6 +12,8 @@
 //!   certificate required, pass another SNI through, hand plaintext on;
 //! - [`connect`]: the outbound side. Present our certificate, verify the server is exactly the
 //!   identity discovery named; ALPN h2 or http/1.1;
+//! - [`serving`], [`sni`]: certificates for the outside world (a webhook's, an ingress's),
+//!   from PEM files reloaded when they change, chosen by SNI;
 //! - [`metrics`]: the certificate's expiry, renewals and failures.
 //!
 //! Identities themselves ([`mesh_core::identity::Identity`]) live in mesh-core, because the
@@ -67,6 +69,7 @@ pub mod connect;
 pub mod local;
 pub mod metrics;
 pub mod serving;
+pub mod sni;
 
 use std::path::Path;
 use std::sync::Arc;

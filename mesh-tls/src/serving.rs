@@ -122,6 +122,27 @@ impl ServingCert {
         });
     }
 
+    /// The certificate and key served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Where the certificate is read from.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The DNS SANs of the certificate served now (lowercase; empty if it has none).
+    pub fn dns_names(&self) -> Vec<String> {
+        let current = self.current.load();
+        current
+            .cert
+            .first()
+            .and_then(|leaf| crate::cert::inspect(leaf).ok())
+            .map(|info| info.dns_names)
+            .unwrap_or_default()
+    }
+
     /// A TLS 1.2/1.3 server configuration serving this certificate, with `alpn`.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(crate::provider())

@@ -1,0 +1,354 @@
+//! The forwarding headers an upstream reads to learn who called: `X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host` and the standard `Forwarded` (RFC 7239).
+//!
+//! A client can write any of them, so they are believed only from a trusted proxy (a load
+//! balancer in front of the ingress): from anybody else the incoming ones are dropped and
+//! replaced by what the ingress itself saw. From a trusted proxy they are kept and the peer is
+//! appended, and the client is the rightmost address of `X-Forwarded-For` that is not itself a
+//! trusted proxy (the leftmost entries are whatever the first client chose to write). That
+//! client is what [`Client::ip`] holds for the layers below: the rate limit and the access log.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request};
+use serde::{Deserialize, Deserializer};
+
+use crate::Client;
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Networks whose forwarding headers are believed: `10.0.0.0/8`, `fd00::/8`, `192.0.2.1`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// Whether `ip` is in one of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|(net, len)| in_network(ip, *net, *len))
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One network, `ip/len` or `ip` alone.
+    pub fn parse_one(text: &str) -> Result<(IpAddr, u8), String> {
+        let (ip, len) = text.trim().split_once('/').unwrap_or((text.trim(), ""));
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{text:?} is not a network (10.0.0.0/8, fd00::/8, 192.0.2.1)"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            "" => max,
+            len => len
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok((ip, len))
+    }
+}
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    /// A comma-separated list.
+    fn from_str(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Self::parse_one)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        list.iter()
+            .map(|s| Self::parse_one(s))
+            .collect::<Result<_, _>>()
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for TrustedProxies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<String> = self
+            .0
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        list.serialize(s)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is (a dual-stack listener's peers).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Sets the forwarding headers; see the [module](self) documentation.
+#[derive(Clone, Debug)]
+pub struct ForwardedLayer {
+    trusted: Arc<TrustedProxies>,
+}
+
+impl ForwardedLayer {
+    /// Believes the headers of `trusted` proxies only.
+    pub fn new(trusted: Arc<TrustedProxies>) -> Self {
+        Self { trusted }
+    }
+}
+
+impl<S> tower::Layer<S> for ForwardedLayer {
+    type Service = Forwarded<S>;
+
+    fn layer(&self, inner: S) -> Forwarded<S> {
+        Forwarded {
+            trusted: self.trusted.clone(),
+            inner,
+        }
+    }
+}
+
+/// See [`ForwardedLayer`].
+#[derive(Clone, Debug)]
+pub struct Forwarded<S> {
+    trusted: Arc<TrustedProxies>,
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for Forwarded<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if let Some(client) = Client::of(&req).cloned() {
+            let host = request_authority(&req);
+            let ip = rewrite(req.headers_mut(), &client, host.as_deref(), &self.trusted);
+            if let Some(stamped) = req.extensions_mut().get_mut::<Client>() {
+                stamped.ip = ip;
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// The host the client asked for, as it wrote it (port included).
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    match req.uri().authority() {
+        Some(authority) => Some(authority.as_str().to_owned()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+/// Rewrites the headers for a request from `client`; returns who the client is.
+pub fn rewrite(
+    headers: &mut HeaderMap,
+    client: &Client,
+    host: Option<&str>,
+    trusted: &TrustedProxies,
+) -> IpAddr {
+    let peer = canonical(client.peer.ip());
+    let proto = if client.https { "https" } else { "http" };
+    let from_trusted = trusted.contains(peer);
+    let mut chain: Vec<IpAddr> = Vec::new();
+    if from_trusted {
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            let Ok(value) = value.to_str() else { continue };
+            chain.extend(
+                value
+                    .split(',')
+                    .filter_map(|item| item.trim().parse::<IpAddr>().ok()),
+            );
+        }
+    } else {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &http::header::FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+    }
+    // The client: the rightmost hop that is not a trusted proxy.
+    chain.push(peer);
+    let ip = chain
+        .iter()
+        .rev()
+        .copied()
+        .find(|hop| !trusted.contains(*hop))
+        .or_else(|| chain.first().copied())
+        .unwrap_or(peer);
+    let xff = chain
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let Some(host) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST, value);
+    }
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        element.push_str(";host=");
+        element.push_str(host);
+    }
+    let forwarded = match headers.get(http::header::FORWARDED).map(|v| v.to_str()) {
+        Some(Ok(before)) => format!("{before}, {element}"),
+        _ => element,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(http::header::FORWARDED, value);
+    }
+    ip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(peer: &str, https: bool) -> Client {
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        Client {
+            peer,
+            ip: peer.ip(),
+            https,
+            sni: None,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn an_untrusted_client_cannot_forge_its_address() {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        let ip = rewrite(
+            &mut h,
+            &client("198.51.100.7:4000", true),
+            Some("web.example.com"),
+            &trusted,
+        );
+        assert_eq!(ip.to_string(), "198.51.100.7");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "web.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.7;proto=https;host=web.example.com"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client() {
+        let trusted: TrustedProxies = "10.0.0.0/8, fd00::/8".parse().unwrap();
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let ip = rewrite(
+            &mut h,
+            &client("10.0.0.5:4000", false),
+            Some("a.test"),
+            &trusted,
+        );
+        assert_eq!(ip.to_string(), "203.0.113.9", "the rightmost untrusted hop");
+        assert_eq!(
+            h["x-forwarded-for"],
+            "6.6.6.6, 203.0.113.9, 10.1.1.1, 10.0.0.5"
+        );
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "kept from the trusted proxy"
+        );
+        let mut v6 = headers(&[]);
+        let ip = rewrite(
+            &mut v6,
+            &client("[2001:db8::1]:4000", false),
+            None,
+            &trusted,
+        );
+        assert_eq!(ip.to_string(), "2001:db8::1");
+        assert_eq!(v6["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+        assert!(
+            trusted.contains("::ffff:10.2.3.4".parse().unwrap()),
+            "IPv4-mapped"
+        );
+        assert!(!trusted.contains("11.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "example.com", "fd00::/200"] {
+            assert!(bad.parse::<TrustedProxies>().is_err(), "{bad}");
+        }
+    }
+}
