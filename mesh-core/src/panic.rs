@@ -26,18 +26,21 @@ static CAUGHT: AtomicU64 = AtomicU64::new(0);
 
 /// Panics caught so far (exported as `process_panics_caught_total`).
 pub fn caught() -> u64 {
-    CAUGHT.load(Ordering::Relaxed)
+    CAUGHT.load(Ordering::SeqCst)
 }
 
 /// Runs `serve`; a panic in it is caught, counted and logged, naming `what` was being served.
 pub async fn isolate<F: Future<Output = ()>>(what: &'static str, serve: F) {
-    if AssertUnwindSafe(serve).catch_unwind().await.is_err() {
-        CAUGHT.fetch_add(1, Ordering::Relaxed);
+    let mut serving = std::pin::pin!(AssertUnwindSafe(serve).catch_unwind());
+    if serving.as_mut().await.is_err() {
+        CAUGHT.fetch_add(1, Ordering::SeqCst);
         tracing::error!(
             what,
             "a panic while serving it: it is closed, the proxy goes on (a bug: please report it with this log)"
         );
     }
+    // The connection (inside `serving`) closes only now: whoever sees it closed by a panic
+    // finds the panic counted.
 }
 
 /// Hyper's executor for HTTP/2 streams: each stream a task of its own, isolated.

@@ -170,6 +170,8 @@ pub struct Resolution {
     changed: Option<Changed>,
     /// The source is gone: what was handed out stays, and nothing more comes.
     gone: bool,
+    /// Hand out only endpoints that have an identity ([`Resolution::only_meshed`]).
+    only_meshed: bool,
 }
 
 /// The wait for the next set: the receiver comes back with whether its sender still lives.
@@ -195,7 +197,16 @@ impl Resolution {
             pending: Default::default(),
             changed: None,
             gone: false,
+            only_meshed: false,
         }
+    }
+
+    /// Hands out only endpoints that discovery names an identity for (meshed pods), so that a
+    /// caller that must speak mutual TLS never sends a request in plaintext; the others are
+    /// left out, with a warning each time the set changes.
+    pub fn only_meshed(mut self) -> Self {
+        self.only_meshed = true;
+        self
     }
 
     /// The endpoints handed out so far.
@@ -204,6 +215,24 @@ impl Resolution {
     }
 
     fn diff(&mut self, set: &BTreeMap<SocketAddr, Endpoint>) {
+        let kept;
+        let set = if self.only_meshed {
+            kept = set
+                .iter()
+                .filter(|(_, e)| e.identity().is_some())
+                .map(|(a, e)| (*a, e.clone()))
+                .collect::<BTreeMap<_, _>>();
+            let left_out = set.len() - kept.len();
+            if left_out > 0 {
+                tracing::warn!(
+                    left_out,
+                    "endpoints without an identity left out: this service is reached over mutual TLS only"
+                );
+            }
+            &kept
+        } else {
+            set
+        };
         let gone: Vec<SocketAddr> = self
             .handed_out
             .keys()

@@ -52,6 +52,8 @@ pub struct RequestLabels {
     pub tls: String,
     /// The peer's identity, when TLS proved one.
     pub peer_identity: String,
+    /// The route that took the request, where routes are counted apart (the ingress).
+    pub route: String,
 }
 
 /// The labels of a response: the request's, and what came back.
@@ -503,7 +505,7 @@ mod tests {
         send(&svc, 503).await;
         let text = exposition(&registry);
         assert!(text.contains("classification=\"failure\"} 1"), "{text}");
-        assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",dst_pod=\"\",tls=\"false\",peer_identity=\"\"} 1"), "{text}");
+        assert!(text.contains("authority=\"web.test:80\",src_workload=\"\",src_namespace=\"\",dst_service=\"\",dst_namespace=\"\",dst_workload=\"web\",dst_pod=\"\",tls=\"false\",peer_identity=\"\",route=\"\"} 1"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -177,6 +177,11 @@ pub struct ServiceConfig {
     /// The namespace of that workload, for metrics.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    /// At the ingress: also reach endpoints that have no identity, in plaintext (by default
+    /// the ingress speaks only mutual TLS into the mesh and leaves such endpoints out). The
+    /// sidecar always reaches an endpoint without an identity in plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
 }
 
 impl ServiceConfig {
@@ -205,6 +210,7 @@ impl ServiceConfig {
             routes: Vec::new(),
             workload: String::new(),
             namespace,
+            plaintext: false,
         }
     }
 }

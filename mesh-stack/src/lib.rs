@@ -6,6 +6,8 @@
 //!   [`service_stack`](outbound::service_stack) (timeout -> retry -> balancer or routes), and
 //!   [`Outbound`](outbound::Outbound), every configured service behind the authority router;
 //! - [`inbound`]: TLS accept -> detect -> authorize -> metrics -> the local app;
+//! - [`ingress`]: the edge: TLS by SNI -> forwarded headers, request id, gRPC-Web, access
+//!   log, limits -> routes by host -> the outbound balancers, over mutual TLS only;
 //! - [`opaque`]: TCP services, round robin per connection, with mTLS to meshed endpoints;
 //! - [`admin`]: `/ready`, `/live`, `/metrics`, `/config`, `/log-level`, `/shutdown`;
 //! - [`discovery`]: the discovery sources services name, started once;
@@ -57,6 +59,7 @@ pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod inbound;
+pub mod ingress;
 pub mod log;
 pub mod opaque;
 pub mod outbound;

@@ -26,3 +26,10 @@ pub fn init(filter: &str, format: LogFormat) -> LogControl {
         handle.reload(filter).map_err(|e| e.to_string())
     })
 }
+
+/// Whether `filter` parses as an env-filter; the error says why not.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

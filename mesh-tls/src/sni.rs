@@ -83,13 +83,19 @@ impl SniCertificates {
                 )));
             }
         }
-        self.all.push(cert);
+        self.keep(cert);
         Ok(())
+    }
+
+    fn keep(&mut self, cert: Arc<ServingCert>) {
+        if !self.all.iter().any(|c| Arc::ptr_eq(c, &cert)) {
+            self.all.push(cert);
+        }
     }
 
     /// Serves `cert` to clients whose name no certificate has, or that send none.
     pub fn set_default(&mut self, cert: Arc<ServingCert>) {
-        self.all.push(cert.clone());
+        self.keep(cert.clone());
         self.default = Some(cert);
     }
 
