@@ -190,3 +190,11 @@ pub async fn scrape_metrics(
     let body = rsp.into_body().collect().await?.to_bytes();
     Ok((content_type, String::from_utf8(body.to_vec())?))
 }
+
+/// A port of 127.0.0.1 free a moment ago (for a listener a test must name before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}

@@ -265,7 +265,7 @@ backends = [{{ service = "stable:80", weight = {stable_weight} }}, {{ service = 
     let dir = std::env::temp_dir().join(format!("mesh-ingress-routes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("ingress.toml");
-    let port = free_port();
+    let port = mesh_integration::free_port();
     let write = |text: String| {
         let text = text.replace("{PORT}", &port.to_string());
         let tmp = dir.join("ingress.toml.tmp");
@@ -379,14 +379,6 @@ backends = [{{ service = "stable:80", weight = {stable_weight} }}, {{ service = 
         "the ingress is the source of its outbound requests: {metrics}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// What the edge does to requests: forwarding headers (a forged one replaced), a request id,
