@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests in `tests/`: start the real proxy in-process on ephemeral
 //! ports of 127.0.0.1, and tiny HTTP backends to put behind it.
 
+pub mod docs;
 pub mod edge;
 pub mod mtls;
 pub mod prometheus;

@@ -19,7 +19,12 @@
 //! - the Deployments and Services of `mesh-controller` (identity and destination APIs, port
 //!   8080) and `mesh-injector` (443 → 8443), and the MutatingWebhookConfiguration
 //!   (`failurePolicy: Ignore`, pods on CREATE, `reinvocationPolicy: Never`, not in
-//!   `kube-system` nor `mesh-system`).
+//!   `kube-system` nor `mesh-system`);
+//! - with `--ingress`, mesh-ingress: its ServiceAccount, its configuration (the ConfigMap
+//!   `mesh-ingress`, reloaded live when edited: routes go there), a Deployment of two
+//!   replicas that speaks mTLS into the mesh with the identity
+//!   `spiffe://<trust-domain>/ns/mesh-system/sa/mesh-ingress` and finds endpoints through the
+//!   controller's destination API, and a `LoadBalancer` Service (80 → 8080, 443 → 8443).
 //!
 //! ```
 //! let options = meshctl::install::InstallOptions::default();
@@ -55,6 +60,8 @@ pub struct InstallOptions {
     pub trust_anchors_pem: Option<String>,
     /// Inject the proxy as a native sidecar (Kubernetes 1.29 and later).
     pub native_sidecar: bool,
+    /// Also install mesh-ingress.
+    pub ingress: bool,
 }
 
 impl Default for InstallOptions {
@@ -67,6 +74,7 @@ impl Default for InstallOptions {
             external_issuer: false,
             trust_anchors_pem: None,
             native_sidecar: true,
+            ingress: false,
         }
     }
 }
@@ -102,6 +110,8 @@ pub fn uninstall_yaml() -> Result<String, InstallError> {
     let options = InstallOptions {
         external_issuer: true,
         trust_anchors_pem: Some(String::new()),
+        // Whether it was installed or not: `kubectl delete --ignore-not-found` skips it.
+        ingress: true,
         ..InstallOptions::default()
     };
     let mut objects = manifests(&options)?;
@@ -273,7 +283,106 @@ pub fn manifests(options: &InstallOptions) -> Result<Vec<Value>, InstallError> {
                 "values": ["kube-system", NAMESPACE]}]},
         }],
     }));
+    if options.ingress {
+        objects.extend(ingress(options, &inject, &image("mesh-ingress")));
+    }
     Ok(objects)
+}
+
+/// The ingress's configuration as installed: plaintext on 8080 until certificates are added,
+/// no routes yet (every request is 404 `no-route` until some are), mTLS into the mesh with
+/// its own identity, endpoints from the destination API.
+pub fn ingress_toml(options: &InstallOptions, inject: &mesh_inject::InjectConfig) -> String {
+    format!(
+        "# mesh-ingress: edit this ConfigMap to add routes (reloaded within seconds) and, with\n\
+         # TLS Secrets mounted in the Deployment, [https] certificates. See deploy/ingress/ingress.toml.\n\
+         [workload]\nname = \"mesh-ingress\"\nnamespace = \"{NAMESPACE}\"\n\n\
+         [admin]\nlisten = \"0.0.0.0:4191\"\n\n\
+         [identity]\nname = \"spiffe://{td}/ns/{NAMESPACE}/sa/mesh-ingress\"\n\
+         trust_anchors = \"/var/run/mesh/anchors/ca.crt\"\ncontroller = \"{controller}\"\n\
+         controller_identity = \"{controller_identity}\"\ntoken_file = \"{token}/token\"\n\n\
+         [http]\nlisten = \"0.0.0.0:8080\"\n\n\
+         # [https]\n# listen = \"0.0.0.0:8443\"\n# [[https.certificates]]\n\
+         # cert = \"/etc/mesh-ingress/tls/tls.crt\"\n# key = \"/etc/mesh-ingress/tls/tls.key\"\n\
+         # default = true\n\n\
+         # [[routes]]\n# hostnames = [\"shop.example.com\"]\n\
+         # backends = [{{ service = \"web.shop.svc.{cd}:80\" }}]\n\
+         # [[services]]\n# authority = \"web.shop.svc.{cd}:80\"\n# discovery = \"destination\"\n",
+        td = options.trust_domain,
+        cd = options.cluster_domain,
+        controller = inject.controller,
+        controller_identity = inject.controller_identity,
+        token = mesh_inject::TOKEN_DIR,
+    )
+}
+
+/// mesh-ingress's objects.
+fn ingress(
+    options: &InstallOptions,
+    inject: &mesh_inject::InjectConfig,
+    image: &str,
+) -> Vec<Value> {
+    let name = "mesh-ingress";
+    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mesh"});
+    let meta = json!({"name": name, "namespace": NAMESPACE, "labels": labels});
+    let mut pod_labels = labels.clone();
+    // Scraped like the sidecars (deploy/prometheus): the label and the `mesh-admin` port.
+    pod_labels["mesh.io/proxy"] = json!("enabled");
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": 4191}, "periodSeconds": 5});
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+            "data": {"ingress.toml": ingress_toml(options, inject)}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"type": "LoadBalancer", "selector": {"app.kubernetes.io/name": name},
+                     "externalTrafficPolicy": "Local",
+                     "ports": [
+                        {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                        {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}]}}),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "template": {
+                    "metadata": {"labels": pod_labels,
+                                 // It speaks the mesh's mTLS itself: no sidecar.
+                                 "annotations": {mesh_inject::INJECT_ANNOTATION: "disabled"}},
+                    "spec": {
+                        "serviceAccountName": name,
+                        // SIGTERM drains: the load balancer stops sending first.
+                        "terminationGracePeriodSeconds": 40,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": name,
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/usr/local/bin/mesh-ingress", "--config", "/etc/mesh-ingress/ingress.toml"],
+                            "ports": [
+                                {"name": "http", "containerPort": 8080},
+                                {"name": "https", "containerPort": 8443},
+                                {"name": "mesh-admin", "containerPort": 4191}],
+                            "readinessProbe": probe("/ready"),
+                            "livenessProbe": probe("/live"),
+                            "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "512Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/etc/mesh-ingress", "readOnly": true},
+                                {"name": "anchors", "mountPath": "/var/run/mesh/anchors", "readOnly": true},
+                                {"name": "identity-token", "mountPath": mesh_inject::TOKEN_DIR, "readOnly": true}],
+                        }],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": name}},
+                            {"name": "anchors", "configMap": {"name": "mesh-trust-anchors"}},
+                            {"name": "identity-token", "projected": {"sources": [{"serviceAccountToken": {
+                                "audience": inject.token_audience, "expirationSeconds": 3600, "path": "token"}}]}}],
+                    },
+                },
+            },
+        }),
+    ]
 }
 
 fn binding(name: &str) -> Value {

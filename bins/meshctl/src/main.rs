@@ -69,6 +69,9 @@ struct InstallArgs {
     /// For clusters before Kubernetes 1.29: inject the proxy as the first container.
     #[arg(long)]
     no_native_sidecar: bool,
+    /// Also install mesh-ingress: its Deployment, its configuration and a LoadBalancer Service.
+    #[arg(long)]
+    ingress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +244,7 @@ fn install(args: &InstallArgs) -> anyhow::Result<String> {
         external_issuer: args.identity_external_issuer,
         trust_anchors_pem,
         native_sidecar: !args.no_native_sidecar,
+        ingress: args.ingress,
     };
     Ok(meshctl::install::install_yaml(&options)?)
 }

@@ -70,6 +70,7 @@ fn install_prints_every_object_of_the_control_plane() {
         "registry.example/mesh",
         "--version",
         "1.2.3",
+        "--ingress",
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     let all = objects(&yaml);
@@ -118,6 +119,40 @@ fn install_prints_every_object_of_the_control_plane() {
         inject.controller,
         "mesh-controller.mesh-system.svc.cluster.local:8080"
     );
+
+    // The ingress: its image, its configuration loads in its own loader with the identity the
+    // controller will certify (its ServiceAccount's), a Service for the outside world.
+    let ingress: Deployment =
+        serde_json::from_value(find(&all, "Deployment", "mesh-ingress").clone()).unwrap();
+    let pod = ingress.spec.unwrap().template;
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example/mesh/mesh-ingress:1.2.3")
+    );
+    assert_eq!(
+        pod.spec.as_ref().unwrap().service_account_name.as_deref(),
+        Some("mesh-ingress")
+    );
+    assert_eq!(
+        pod.metadata.unwrap().labels.unwrap()["mesh.io/proxy"],
+        "enabled",
+        "scraped like the sidecars"
+    );
+    let config: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "mesh-ingress").clone()).unwrap();
+    let ingress_config = mesh_ingress::Config::from_toml_str_with_env(
+        &config.data.unwrap()["ingress.toml"],
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        ingress_config.identity.unwrap().name.to_string(),
+        "spiffe://cluster.local/ns/mesh-system/sa/mesh-ingress"
+    );
+    let service: Service =
+        serde_json::from_value(find(&all, "Service", "mesh-ingress").clone()).unwrap();
+    assert_eq!(service.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
 
     // The webhook: fail open, pods on create, and a caBundle that verifies the injector.
     let webhook: MutatingWebhookConfiguration =

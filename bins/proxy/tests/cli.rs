@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mesh_integration::docs::{check_rows, flatten, readme_section};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -366,27 +367,6 @@ async fn wait_ready_returns_when_the_proxy_is_ready_and_fails_when_it_never_is()
     );
 }
 
-/// A table's configuration as dotted keys and TOML values.
-fn flatten(
-    prefix: &str,
-    table: &toml::Table,
-    out: &mut std::collections::BTreeMap<String, String>,
-) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) => flatten(&path, inner, out),
-            other => {
-                out.insert(path, other.to_string());
-            }
-        }
-    }
-}
-
 /// The proxy's effective configuration (`--check` on a minimal file), flattened.
 fn proxy_defaults() -> std::collections::BTreeMap<String, String> {
     let file = write_config("[inbound]\napp = \"127.0.0.1:8080\"\n");
@@ -400,58 +380,6 @@ fn proxy_defaults() -> std::collections::BTreeMap<String, String> {
     let mut flat = std::collections::BTreeMap::new();
     flatten("", &effective, &mut flat);
     flat
-}
-
-/// A section of the README, from its heading to the next.
-fn readme_section(heading: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    readme
-        .split(heading)
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Checks each table row of `section` whose key `flat` holds: its default (second cell) is
-/// the code's. Returns the keys checked and those `flat` lacks.
-fn check_rows(
-    section: &str,
-    flat: &std::collections::BTreeMap<String, String>,
-) -> (Vec<String>, Vec<String>) {
-    let normal = |s: &str| s.replace(['"', '`', ' '], "");
-    let (mut checked, mut unknown) = (Vec::new(), Vec::new());
-    for row in section.lines().filter(|l| l.starts_with("| `")) {
-        let cells: Vec<&str> = row.split(" | ").collect();
-        let key = cells[0].trim_start_matches("| ").trim_matches('`');
-        let Some(code) = flat.get(key) else {
-            unknown.push(key.to_owned());
-            continue;
-        };
-        let stated = cells[1];
-        // A default in words ("(required)", "as outbound...") is not a value to compare.
-        if !stated.starts_with('`') {
-            continue;
-        }
-        let (a, b) = (normal(stated), normal(code));
-        // Durations may be written in other units ("10m", "600s").
-        let same = match (
-            mesh_core::config::parse_duration(&a),
-            mesh_core::config::parse_duration(&b),
-        ) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => a == b,
-        };
-        assert!(
-            same,
-            "README states {key} = {stated}; the code's default is {code}"
-        );
-        checked.push(key.to_owned());
-    }
-    (checked, unknown)
 }
 
 /// The README's configuration reference states each default as the code has it: every row of
