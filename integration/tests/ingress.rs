@@ -789,3 +789,195 @@ async fn grpc_and_grpc_web_through_the_ingress_into_the_mesh() {
         "{metrics}"
     );
 }
+
+/// On Kubernetes: the Gateway's HTTPS listener names a TLS Secret, an HTTPRoute attached to it
+/// routes by host and path to Services whose endpoints come from EndpointSlices. Edits to the
+/// route and the Secret apply live; a deleted route leaves 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_routes_and_secrets_are_followed() {
+    use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use mesh_kube_fake::FakeApiServer;
+    use mesh_stack::gateway::{Gateway, HttpRoute};
+    use serde_json::json;
+
+    let api = FakeApiServer::builder()
+        .resource::<Gateway>()
+        .resource::<HttpRoute>()
+        .resource::<Secret>()
+        .start()
+        .await;
+    for (name, port) in [("web", 80), ("api", 8080)] {
+        let backend = named_backend(name).await.unwrap();
+        api.apply(
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"ports": [{"name": "http", "port": port, "targetPort": "http"}]}
+            }))
+            .unwrap(),
+        );
+        api.apply(
+            serde_json::from_value::<Pod>(json!({
+                "metadata": {"name": format!("{name}-0"), "namespace": "shop"},
+                "spec": {"containers": [{"name": "app", "image": name}]}
+            }))
+            .unwrap(),
+        );
+        api.apply(
+            serde_json::from_value::<EndpointSlice>(json!({
+                "metadata": {"name": format!("{name}-0"), "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                               "targetRef": {"kind": "Pod", "name": format!("{name}-0"), "namespace": "shop"}}]
+            }))
+            .unwrap(),
+        );
+    }
+    let ca = WebCa::new().unwrap();
+    let secret = |ca: &WebCa| {
+        let (crt, key) = ca.issue("shop", &["shop.example.test"]).unwrap();
+        let mut data = std::collections::BTreeMap::new();
+        data.insert(
+            "tls.crt".to_owned(),
+            k8s_openapi::ByteString(std::fs::read(crt).unwrap()),
+        );
+        data.insert(
+            "tls.key".to_owned(),
+            k8s_openapi::ByteString(std::fs::read(key).unwrap()),
+        );
+        let mut secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "shop-tls", "namespace": "edge"},
+            "type": "kubernetes.io/tls"
+        }))
+        .unwrap();
+        secret.data = Some(data);
+        secret
+    };
+    api.apply(secret(&ca));
+    api.apply(
+        serde_json::from_value::<Gateway>(json!({
+            "metadata": {"name": "mesh-ingress", "namespace": "edge"},
+            "spec": {"gatewayClassName": "mesh", "listeners": [
+                {"name": "https", "port": 443, "protocol": "HTTPS",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "shop-tls"}]}}
+            ]}
+        }))
+        .unwrap(),
+    );
+    let route = |default_backend: &str| -> HttpRoute {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shop", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"name": "mesh-ingress", "namespace": "edge"}],
+                "hostnames": ["shop.example.test"],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                     "backendRefs": [{"name": "api", "port": 8080}]},
+                    {"backendRefs": [{"name": default_backend, "port": if default_backend == "api" { 8080 } else { 80 }}]}
+                ]
+            }
+        }))
+        .unwrap()
+    };
+    api.apply(route("web"));
+
+    let toml = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+shutdown_grace = "1s"
+[https]
+listen = "127.0.0.1:0"
+[kubernetes]
+gateway = "edge/mesh-ingress"
+discovery = "kubernetes"
+plaintext = true
+[discovery.kubernetes]
+api = "{}"
+"#,
+        api.url()
+    );
+    let ingress = start_ingress(&toml, None).await.unwrap();
+    let https = ingress.https.unwrap();
+    let mut config = (*ca.client_config(&[b"http/1.1"]).unwrap()).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = std::sync::Arc::new(config);
+    // One GET over a new TLS connection: the body (or `404 <reason>`) and the leaf served.
+    let get = |path: &'static str| {
+        let config = config.clone();
+        async move {
+            let (tls, leaf) = tls_to(https, "shop.example.test", config).await.ok()?;
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            let rsp = tx
+                .send_request(
+                    Request::get(path)
+                        .header("host", "shop.example.test")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap(),
+                )
+                .await
+                .ok()?;
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.ok()?.to_bytes();
+            let text = if status == 200 {
+                String::from_utf8_lossy(&body).into_owned()
+            } else {
+                format!(
+                    "{} {}",
+                    status.as_u16(),
+                    String::from_utf8_lossy(&body).trim()
+                )
+            };
+            Some((text, leaf))
+        }
+    };
+    let until = |path: &'static str, want: &'static str| {
+        let get = &get;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = get(path).await;
+                if got.as_ref().is_some_and(|(text, _)| text.starts_with(want)) {
+                    return got.unwrap();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{path}: wanted {want}, got {got:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (_, first_leaf) = until("/", "web").await;
+    assert_eq!(until("/api/users", "api").await.0, "api");
+
+    // The route changes: everything but /api goes to api too.
+    api.apply(route("api"));
+    until("/", "api").await;
+
+    // The Secret is renewed: new handshakes get the new certificate.
+    api.apply(secret(&ca));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, leaf) = get("/").await.expect("served while the Secret changes");
+        if leaf != first_leaf {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed Secret was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The route is deleted: the host is no longer served.
+    api.delete::<HttpRoute>("shop", "shop");
+    let (text, _) = until("/", "404").await;
+    assert!(text.contains("no-route"), "{text}");
+}

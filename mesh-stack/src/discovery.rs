@@ -157,6 +157,16 @@ impl Sources {
 
 /// The Kubernetes source, with the API server of `[discovery.kubernetes]` (or the pod's own).
 async fn kubernetes(discovery: &DiscoveryConfig) -> Result<KubernetesResolve, StackError> {
+    let client = kube_client(discovery).await?;
+    Ok(KubernetesResolve::new(
+        client,
+        discovery.kubernetes.source.clone(),
+    ))
+}
+
+/// A client of the API server of `[discovery.kubernetes]`: its `api`, or in-cluster
+/// configuration, or `KUBECONFIG`.
+pub async fn kube_client(discovery: &DiscoveryConfig) -> Result<kube::Client, StackError> {
     let k8s = &discovery.kubernetes;
     let kube_config = match &k8s.api {
         Some(url) => kube::Config::new(
@@ -170,8 +180,7 @@ async fn kubernetes(discovery: &DiscoveryConfig) -> Result<KubernetesResolve, St
                 reason: format!("no in-cluster configuration or KUBECONFIG: {e}").into(),
             })?,
     };
-    let client = kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))?;
-    Ok(KubernetesResolve::new(client, k8s.source.clone()))
+    kube::Client::try_from(kube_config).map_err(setup("discovery.kubernetes"))
 }
 
 /// The workload's identity as discovery needs it: its configuration (the controller's address

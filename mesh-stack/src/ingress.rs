@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, header};
@@ -45,7 +45,7 @@ use mesh_edge::{ClientLayer, RouteTag};
 use mesh_metrics::http::{HttpMetrics, RequestLabels};
 use mesh_metrics::retry::RetryMetrics;
 use mesh_route::{HostRouted, HostRoutes, RouteConfig};
-use mesh_tls::sni::SniCertificates;
+use mesh_tls::sni::LiveCertificates;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -229,25 +229,63 @@ pub struct Ingress {
     routes: HostRouted,
     compile: Arc<Compile>,
     edge: Arc<EdgeState>,
-    tls: Option<(Arc<SniCertificates>, Arc<rustls::ServerConfig>, Duration)>,
+    tls: Option<(Arc<LiveCertificates>, Arc<rustls::ServerConfig>, Duration)>,
     server: HttpServer,
     detect_timeout: Duration,
     counters: IngressCounters,
 }
 
-/// What compiling routes needs: the balancers by authority, the metrics, the workload.
+/// What compiling routes needs: the balancers by authority, the metrics, the workload, and
+/// the routes of each source (the configuration file, the Gateway API).
 struct Compile {
-    backends: HashMap<Authority, HttpService>,
+    backends: Mutex<HashMap<Authority, HttpService>>,
     metrics: Option<HttpMetrics>,
     workload: WorkloadConfig,
+    file_routes: Mutex<Vec<RouteConfig>>,
+    kubernetes_routes: Mutex<Vec<RouteConfig>>,
+    /// How a service that only a Gateway API route names is built, when routes may come from
+    /// there.
+    on_demand: Option<OnDemand>,
+}
+
+/// Balancers built when a route first names their service.
+struct OnDemand {
+    template: ServiceConfig,
+    sources: Sources,
+    shared: Shared,
+    balancer_metrics: mesh_balance::metrics::BalancerMetrics,
 }
 
 impl std::fmt::Debug for Compile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compile")
-            .field("backends", &self.backends.len())
+            .field("backends", &lock(&self.backends).len())
             .finish_non_exhaustive()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A service's balancer under its timeout and retries, with the client that tags responses
+/// with their endpoint; mutual TLS only unless the service allows plaintext.
+fn backend(
+    svc: &ServiceConfig,
+    authority: &Authority,
+    sources: &Sources,
+    tagging: &Shared,
+    balancer_metrics: &mesh_balance::metrics::BalancerMetrics,
+) -> Result<(HttpService, Option<RetryLayer>), StackError> {
+    let mut resolution = sources.resolve(svc, authority)?;
+    if !svc.plaintext {
+        resolution = resolution.only_meshed();
+    }
+    let balancer = outbound::balancer(svc, authority, resolution, tagging);
+    balancer_metrics.add(authority.to_string(), &balancer);
+    let retry = svc.retry.as_ref().map(RetryLayer::new);
+    let service = outbound::service_stack(&svc.timeout, retry.clone(), balancer);
+    Ok((service, retry))
 }
 
 impl Ingress {
@@ -264,18 +302,11 @@ impl Ingress {
             IngressCounters,
         ),
     ) -> Result<Self, StackError> {
-        let mut tagging = shared.clone();
-        tagging.client = tagging.client.tagging_upstream();
+        let tagging = tagging(shared);
         let mut backends = HashMap::new();
         for svc in services {
             let authority = svc.validate().map_err(StackError::Config)?;
-            let mut resolution = sources.resolve(svc, &authority)?;
-            if !svc.plaintext {
-                resolution = resolution.only_meshed();
-            }
-            let balancer = outbound::balancer(svc, &authority, resolution, &tagging);
-            balancer_metrics.add(authority.to_string(), &balancer);
-            let retry = svc.retry.as_ref().map(RetryLayer::new);
+            let (service, retry) = backend(svc, &authority, sources, &tagging, balancer_metrics)?;
             if let Some(retry) = &retry {
                 retries.set(
                     authority.as_str(),
@@ -283,20 +314,20 @@ impl Ingress {
                     true,
                 );
             }
-            let service = outbound::service_stack(&svc.timeout, retry, balancer);
             backends.insert(authority, service);
         }
         let compile = Arc::new(Compile {
-            backends,
+            backends: Mutex::new(backends),
             metrics: shared.request_metrics.clone(),
             workload: shared.workload.clone(),
+            file_routes: Mutex::new(routes.to_vec()),
+            kubernetes_routes: Mutex::new(Vec::new()),
+            on_demand: None,
         });
-        let table = compile
-            .routes(routes)
-            .map_err(|source| StackError::Routes {
-                service: "ingress".into(),
-                source,
-            })?;
+        let table = compile.routes().map_err(|source| StackError::Routes {
+            service: "ingress".into(),
+            source,
+        })?;
         let request_id =
             http::HeaderName::from_bytes(edge.request_id_header.as_bytes()).map_err(|_| {
                 StackError::Config(mesh_core::config::Invalid::new(
@@ -328,7 +359,7 @@ impl Ingress {
     /// silent.
     pub fn with_tls(
         mut self,
-        certs: Arc<SniCertificates>,
+        certs: Arc<LiveCertificates>,
         handshake_timeout: Duration,
     ) -> Result<Self, StackError> {
         let config =
@@ -353,16 +384,56 @@ impl Ingress {
         self
     }
 
-    /// Swaps in new routes over the same services; routes that name an unknown service are
-    /// refused (logged) and the old ones stay.
+    /// Builds, on first use, the balancer of each service that a Gateway API route names and
+    /// no `services` entry configures: as `template` says (its discovery, balancer, timeout,
+    /// plaintext), over `sources`. Call before the ingress is cloned.
+    pub fn with_services_on_demand(
+        mut self,
+        template: ServiceConfig,
+        sources: Sources,
+        shared: &Shared,
+        balancer_metrics: &mesh_balance::metrics::BalancerMetrics,
+    ) -> Self {
+        if let Some(compile) = Arc::get_mut(&mut self.compile) {
+            compile.on_demand = Some(OnDemand {
+                template,
+                sources,
+                shared: tagging(shared),
+                balancer_metrics: balancer_metrics.clone(),
+            });
+        }
+        self
+    }
+
+    /// Swaps in new routes of the configuration file over the same services (the Gateway
+    /// API's routes stay); routes that name an unknown service are refused (logged) and the
+    /// old ones stay.
     pub fn reload_routes(&self, routes: &[RouteConfig]) {
-        match self.compile.routes(routes) {
+        let old = std::mem::replace(&mut *lock(&self.compile.file_routes), routes.to_vec());
+        if !self.recompile("configuration file") {
+            *lock(&self.compile.file_routes) = old;
+        }
+    }
+
+    /// Swaps in the routes of the Gateway API (after the file's, which win a tie); routes
+    /// that cannot be served are refused (logged) and the old ones stay.
+    pub fn set_kubernetes_routes(&self, routes: Vec<RouteConfig>) {
+        let old = std::mem::replace(&mut *lock(&self.compile.kubernetes_routes), routes);
+        if !self.recompile("Gateway API") {
+            *lock(&self.compile.kubernetes_routes) = old;
+        }
+    }
+
+    fn recompile(&self, source: &str) -> bool {
+        match self.compile.routes() {
             Ok(table) => {
                 self.routes.replace(table);
-                tracing::info!(routes = routes.len(), "ingress routes reloaded");
+                tracing::info!(source, "ingress routes reloaded");
+                true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "new ingress routes refused; keeping the old ones")
+                tracing::warn!(source, error = %e, "new ingress routes refused; keeping the old ones");
+                false
             }
         }
     }
@@ -404,7 +475,7 @@ impl Ingress {
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
             let start = acceptor.await.map_err(|_| "not-tls")?;
             let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
-            if certs.lookup(sni.as_deref()).is_none() {
+            if !certs.serves(sni.as_deref()) {
                 return Err("unknown-sni");
             }
             let tls = start.into_stream(config).await.map_err(|_| "handshake")?;
@@ -504,10 +575,54 @@ impl Ingress {
     }
 }
 
+/// The client of the ingress's endpoints: it tags each response with its endpoint.
+fn tagging(shared: &Shared) -> Shared {
+    let mut tagging = shared.clone();
+    tagging.client = tagging.client.tagging_upstream();
+    tagging
+}
+
 impl Compile {
-    /// The host routes, each (host, route) counted as inbound requests of the ingress and
-    /// tagged for the access log.
-    fn routes(&self, routes: &[RouteConfig]) -> Result<HostRoutes, mesh_route::RouteError> {
+    /// The host routes of every source, each (host, route) counted as inbound requests of the
+    /// ingress and tagged for the access log; services first named here are built if they may
+    /// be.
+    fn routes(&self) -> Result<HostRoutes, mesh_route::RouteError> {
+        let mut routes = lock(&self.file_routes).clone();
+        routes.extend(lock(&self.kubernetes_routes).iter().cloned());
+        if let Some(on_demand) = &self.on_demand {
+            let mut backends = lock(&self.backends);
+            for route in &routes {
+                for named in &route.backends {
+                    let Ok(authority) = Authority::parse(&named.service, 80) else {
+                        continue;
+                    };
+                    if backends.contains_key(&authority) {
+                        continue;
+                    }
+                    let svc = ServiceConfig {
+                        authority: named.service.clone(),
+                        ..on_demand.template.clone()
+                    };
+                    match backend(
+                        &svc,
+                        &authority,
+                        &on_demand.sources,
+                        &on_demand.shared,
+                        &on_demand.balancer_metrics,
+                    ) {
+                        Ok((service, _)) => {
+                            tracing::info!(service = %authority, "balancing a service a route names");
+                            backends.insert(authority, service);
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %authority, error = %e, "cannot balance a service a route names")
+                        }
+                    }
+                }
+            }
+        }
+        let backends = lock(&self.backends).clone();
+        let routes = &routes;
         let wrap = |host: &str, route: &str, service: HttpService| -> HttpService {
             let tag = RouteTag {
                 host: host.into(),
@@ -531,7 +646,7 @@ impl Compile {
             };
             mesh_core::erase(metrics.layer(labels).layer(tagged))
         };
-        HostRoutes::compile(routes, &self.backends, &wrap)
+        HostRoutes::compile(routes, &backends, &wrap)
     }
 }
 

@@ -57,6 +57,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod ingress;

@@ -27,7 +27,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::TlsError;
-use crate::cert::{read_certs, read_key};
+use rustls_pki_types::pem::PemObject as _;
 
 /// The certificate being served, and where it comes from.
 #[derive(Debug)]
@@ -63,26 +63,43 @@ impl ServingCert {
             })
         };
         let bytes = (read(cert)?, read(key)?);
-        let chain = read_certs(cert)?;
-        let der = read_key(key)?;
-        let signing_key = crate::provider()
-            .key_provider
-            .load_private_key(der)
-            .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?;
-        let certified = CertifiedKey::new(chain, signing_key);
-        certified.keys_match().map_err(|e| {
-            TlsError::Key(format!(
-                "{} does not match {}: {e}",
-                key.display(),
-                cert.display()
-            ))
-        })?;
+        let certified = certified_key(
+            &bytes.0,
+            &bytes.1,
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )?;
         Ok((certified, bytes))
+    }
+
+    /// A certificate from PEM text (a Kubernetes TLS Secret's `tls.crt` and `tls.key` read
+    /// through the API); `name` says where it comes from in errors and logs. It has no files:
+    /// [`watch`](Self::watch) does nothing, and a new Secret makes a new certificate.
+    pub fn from_pem(name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Self>, TlsError> {
+        let certified = certified_key(
+            cert_pem,
+            key_pem,
+            &format!("{name} tls.crt"),
+            &format!("{name} tls.key"),
+        )?;
+        Ok(Arc::new(Self {
+            cert_path: PathBuf::from(name),
+            key_path: PathBuf::new(),
+            current: ArcSwap::from_pointee(certified),
+            loaded: std::sync::Mutex::new((Vec::new(), Vec::new())),
+        }))
+    }
+
+    fn has_files(&self) -> bool {
+        !self.key_path.as_os_str().is_empty()
     }
 
     /// Loads the files again if they changed; `Ok(true)` when a new certificate is served.
     /// A pair that does not load (half written, mismatched) leaves the old one in place.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        if !self.has_files() {
+            return Ok(false);
+        }
         let unchanged = {
             let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             std::fs::read(&self.cert_path).ok().as_deref() == Some(&loaded.0[..])
@@ -100,6 +117,9 @@ impl ServingCert {
     /// Compares the files every `every` in a background task (of the current runtime), for
     /// as long as the certificate is in use.
     pub fn watch(self: &Arc<Self>, every: Duration) {
+        if !self.has_files() {
+            return;
+        }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -153,6 +173,33 @@ impl ServingCert {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
+}
+
+/// A chain and its key from PEM, checked to match; errors name `cert_name` or `key_name`.
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = crate::cert::certs_from_pem(cert_pem).map_err(|reason| TlsError::Pem {
+        path: cert_name.to_owned(),
+        reason,
+    })?;
+    let der =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+            path: key_name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let signing_key = crate::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::Key(format!("{key_name}: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| TlsError::Key(format!("{key_name} does not match {cert_name}: {e}")))?;
+    Ok(certified)
 }
 
 impl ResolvesServerCert for ServingCert {

@@ -20,9 +20,10 @@
 //! let web = ServingCert::load(Path::new("web.crt"), Path::new("web.key"))?;
 //! certs.add(&["web.example.com".into(), "*.web.example.com".into()], web)?;
 //! certs.set_default(ServingCert::load(Path::new("default.crt"), Path::new("default.key"))?);
-//! let certs = std::sync::Arc::new(certs);
 //! certs.watch(Duration::from_secs(1));
-//! let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config(&[b"h2", b"http/1.1"])?);
+//! // Swappable whole, as Secrets come and go:
+//! let live = mesh_tls::sni::LiveCertificates::new(certs);
+//! let acceptor = tokio_rustls::TlsAcceptor::from(live.server_config(&[b"h2", b"http/1.1"])?);
 //! # let _ = acceptor;
 //! # Ok(())
 //! # }
@@ -40,7 +41,7 @@ use crate::TlsError;
 use crate::serving::ServingCert;
 
 /// Server certificates by host name; see the [module](self) documentation.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SniCertificates {
     exact: HashMap<String, Arc<ServingCert>>,
     /// By the name under the wildcard: `example.com` for `*.example.com`.
@@ -123,9 +124,46 @@ impl SniCertificates {
             cert.watch(every);
         }
     }
+}
 
-    /// A TLS 1.2 and 1.3 server configuration that picks the certificate by SNI, with `alpn`
-    /// (no client certificate asked for).
+impl ResolvesServerCert for SniCertificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name()).map(|cert| cert.current())
+    }
+}
+
+/// A set of certificates that can be swapped whole while serving (certificates that come and
+/// go with Kubernetes Secrets): handshakes read the set in force, without a lock.
+#[derive(Debug)]
+pub struct LiveCertificates {
+    current: arc_swap::ArcSwap<SniCertificates>,
+}
+
+impl LiveCertificates {
+    /// Serves `certs` until [`replace`](Self::replace)d.
+    pub fn new(certs: SniCertificates) -> Arc<Self> {
+        Arc::new(Self {
+            current: arc_swap::ArcSwap::from_pointee(certs),
+        })
+    }
+
+    /// Serves `certs` from the next handshake on.
+    pub fn replace(&self, certs: SniCertificates) {
+        self.current.store(Arc::new(certs));
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> Arc<SniCertificates> {
+        self.current.load_full()
+    }
+
+    /// Whether a handshake asking for `sni` gets a certificate now.
+    pub fn serves(&self, sni: Option<&str>) -> bool {
+        self.current.load().lookup(sni).is_some()
+    }
+
+    /// A TLS 1.2 and 1.3 server configuration that picks the certificate by SNI from the set
+    /// in force, with `alpn`.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()
@@ -137,9 +175,12 @@ impl SniCertificates {
     }
 }
 
-impl ResolvesServerCert for SniCertificates {
+impl ResolvesServerCert for LiveCertificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.lookup(hello.server_name()).map(|cert| cert.current())
+        self.current
+            .load()
+            .lookup(hello.server_name())
+            .map(|cert| cert.current())
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The ingress's own identity, with which it speaks mutual TLS into the mesh.
     pub identity: Option<IdentityConfig>,
+    /// On Kubernetes: the Gateway this ingress implements, whose HTTPS listeners' Secrets and
+    /// attached HTTPRoutes are watched and served beside the file's.
+    pub kubernetes: Option<GatewayConfig>,
     /// Where endpoints come from, for services whose `discovery` is not `static`.
     pub discovery: DiscoveryConfig,
     /// Threads and shutdown.
@@ -69,10 +72,49 @@ impl Default for Config {
             routes: Vec::new(),
             services: Vec::new(),
             identity: None,
+            kubernetes: None,
             discovery: DiscoveryConfig::default(),
             runtime: RuntimeConfig::default(),
             server: ServerConfig::default(),
             client: ClientConfig::default(),
+        }
+    }
+}
+
+/// The Gateway API on Kubernetes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The Gateway, `namespace/name`.
+    pub gateway: String,
+    /// Where the endpoints of the Services that routes name come from: `destination` (the
+    /// controller) or `kubernetes` (the API server directly).
+    #[serde(default = "destination")]
+    pub discovery: DiscoverySource,
+    /// Also reach endpoints without an identity, in plaintext (by default the ingress speaks
+    /// only mutual TLS into the mesh).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
+}
+
+fn destination() -> DiscoverySource {
+    DiscoverySource::Destination
+}
+
+impl GatewayConfig {
+    /// The Gateway named.
+    pub fn gateway(&self) -> Result<mesh_stack::gateway::GatewayRef, Invalid> {
+        self.gateway
+            .parse()
+            .map_err(|e: String| Invalid::new("gateway", format!("{:?}", self.gateway), e))
+    }
+
+    /// The service a route's backend becomes, but its authority.
+    pub fn template(&self) -> ServiceConfig {
+        ServiceConfig {
+            discovery: self.discovery,
+            plaintext: self.plaintext,
+            ..ServiceConfig::named("gateway-api:80")
         }
     }
 }
@@ -110,11 +152,11 @@ impl Config {
             .into());
         }
         if let Some(https) = &self.https {
-            if https.certificates.is_empty() {
+            if https.certificates.is_empty() && self.kubernetes.is_none() {
                 return Err(Invalid::new(
                     "https.certificates",
                     "[]",
-                    "at least one certificate (cert and key files)",
+                    "at least one certificate (cert and key files), or a [kubernetes] gateway whose listeners name Secrets",
                 )
                 .into());
             }
@@ -165,8 +207,24 @@ impl Config {
                 .into());
             }
         }
+        let mut services = self.services.clone();
+        if let Some(k8s) = &self.kubernetes {
+            k8s.gateway().map_err(|e| e.within("kubernetes"))?;
+            if !matches!(
+                k8s.discovery,
+                DiscoverySource::Destination | DiscoverySource::Kubernetes
+            ) {
+                return Err(Invalid::new(
+                    "kubernetes.discovery",
+                    k8s.discovery.as_str(),
+                    "destination or kubernetes",
+                )
+                .into());
+            }
+            services.push(k8s.template());
+        }
         self.discovery
-            .validate(&self.services, self.identity.as_ref())
+            .validate(&services, self.identity.as_ref())
             .map_err(|e| e.within("discovery"))?;
         Ok(())
     }

@@ -37,7 +37,7 @@ use mesh_core::drain::Drain;
 use mesh_stack::serve::{bind, local_addr, spawn_accept};
 use mesh_stack::{Shared, admin};
 use mesh_tls::serving::ServingCert;
-use mesh_tls::sni::SniCertificates;
+use mesh_tls::sni::{LiveCertificates, SniCertificates};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -48,7 +48,7 @@ pub use mesh_stack::admin::LogControl;
 pub struct IngressServer {
     config: Config,
     admin: TcpListener,
-    https: Option<(TcpListener, Arc<SniCertificates>)>,
+    https: Option<(TcpListener, Certificates)>,
     http: Option<TcpListener>,
     log: Option<Arc<LogControl>>,
     identity: Option<(
@@ -85,9 +85,15 @@ impl IngressServer {
             .transpose()?;
         let id = identity.as_ref().map(|i| &i.0);
         let workload = mesh_stack::discovery::Workload::of(config.identity.as_ref(), id);
+        let mut services = config.services.clone();
+        services.extend(
+            config
+                .kubernetes
+                .as_ref()
+                .map(config::GatewayConfig::template),
+        );
         let sources =
-            mesh_stack::discovery::Sources::new(&config.services, &config.discovery, workload)
-                .await?;
+            mesh_stack::discovery::Sources::new(&services, &config.discovery, workload).await?;
         Ok(Self {
             config,
             admin,
@@ -177,10 +183,18 @@ impl IngressServer {
             let load = |path: &std::path::Path| Config::load(Some(path)).map(|c| c.routes);
             ingress.reload_on_change(path, drain.clone(), load);
         }
+        let certs = self.https.as_ref().map(|(_, certs)| certs.clone());
+        if let Some(k8s) = &config.kubernetes {
+            let client = mesh_stack::discovery::kube_client(&config.discovery).await?;
+            ingress =
+                ingress.with_services_on_demand(k8s.template(), self.sources, &shared, &balancers);
+            watch_gateway(&config, k8s, client, &ingress, certs, drain.clone())?;
+        }
         let cap = config.server.max_connections;
         if let (Some((listener, certs)), Some(https)) = (self.https, &config.https) {
-            certs.watch(mesh_stack::serve::CONFIG_POLL);
-            let ingress = ingress.clone().with_tls(certs, https.handshake_timeout)?;
+            let ingress = ingress
+                .clone()
+                .with_tls(certs.live, https.handshake_timeout)?;
             spawn_accept(
                 listener,
                 drain.clone(),
@@ -222,8 +236,73 @@ impl IngressServer {
     }
 }
 
+/// The certificates served: those of the files (watched), and with them those the Gateway's
+/// Secrets hold.
+#[derive(Clone, Debug)]
+struct Certificates {
+    files: SniCertificates,
+    live: Arc<LiveCertificates>,
+}
+
+/// Serves the routes of the HTTPRoutes attached to the Gateway, and its listeners'
+/// certificates beside the files', as they change.
+fn watch_gateway(
+    config: &Config,
+    k8s: &config::GatewayConfig,
+    client: kube::Client,
+    ingress: &mesh_stack::ingress::Ingress,
+    certs: Option<Certificates>,
+    drain: Drain,
+) -> anyhow::Result<()> {
+    let gateway = k8s.gateway()?;
+    let ingress = ingress.clone();
+    let cluster_domain = config.discovery.kubernetes.source.cluster_domain.clone();
+    let seen_problems = std::sync::Mutex::new(Vec::<String>::new());
+    mesh_stack::gateway::spawn_watch(
+        client,
+        gateway.clone(),
+        cluster_domain,
+        drain,
+        move |state| {
+            let mut problems = state.problems.clone();
+            if let Some(certs) = &certs {
+                let mut served = certs.files.clone();
+                for cert in &state.certificates {
+                    let added = ServingCert::from_pem(&cert.secret, &cert.cert_pem, &cert.key_pem)
+                        .and_then(|c| match cert.default {
+                            true if cert.hosts.is_empty() => {
+                                served.set_default(c);
+                                Ok(())
+                            }
+                            _ => served.add(&cert.hosts, c),
+                        });
+                    if let Err(e) = added {
+                        problems.push(format!("Secret {}: {e}", cert.secret));
+                    }
+                }
+                certs.live.replace(served);
+            }
+            tracing::info!(
+                %gateway,
+                found = state.found,
+                routes = state.routes.len(),
+                certificates = state.certificates.len(),
+                "Gateway API state"
+            );
+            ingress.set_kubernetes_routes(state.routes);
+            // Each problem once, while it lasts.
+            let mut seen = seen_problems.lock().unwrap_or_else(|e| e.into_inner());
+            for problem in problems.iter().filter(|p| !seen.contains(p)) {
+                tracing::warn!(%gateway, "{problem}");
+            }
+            *seen = problems;
+        },
+    );
+    Ok(())
+}
+
 /// The certificates of `https`, each served for its hosts (or its SANs).
-fn certificates(https: &config::HttpsConfig) -> anyhow::Result<Arc<SniCertificates>> {
+fn certificates(https: &config::HttpsConfig) -> anyhow::Result<Certificates> {
     let mut certs = SniCertificates::default();
     for (i, c) in https.certificates.iter().enumerate() {
         let key = format!("https.certificates[{i}]");
@@ -237,5 +316,10 @@ fn certificates(https: &config::HttpsConfig) -> anyhow::Result<Arc<SniCertificat
                 .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         }
     }
-    Ok(Arc::new(certs))
+    // The files' certificates are watched for as long as they are served.
+    certs.watch(mesh_stack::serve::CONFIG_POLL);
+    Ok(Certificates {
+        live: LiveCertificates::new(certs.clone()),
+        files: certs,
+    })
 }

@@ -1,0 +1,702 @@
+//! The Gateway API on Kubernetes, for the ingress: the `Gateway` it implements gives the TLS
+//! certificates (its HTTPS listeners' `certificateRefs`, Secrets of type `kubernetes.io/tls`),
+//! and the `HTTPRoute`s whose `parentRefs` name that Gateway give the routes. Both are read
+//! through kube's watcher and reflector, as discovery reads EndpointSlices, so that an edit
+//! applies within a second and a dropped watch resumes.
+//!
+//! What is read of an HTTPRoute: `hostnames`; each rule's `matches` (`path` of type `Exact`,
+//! `PathPrefix` or `RegularExpression`; `headers` of type `Exact` or `RegularExpression`;
+//! `method`), `backendRefs` to Services (`name`, `namespace`, `port`, `weight`) and
+//! `timeouts.request`. Routes are ordered as the Gateway API ranks ties: oldest first, then by
+//! namespace and name. A rule that cannot be served (no backend with weight, a backend that is
+//! not a Service, a bad regular expression) is left out and logged, never the whole set. A
+//! Service `web` in `shop` on port 80 is the mesh service `web.shop.svc.<cluster domain>:80`,
+//! balanced over what discovery says of it.
+//!
+//! Not read (yet): filters, query-parameter matches, `sectionName` and `port` of a parentRef
+//! (a route attached to the Gateway is served on both listeners), ReferenceGrants (a Secret in
+//! another namespace than the Gateway's is refused), GRPCRoute (gRPC is matched by
+//! HTTPRoute paths: `/package.Service/`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use mesh_route::{BackendConfig, HeaderMatch, MatchConfig, PathMatch, RouteConfig};
+use serde::{Deserialize, Serialize};
+
+/// The Gateway API's group.
+pub const GROUP: &str = "gateway.networking.k8s.io";
+
+/// A `gateway.networking.k8s.io/v1` `Gateway`: what is read of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Gateway {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// The listeners.
+    #[serde(default)]
+    pub spec: GatewaySpec,
+}
+
+/// A Gateway's spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The class (informational here).
+    #[serde(default)]
+    pub gateway_class_name: String,
+    /// Its listeners.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// One listener of a Gateway.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// The host it serves (exact or `*.` wildcard); none: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Its port.
+    #[serde(default)]
+    pub port: u16,
+    /// `HTTP` or `HTTPS`.
+    #[serde(default)]
+    pub protocol: String,
+    /// Its TLS, for `HTTPS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's TLS.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default) or `Passthrough` (not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The Secrets holding the certificate and key.
+    #[serde(default)]
+    pub certificate_refs: Vec<ObjectRef>,
+}
+
+/// A reference to an object by group, kind, namespace and name.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// Its group (`""`: the core group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Its kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its namespace; by default the referrer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// A port (a backend Service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// A weight (a backend's; 1 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// A listener's name (a parentRef's; not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// A `gateway.networking.k8s.io/v1` `HTTPRoute`: what is read of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HttpRoute {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    #[serde(default)]
+    pub spec: HttpRouteSpec,
+}
+
+/// An HTTPRoute's spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// The Gateways it attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectRef>,
+    /// The hosts it serves; none: every host of the Gateway.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Its rules.
+    #[serde(default)]
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// One rule of an HTTPRoute.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRule {
+    /// Its name, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any of these selects it; none: every request.
+    #[serde(default)]
+    pub matches: Vec<HttpRouteMatch>,
+    /// Where its requests go.
+    #[serde(default)]
+    pub backend_refs: Vec<ObjectRef>,
+    /// Its timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<HttpRouteTimeouts>,
+}
+
+/// One match of a rule.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteMatch {
+    /// The path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<ValueMatch>,
+    /// Headers.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    /// The method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// A path or header match: its type, the header's name, the value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueMatch {
+    /// `Exact`, `PathPrefix` (paths; the default), `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A header's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A rule's timeouts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HttpRouteTimeouts {
+    /// The whole request, as a Gateway API duration (`10s`, `1m30s`, `500ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+macro_rules! gateway_resource {
+    ($ty:ty, $kind:literal, $list:literal, $plural:literal) => {
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = "gateway.networking.k8s.io/v1";
+            const GROUP: &'static str = GROUP;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = k8s_openapi::NamespaceResourceScope;
+        }
+
+        impl k8s_openapi::ListableResource for $ty {
+            const LIST_KIND: &'static str = $list;
+        }
+
+        impl k8s_openapi::Metadata for $ty {
+            type Ty = ObjectMeta;
+
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+gateway_resource!(Gateway, "Gateway", "GatewayList", "gateways");
+gateway_resource!(HttpRoute, "HTTPRoute", "HTTPRouteList", "httproutes");
+
+/// The Gateway an ingress implements: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::str::FromStr for GatewayRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            _ => Err(format!("{text:?} is not a Gateway as namespace/name")),
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Whether `route` attaches to `gateway`.
+fn attaches(route: &HttpRoute, gateway: &GatewayRef) -> bool {
+    let route_ns = route.metadata.namespace.as_deref().unwrap_or("default");
+    route.spec.parent_refs.iter().any(|parent| {
+        parent.group.as_deref().is_none_or(|g| g == GROUP)
+            && parent.kind.as_deref().is_none_or(|k| k == "Gateway")
+            && parent.namespace.as_deref().unwrap_or(route_ns) == gateway.namespace
+            && parent.name == gateway.name
+    })
+}
+
+/// The routes of the HTTPRoutes attached to `gateway`, in the Gateway API's order, and what was
+/// left out (with why).
+pub fn routes_of(
+    gateway: &GatewayRef,
+    routes: &[Arc<HttpRoute>],
+    cluster_domain: &str,
+) -> (Vec<RouteConfig>, Vec<String>) {
+    let mut attached: Vec<&HttpRoute> = routes
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| attaches(r, gateway))
+        .collect();
+    attached.sort_by_key(|r| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.metadata.namespace.clone(),
+            r.metadata.name.clone(),
+        )
+    });
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for route in attached {
+        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+        let name = route.metadata.name.as_deref().unwrap_or("");
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            let rule_name = match &rule.name {
+                Some(rule_name) => format!("{ns}/{name}/{rule_name}"),
+                None => format!("{ns}/{name}/{i}"),
+            };
+            match rule_config(&rule_name, ns, &route.spec.hostnames, rule, cluster_domain) {
+                Ok(config) => out.push(config),
+                Err(why) => problems.push(format!("HTTPRoute rule {rule_name}: {why}")),
+            }
+        }
+    }
+    (out, problems)
+}
+
+fn rule_config(
+    name: &str,
+    namespace: &str,
+    hostnames: &[String],
+    rule: &HttpRouteRule,
+    cluster_domain: &str,
+) -> Result<RouteConfig, String> {
+    let mut matches = Vec::new();
+    for m in &rule.matches {
+        let path = match &m.path {
+            None => None,
+            Some(p) => Some(match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "PathPrefix" if p.value == "/" || p.value.is_empty() => None,
+                "PathPrefix" => Some(PathMatch::Prefix(p.value.clone())),
+                "Exact" => Some(PathMatch::Exact(p.value.clone())),
+                "RegularExpression" => Some(PathMatch::Regex(p.value.clone())),
+                other => return Err(format!("path match type {other:?} is not supported")),
+            }),
+        }
+        .flatten();
+        let mut headers = Vec::new();
+        for h in &m.headers {
+            let header_name = h.name.clone().ok_or("a header match without a name")?;
+            let (value, regex) = match h.kind.as_deref().unwrap_or("Exact") {
+                "Exact" => (Some(h.value.clone()), None),
+                "RegularExpression" => (None, Some(h.value.clone())),
+                other => return Err(format!("header match type {other:?} is not supported")),
+            };
+            headers.push(HeaderMatch {
+                name: header_name,
+                value,
+                regex,
+            });
+        }
+        let config = MatchConfig {
+            path,
+            method: m.method.clone(),
+            headers,
+            grpc: None,
+        };
+        // A regular expression or a header name that does not compile is this rule's problem.
+        config.test(&http::Request::new(()))?;
+        matches.push(config);
+    }
+    let mut backends = Vec::new();
+    for backend in &rule.backend_refs {
+        if backend.group.as_deref().is_some_and(|g| !g.is_empty())
+            || backend.kind.as_deref().is_some_and(|k| k != "Service")
+        {
+            return Err(format!("backend {:?} is not a Service", backend.name));
+        }
+        let port = backend
+            .port
+            .ok_or_else(|| format!("backend Service {:?} names no port", backend.name))?;
+        let weight = backend.weight.unwrap_or(1);
+        if weight == 0 {
+            continue;
+        }
+        let ns = backend.namespace.as_deref().unwrap_or(namespace);
+        backends.push(BackendConfig {
+            service: format!("{}.{ns}.svc.{cluster_domain}:{port}", backend.name),
+            weight,
+        });
+    }
+    if backends.is_empty() {
+        return Err("no backend with a weight above 0".into());
+    }
+    let mut timeout = mesh_core::timeout::TimeoutConfig::default();
+    if let Some(request) = rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
+        let parsed = mesh_core::config::parse_duration(request)
+            .map_err(|e| format!("timeouts.request {request:?}: {e}"))?;
+        // `0s` is the Gateway API's "no timeout".
+        timeout.request = (!parsed.is_zero()).then_some(parsed);
+    }
+    Ok(RouteConfig {
+        name: name.to_owned(),
+        hostnames: hostnames.to_vec(),
+        matches,
+        backends,
+        timeout,
+        retry: None,
+    })
+}
+
+/// A certificate a Gateway's listener names: the Secret's PEM, the hosts it is for (none: its
+/// SANs) and whether it is the default (a listener without a hostname).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerCertificate {
+    /// `namespace/name` of the Secret.
+    pub secret: String,
+    /// `tls.crt`.
+    pub cert_pem: Vec<u8>,
+    /// `tls.key`.
+    pub key_pem: Vec<u8>,
+    /// The listener's hostname, if it has one.
+    pub hosts: Vec<String>,
+    /// Served to unknown names and clients without SNI.
+    pub default: bool,
+}
+
+/// The certificates of `gateway`'s HTTPS listeners, from `secrets`, and what was left out.
+pub fn certificates_of(
+    gateway: &Gateway,
+    secrets: &[Arc<Secret>],
+) -> (Vec<ListenerCertificate>, Vec<String>) {
+    let gateway_ns = gateway.metadata.namespace.as_deref().unwrap_or("default");
+    let by_name: BTreeMap<(String, String), &Secret> = secrets
+        .iter()
+        .map(|s| {
+            let key = (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            (key, &**s)
+        })
+        .collect();
+    let (mut out, mut problems) = (Vec::new(), Vec::new());
+    let mut has_default = false;
+    for listener in &gateway.spec.listeners {
+        if listener.protocol != "HTTPS" {
+            continue;
+        }
+        let Some(tls) = &listener.tls else {
+            problems.push(format!("listener {:?}: HTTPS without tls", listener.name));
+            continue;
+        };
+        if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+            problems.push(format!(
+                "listener {:?}: only TLS mode Terminate is served",
+                listener.name
+            ));
+            continue;
+        }
+        for cert in &tls.certificate_refs {
+            let ns = cert.namespace.as_deref().unwrap_or(gateway_ns);
+            let secret_name = format!("{ns}/{}", cert.name);
+            if cert.kind.as_deref().is_some_and(|k| k != "Secret") {
+                problems.push(format!("certificateRef {secret_name} is not a Secret"));
+                continue;
+            }
+            if ns != gateway_ns {
+                problems.push(format!(
+                    "certificateRef {secret_name}: Secrets of another namespace than the Gateway's are not read"
+                ));
+                continue;
+            }
+            let Some(secret) = by_name.get(&(ns.to_owned(), cert.name.clone())) else {
+                problems.push(format!("Secret {secret_name} not found"));
+                continue;
+            };
+            let data = secret.data.as_ref();
+            let field = |key: &str| data.and_then(|d| d.get(key)).map(|b| b.0.clone());
+            let (Some(cert_pem), Some(key_pem)) = (field("tls.crt"), field("tls.key")) else {
+                problems.push(format!("Secret {secret_name} lacks tls.crt or tls.key"));
+                continue;
+            };
+            let default = listener.hostname.is_none() && !has_default;
+            has_default |= default;
+            out.push(ListenerCertificate {
+                secret: secret_name,
+                cert_pem,
+                key_pem,
+                hosts: listener.hostname.iter().cloned().collect(),
+                default,
+            });
+        }
+    }
+    (out, problems)
+}
+
+/// What the Gateway and its routes say now.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayState {
+    /// Whether the Gateway exists.
+    pub found: bool,
+    /// The routes of the HTTPRoutes attached to it.
+    pub routes: Vec<RouteConfig>,
+    /// The certificates of its HTTPS listeners.
+    pub certificates: Vec<ListenerCertificate>,
+    /// What was left out, and why.
+    pub problems: Vec<String>,
+}
+
+/// How long changes are gathered before the state is computed again: a `kubectl apply` of
+/// several objects makes one reload.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Watches `gateway`, every HTTPRoute and the Secrets of the Gateway's namespace; calls
+/// `changed` with the state once all three are listed, then after each change, until `drain`.
+pub fn spawn_watch(
+    client: kube::Client,
+    gateway: GatewayRef,
+    cluster_domain: String,
+    drain: mesh_core::drain::Drain,
+    changed: impl Fn(GatewayState) + Send + 'static,
+) {
+    use futures_util::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+
+    let (gateways, gateway_writer) = reflector::store::<Gateway>();
+    let (routes, route_writer) = reflector::store::<HttpRoute>();
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let by_name = watcher::Config::default().fields(&format!("metadata.name={}", gateway.name));
+    let events = futures_util::stream::select_all([
+        reflector(
+            gateway_writer,
+            watcher(
+                kube::Api::namespaced(client.clone(), &gateway.namespace),
+                by_name,
+            ),
+        )
+        .default_backoff()
+        .map(|e| e.map(|_| ()))
+        .boxed(),
+        reflector(
+            route_writer,
+            watcher(kube::Api::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|e| e.map(|_| ()))
+        .boxed(),
+        reflector(
+            secret_writer,
+            watcher(
+                kube::Api::namespaced(client, &gateway.namespace),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .map(|e| e.map(|_| ()))
+        .boxed(),
+    ]);
+    tokio::spawn(async move {
+        let mut events = events;
+        let state = || {
+            let found = gateways
+                .state()
+                .into_iter()
+                .find(|g| g.metadata.name.as_deref() == Some(gateway.name.as_str()));
+            let (routes, mut problems) = routes_of(&gateway, &routes.state(), &cluster_domain);
+            let (certificates, more) = match &found {
+                Some(g) => certificates_of(g, &secrets.state()),
+                None => (Vec::new(), vec![format!("Gateway {gateway} not found")]),
+            };
+            problems.extend(more);
+            GatewayState {
+                found: found.is_some(),
+                routes,
+                certificates,
+                problems,
+            }
+        };
+        let mut listed = false;
+        loop {
+            tokio::select! {
+                _ = drain.signaled() => return,
+                event = events.next() => match event {
+                    None => return,
+                    Some(Err(e)) => {
+                        tracing::warn!(gateway = %gateway, error = %e, "watching the Gateway API failed; retrying");
+                        continue;
+                    }
+                    Some(Ok(())) => {}
+                },
+            }
+            // Gather what else arrives at once.
+            tokio::time::sleep(SETTLE).await;
+            while let Some(Some(_)) = futures_util::FutureExt::now_or_never(events.next()) {}
+            if !listed {
+                let ready = [
+                    gateways.wait_until_ready().now_or_never_ready(),
+                    routes.wait_until_ready().now_or_never_ready(),
+                    secrets.wait_until_ready().now_or_never_ready(),
+                ];
+                if ready.contains(&false) {
+                    continue;
+                }
+                listed = true;
+            }
+            changed(state());
+        }
+    });
+}
+
+/// Whether a readiness future is already done.
+trait NowOrNeverReady {
+    fn now_or_never_ready(self) -> bool;
+}
+
+impl<F: std::future::Future<Output = Result<(), E>>, E> NowOrNeverReady for F {
+    fn now_or_never_ready(self) -> bool {
+        matches!(futures_util::FutureExt::now_or_never(self), Some(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(json: serde_json::Value) -> Arc<HttpRoute> {
+        Arc::new(serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn attached_rules_become_routes_and_bad_ones_are_left_out() {
+        let gateway: GatewayRef = "mesh-system/edge".parse().unwrap_or_else(|e| panic!("{e}"));
+        let routes = vec![
+            route(serde_json::json!({
+                "metadata": {"name": "shop", "namespace": "shop",
+                             "creationTimestamp": "2026-01-02T00:00:00Z"},
+                "spec": {
+                    "parentRefs": [{"name": "edge", "namespace": "mesh-system"}],
+                    "hostnames": ["shop.example.com"],
+                    "rules": [
+                        {"matches": [{"path": {"type": "PathPrefix", "value": "/api"},
+                                      "headers": [{"name": "x-beta", "value": "1"}],
+                                      "method": "GET"}],
+                         "backendRefs": [{"name": "api", "port": 8080, "weight": 9},
+                                         {"name": "api-canary", "port": 8080, "weight": 1}],
+                         "timeouts": {"request": "2s"}},
+                        {"backendRefs": [{"name": "web", "port": 80}]},
+                        {"matches": [{"path": {"type": "RegularExpression", "value": "("}}],
+                         "backendRefs": [{"name": "web", "port": 80}]},
+                        {"backendRefs": [{"name": "bucket", "kind": "S3Bucket"}]}
+                    ]
+                }
+            })),
+            route(serde_json::json!({
+                "metadata": {"name": "other", "namespace": "shop"},
+                "spec": {"parentRefs": [{"name": "someone-else"}],
+                         "rules": [{"backendRefs": [{"name": "x", "port": 1}]}]}
+            })),
+            route(serde_json::json!({
+                "metadata": {"name": "older", "namespace": "mesh-system",
+                             "creationTimestamp": "2025-01-01T00:00:00Z"},
+                "spec": {"parentRefs": [{"name": "edge"}],
+                         "rules": [{"name": "all", "backendRefs": [{"name": "x", "namespace": "y", "port": 1}]}]}
+            })),
+        ];
+        let (configs, problems) = routes_of(&gateway, &routes, "cluster.local");
+        let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["mesh-system/older/all", "shop/shop/0", "shop/shop/1"]
+        );
+        assert_eq!(configs[0].backends[0].service, "x.y.svc.cluster.local:1");
+        let api = &configs[1];
+        assert_eq!(api.hostnames, ["shop.example.com"]);
+        assert_eq!(api.backends.len(), 2);
+        assert_eq!(
+            api.backends[1].service,
+            "api-canary.shop.svc.cluster.local:8080"
+        );
+        assert_eq!(api.backends[1].weight, 1);
+        assert_eq!(api.timeout.request, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(api.matches[0].path, Some(PathMatch::Prefix("/api".into())));
+        assert_eq!(api.matches[0].headers[0].value.as_deref(), Some("1"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("shop/shop/2") && problems[0].contains("regex"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("not a Service"), "{problems:?}");
+    }
+
+    #[test]
+    fn https_listeners_name_their_secrets() {
+        let gateway: Gateway = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "edge", "namespace": "mesh-system"},
+            "spec": {"gatewayClassName": "mesh", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"},
+                {"name": "shop", "port": 443, "protocol": "HTTPS", "hostname": "shop.example.com",
+                 "tls": {"certificateRefs": [{"name": "shop-tls"}]}},
+                {"name": "any", "port": 443, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "default-tls"}, {"name": "gone"},
+                                             {"name": "elsewhere", "namespace": "shop"}]}}
+            ]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let secret = |name: &str| {
+            Arc::new(
+                serde_json::from_value::<Secret>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "mesh-system"},
+                    "type": "kubernetes.io/tls",
+                    "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
+                }))
+                .unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        let (certs, problems) =
+            certificates_of(&gateway, &[secret("shop-tls"), secret("default-tls")]);
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0].hosts, ["shop.example.com"]);
+        assert!(!certs[0].default);
+        assert_eq!(certs[0].cert_pem, b"cert");
+        assert!(certs[1].default && certs[1].hosts.is_empty());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}
