@@ -193,13 +193,22 @@ pub struct HttpRouteTimeouts {
 
 macro_rules! gateway_resource {
     ($ty:ty, $kind:literal, $list:literal, $plural:literal) => {
+        gateway_resource!(
+            $ty,
+            $kind,
+            $list,
+            $plural,
+            k8s_openapi::NamespaceResourceScope
+        );
+    };
+    ($ty:ty, $kind:literal, $list:literal, $plural:literal, $scope:ty) => {
         impl k8s_openapi::Resource for $ty {
             const API_VERSION: &'static str = "gateway.networking.k8s.io/v1";
             const GROUP: &'static str = GROUP;
             const KIND: &'static str = $kind;
             const VERSION: &'static str = "v1";
             const URL_PATH_SEGMENT: &'static str = $plural;
-            type Scope = k8s_openapi::NamespaceResourceScope;
+            type Scope = $scope;
         }
 
         impl k8s_openapi::ListableResource for $ty {
@@ -221,6 +230,33 @@ macro_rules! gateway_resource {
 }
 
 gateway_resource!(Gateway, "Gateway", "GatewayList", "gateways");
+gateway_resource!(
+    GatewayClass,
+    "GatewayClass",
+    "GatewayClassList",
+    "gatewayclasses",
+    k8s_openapi::ClusterResourceScope
+);
+
+/// A `gateway.networking.k8s.io/v1` `GatewayClass` (`meshctl install --gateway-api` makes
+/// one; the ingress does not read it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GatewayClass {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    #[serde(default)]
+    pub spec: GatewayClassSpec,
+}
+
+/// A GatewayClass's spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    /// The controller that implements the class.
+    #[serde(default)]
+    pub controller_name: String,
+}
 gateway_resource!(HttpRoute, "HTTPRoute", "HTTPRouteList", "httproutes");
 
 /// The Gateway an ingress implements: `namespace/name`.

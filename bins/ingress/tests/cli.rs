@@ -121,7 +121,12 @@ fn bad_configurations_name_the_key_or_the_file() {
 /// The ingress's effective configuration with both listeners and one certificate, flattened.
 fn ingress_defaults() -> BTreeMap<String, String> {
     let (code, stdout, stderr) = run(
-        "[http]\n[https]\n[[https.certificates]]\ncert = \"c\"\nkey = \"k\"\n",
+        "[http]\n[https]\n[[https.certificates]]\ncert = \"c\"\nkey = \"k\"\n\
+         [kubernetes]\ngateway = \"edge/mesh-ingress\"\nplaintext = false\n\
+         [identity]\nname = \"spiffe://cluster.local/ns/edge/sa/mesh-ingress\"\n\
+         trust_anchors = \"ca.crt\"\ncontroller = \"127.0.0.1:8080\"\n\
+         controller_identity = \"spiffe://cluster.local/ns/mesh-system/sa/mesh-controller\"\n\
+         token_file = \"token\"\n",
         &["--check"],
     );
     assert_eq!(code, Some(0), "{stderr}");

@@ -155,6 +155,10 @@ async fn install_apply_annotate_and_pods_are_meshed() {
         .resource::<ClusterRole>()
         .resource::<ClusterRoleBinding>()
         .resource::<MutatingWebhookConfiguration>()
+        .resource::<k8s_openapi::api::rbac::v1::Role>()
+        .resource::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .resource::<mesh_stack::gateway::Gateway>()
+        .resource::<mesh_stack::gateway::GatewayClass>()
         .start()
         .await;
     let Some(kubectl) = Kubectl::find(&dir, &api) else {
@@ -164,6 +168,8 @@ async fn install_apply_annotate_and_pods_are_meshed() {
     // meshctl install | kubectl apply -f -
     let options = meshctl::install::InstallOptions {
         registry: "registry.example/mesh".to_owned(),
+        ingress: true,
+        gateway_api: true,
         ..meshctl::install::InstallOptions::default()
     };
     // What `meshctl install` prints, and the objects it holds (read back from that YAML).

@@ -38,6 +38,11 @@ use serde_json::{Value, json};
 
 /// The control plane's namespace.
 pub const NAMESPACE: &str = "mesh-system";
+/// The namespace of the Gateway mesh-ingress implements, and of its TLS Secrets (apart from
+/// `mesh-system`, so that reading them never reaches the identity issuer's key).
+pub const GATEWAY_NAMESPACE: &str = "mesh-gateway";
+/// The Gateway API's group, as `apiVersion` starts.
+const GATEWAY_API: &str = "gateway.networking.k8s.io/";
 /// How long the trust anchor lives (the issuer a year: it is rotated, the anchor rarely).
 const ANCHOR_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// How long the issuer lives.
@@ -62,6 +67,8 @@ pub struct InstallOptions {
     pub native_sidecar: bool,
     /// Also install mesh-ingress.
     pub ingress: bool,
+    /// And have it implement a Gateway of the Gateway API (whose CRDs must be installed).
+    pub gateway_api: bool,
 }
 
 impl Default for InstallOptions {
@@ -75,6 +82,7 @@ impl Default for InstallOptions {
             trust_anchors_pem: None,
             native_sidecar: true,
             ingress: false,
+            gateway_api: false,
         }
     }
 }
@@ -112,9 +120,21 @@ pub fn uninstall_yaml() -> Result<String, InstallError> {
         trust_anchors_pem: Some(String::new()),
         // Whether it was installed or not: `kubectl delete --ignore-not-found` skips it.
         ingress: true,
+        gateway_api: true,
         ..InstallOptions::default()
     };
-    let mut objects = manifests(&options)?;
+    // The Gateway API's own kinds are left out: `kubectl delete` fails on a kind whose CRD is
+    // not installed, even with --ignore-not-found. Deleting the namespace `mesh-gateway`
+    // deletes the Gateway; the GatewayClass `mesh` stays (`kubectl delete gatewayclass mesh`).
+    let mut objects: Vec<Value> = manifests(&options)?
+        .into_iter()
+        .filter(|o| {
+            !o["apiVersion"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(GATEWAY_API)
+        })
+        .collect();
     // The generated Secrets carry data an uninstall does not need; names suffice.
     objects.push(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "mesh-identity-issuer", "namespace": NAMESPACE}}));
@@ -285,6 +305,9 @@ pub fn manifests(options: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     }));
     if options.ingress {
         objects.extend(ingress(options, &inject, &image("mesh-ingress")));
+        if options.gateway_api {
+            objects.extend(gateway_api());
+        }
     }
     Ok(objects)
 }
@@ -302,9 +325,7 @@ pub fn ingress_toml(options: &InstallOptions, inject: &mesh_inject::InjectConfig
          trust_anchors = \"/var/run/mesh/anchors/ca.crt\"\ncontroller = \"{controller}\"\n\
          controller_identity = \"{controller_identity}\"\ntoken_file = \"{token}/token\"\n\n\
          [http]\nlisten = \"0.0.0.0:8080\"\n\n\
-         # [https]\n# listen = \"0.0.0.0:8443\"\n# [[https.certificates]]\n\
-         # cert = \"/etc/mesh-ingress/tls/tls.crt\"\n# key = \"/etc/mesh-ingress/tls/tls.key\"\n\
-         # default = true\n\n\
+         {https}\
          # [[routes]]\n# hostnames = [\"shop.example.com\"]\n\
          # backends = [{{ service = \"web.shop.svc.{cd}:80\" }}]\n\
          # [[services]]\n# authority = \"web.shop.svc.{cd}:80\"\n# discovery = \"destination\"\n",
@@ -313,7 +334,59 @@ pub fn ingress_toml(options: &InstallOptions, inject: &mesh_inject::InjectConfig
         controller = inject.controller,
         controller_identity = inject.controller_identity,
         token = mesh_inject::TOKEN_DIR,
+        https = if options.gateway_api {
+            format!(
+                "# The Gateway's HTTPS listener names the TLS Secret (create mesh-ingress-tls in\n\
+                 # {GATEWAY_NAMESPACE}); HTTPRoutes whose parentRefs name the Gateway are routed.\n\
+                 [https]\nlisten = \"0.0.0.0:8443\"\n\n\
+                 [kubernetes]\ngateway = \"{GATEWAY_NAMESPACE}/mesh-ingress\"\n\n"
+            )
+        } else {
+            "# [https]\n# listen = \"0.0.0.0:8443\"\n# [[https.certificates]]\n\
+             # cert = \"/etc/mesh-ingress/tls/tls.crt\"\n# key = \"/etc/mesh-ingress/tls/tls.key\"\n\
+             # default = true\n\n"
+                .to_owned()
+        },
     )
+}
+
+/// The Gateway API's objects: the GatewayClass `mesh`, the Gateway it names in its own
+/// namespace (HTTP on 80, HTTPS on 443 with the Secret `mesh-ingress-tls`, routes from every
+/// namespace), and the RBAC the ingress needs to read them: Gateways and HTTPRoutes everywhere,
+/// Secrets of the Gateway's namespace only.
+fn gateway_api() -> Vec<Value> {
+    let name = "mesh-ingress";
+    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mesh"});
+    let all_routes = json!({"namespaces": {"from": "All"}});
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": GATEWAY_NAMESPACE, "labels": {"app.kubernetes.io/part-of": "mesh"}}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels},
+            "rules": [{"apiGroups": ["gateway.networking.k8s.io"],
+                       "resources": ["gateways", "httproutes"], "verbs": ["get", "list", "watch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "mesh", "labels": labels},
+            "spec": {"controllerName": "mesh.dev/ingress"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE, "labels": labels},
+            "spec": {"gatewayClassName": "mesh", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": all_routes},
+                {"name": "https", "port": 443, "protocol": "HTTPS", "allowedRoutes": all_routes,
+                 "tls": {"mode": "Terminate",
+                         "certificateRefs": [{"kind": "Secret", "name": "mesh-ingress-tls"}]}}]}}),
+    ]
 }
 
 /// mesh-ingress's objects.

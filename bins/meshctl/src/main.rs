@@ -72,6 +72,10 @@ struct InstallArgs {
     /// Also install mesh-ingress: its Deployment, its configuration and a LoadBalancer Service.
     #[arg(long)]
     ingress: bool,
+    /// With --ingress: the GatewayClass `mesh`, the Gateway `mesh-gateway/mesh-ingress` the
+    /// ingress implements, and its RBAC (the Gateway API CRDs must be installed).
+    #[arg(long, requires = "ingress")]
+    gateway_api: bool,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +249,7 @@ fn install(args: &InstallArgs) -> anyhow::Result<String> {
         trust_anchors_pem,
         native_sidecar: !args.no_native_sidecar,
         ingress: args.ingress,
+        gateway_api: args.gateway_api,
     };
     Ok(meshctl::install::install_yaml(&options)?)
 }
