@@ -9,13 +9,14 @@ Layout:
 - stats:         percentiles, medians, ratios
 - tools:         tool checks, versions, the Envoy executable, cargo build
 - proxy_configs: mesh-proxy / Envoy / HAProxy / nginx configs of the h2c balancer role, and
-                 the parts of them that the pair configs reuse
-- pki, pair_configs, pairs: the test PKI, the mTLS pair configs, and what --mtls and
+                 the parts of them that the pair and edge configs reuse
+- pki, pair_configs, pairs: the test PKIs, the mTLS pair configs, and what --mtls and
                  --handshakes share (pair start-up, the handshake load tool)
+- ingress_configs: mesh-ingress / nginx / HAProxy configs of the TLS edge (--ingress)
 - bench:         the run skeleton (Bench: backends, proxies, the shared measurements; what
                  the results share; run_mode: output directory, build, guarded run, exit code)
 - rounds:        alternating rounds of two mesh-proxy variants, the run of --metrics-cost and --ab
 - report:        markdown cells, the failures section and the SVG chart parts shared by the modes
-- modes/:        one module per mode (full, balance, metrics_cost, ab, mtls, handshakes)
+- modes/:        one module per mode (full, balance, metrics_cost, ab, mtls, handshakes, ingress)
 - cli:           the command line and the dispatch to a mode
 """

@@ -28,7 +28,8 @@ from typing import Callable, Iterator
 
 from . import h2load
 from .common import (
-    BENCH_DIR, LOAD_CORE, MESH_PROXY_KINDS, NO_METRICS, PROXY_CORE, REPO_DIR, TOOLS, BenchError, label, log,
+    BENCH_DIR, LOAD_CORE, MESH_INGRESS, MESH_PROXY_KINDS, NO_METRICS, PROXY_CORE, REPO_DIR, TOOLS, BenchError, label,
+    log,
 )
 from .h2load import H2loadResult
 from .procfs import core_busy, core_jiffies, cpu_model, cpu_seconds
@@ -218,6 +219,7 @@ class Bench:
         self.bin_dir = target / "release"
         # --mesh-proxy-bin: another mesh-proxy build (a debug one, say) instead of the release one.
         self.mesh_exe = getattr(args, "mesh_proxy_bin", None) or self.bin_dir / "mesh-proxy"
+        self.ingress_exe = self.bin_dir / "mesh-ingress"  # --ingress
 
     def close(self) -> None:
         """Stops every process of the run and removes the generated configs."""
@@ -282,7 +284,8 @@ class Bench:
     ) -> tuple[list[str], str | None]:
         """The command line of a proxy of `kind`, pinned to the proxy core, and the URL that
         answers 200 once it is ready: /ready on the admin port of mesh-proxy (once it holds a
-        certificate, when it has an identity) and of Envoy; None for the others.
+        certificate, when it has an identity), of mesh-ingress (once it serves) and of Envoy;
+        None for the others.
 
         write_config(admin port, None for the kinds without one) writes the configuration and
         returns its path. prefix: nginx's prefix directory. mesh_exe: the mesh-proxy executable
@@ -294,6 +297,11 @@ class Bench:
                 raise BenchError(f"{exe} not found (cargo build --release -p mesh-proxy)")
             admin = free_port(self.used_ports)
             argv = [str(exe), "--config", write_config(admin)]
+        elif kind == MESH_INGRESS:
+            if not self.ingress_exe.exists():
+                raise BenchError(f"{self.ingress_exe} not found (cargo build --release -p mesh-ingress)")
+            admin = free_port(self.used_ports)
+            argv = [str(self.ingress_exe), "--config", write_config(admin)]
         elif kind == "envoy":
             exe = envoy_binary()
             if exe is None:
@@ -351,8 +359,9 @@ class Bench:
 
     # ---- measurements --------------------------------------------------------------------
 
-    def smoke(self, port: int, n: int = 30) -> None:
-        r = h2load.run(port, ["-c", "1", "-m", "1", "-n", str(n)], timeout=15)
+    def smoke(self, port: int, n: int = 30, server_name: str | None = None) -> None:
+        """n requests on one connection, all 2xx. server_name: over TLS (h2load.target)."""
+        r = h2load.run(port, ["-c", "1", "-m", "1", "-n", str(n)], timeout=15, server_name=server_name)
         if r.ok_2xx != n:
             raise BenchError(f"smoke test: {r.ok_2xx}/{n} requests answered 2xx ({r.to_dict()})")
 
@@ -360,19 +369,20 @@ class Bench:
         """Smoke, warm-up, then the max-throughput test and the proxy CPU per request."""
         return self.max_throughput_of(name, [p.pid] if p else [], port)
 
-    def max_throughput_of(self, name: str, pids: list[int], port: int) -> ThroughputRun:
+    def max_throughput_of(self, name: str, pids: list[int], port: int, server_name: str | None = None) -> ThroughputRun:
         """max_throughput with the CPU summed over the process trees of pids (none: no proxy,
-        `direct`; two: an --mtls pair). `proxy_cpu_s_by_pid` has each tree's share."""
+        `direct`; two: an --mtls pair). `proxy_cpu_s_by_pid` has each tree's share.
+        server_name: every h2load run over TLS with that SNI and :authority (--ingress)."""
         a = self.args
         load = ["-c", str(MAX_CONNS), "-m", str(MAX_STREAMS)]
-        self.smoke(port)
+        self.smoke(port, server_name=server_name)
         # Warm-up: connection pools, allocator, caches.
-        h2load.run(port, load + ["-n", str(a.warmup)], timeout=a.duration)
+        h2load.run(port, load + ["-n", str(a.warmup)], timeout=a.duration, server_name=server_name)
 
         log(f"{label(name)}: max throughput, {a.requests} requests, h2load -c {MAX_CONNS} -m {MAX_STREAMS}")
         cpu0 = [cpu_seconds(pid) for pid in pids]
         cores0 = core_jiffies()
-        mx = h2load.run(port, load + ["-n", str(a.requests)], timeout=a.duration)
+        mx = h2load.run(port, load + ["-n", str(a.requests)], timeout=a.duration, server_name=server_name)
         cores1 = core_jiffies()
         cpu1 = [cpu_seconds(pid) for pid in pids]
         used = [after - before for before, after in zip(cpu0, cpu1)]
@@ -386,9 +396,11 @@ class Bench:
             core_busy_max=core_busy(cores0, cores1),
         )
 
-    def latency_at_rate(self, name: str, port: int, pids: list[int], log_stem: str | None = None) -> RateRun:
+    def latency_at_rate(
+        self, name: str, port: int, pids: list[int], log_stem: str | None = None, server_name: str | None = None,
+    ) -> RateRun:
         """Latency at a fixed rate, and the CPU per request of the process trees of pids during
-        it (summed)."""
+        it (summed). server_name: over TLS, keep-alive (h2load.target)."""
         a = self.args
         per_conn = rate_per_connection(a)
         log(f"{label(name)}: latency at {per_conn * a.rate_conns} req/s over {a.rate_conns} connections for {a.rate_seconds}s")
@@ -402,6 +414,7 @@ class Bench:
             ["-c", str(a.rate_conns), "-m", "16", "--rps", str(per_conn), "-D", str(a.rate_seconds)],
             timeout=a.rate_seconds + 30,
             log_file=lat_log,
+            server_name=server_name,
         )
         cpu1 = sum(cpu_seconds(pid) for pid in pids)
         durs, bad = h2load.read_latencies(lat_log)

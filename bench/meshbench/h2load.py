@@ -7,7 +7,14 @@ The summary parser understands the end of h2load's report (nghttp2 1.5x):
     requests: 200000 total, 200000 started, 200000 done, 200000 succeeded, 0 failed, 0 errored, 0 timeout
     status codes: 200000 2xx, 0 3xx, 0 4xx, 0 5xx
 
-and the per-request log has one line per request: start time (µs since the epoch), HTTP status
+and, over TLS, the session its first connection negotiated, printed before the progress lines:
+
+    TLS Protocol: TLSv1.3
+    Cipher: TLS_AES_128_GCM_SHA256
+    Server Temp Key: X25519 253 bits
+    Application protocol: h2
+
+The per-request log has one line per request: start time (µs since the epoch), HTTP status
 (-1 when no response came: stream reset, connection lost) and duration (µs), tab-separated."""
 
 from __future__ import annotations
@@ -25,6 +32,13 @@ REQS_RE = re.compile(
 )
 STATUS_RE = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
 UNIT_SECONDS = {"us": 1e6, "ms": 1e3, "s": 1.0}
+TLS_PROTOCOL_RE = re.compile(r"^TLS Protocol: (\S+)", re.M)
+TLS_CIPHER_RE = re.compile(r"^Cipher: (\S+)", re.M)
+TLS_KEY_RE = re.compile(r"^Server Temp Key: (.+?)\s*$", re.M)
+ALPN_RE = re.compile(r"^Application protocol: (\S+)", re.M)
+# Over TLS (--ingress), every h2load run offers the same single TLS 1.3 suite, so that the
+# servers' own preferences (AES-128 or AES-256) do not differ in what they encrypt with.
+TLS13_SUITE = "TLS_AES_128_GCM_SHA256"
 
 
 class H2loadOutputError(ValueError):
@@ -32,9 +46,33 @@ class H2loadOutputError(ValueError):
 
 
 @dataclass
+class TlsSession:
+    """What h2load's first TLS connection negotiated (over h2c, h2load prints none of it)."""
+
+    protocol: str  # "TLSv1.3"
+    cipher: str | None
+    key_exchange: str | None  # "X25519 253 bits"
+    alpn: str | None  # "h2", "http/1.1"
+
+
+def parse_tls_session(text: str) -> TlsSession | None:
+    """The TLS lines of h2load's output, or None when it has no "TLS Protocol:" line (h2c)."""
+    m = TLS_PROTOCOL_RE.search(text)
+    if not m:
+        return None
+
+    def first(regex: re.Pattern) -> str | None:
+        found = regex.search(text)
+        return found.group(1) if found else None
+
+    return TlsSession(protocol=m.group(1), cipher=first(TLS_CIPHER_RE), key_exchange=first(TLS_KEY_RE),
+                      alpn=first(ALPN_RE))
+
+
+@dataclass
 class H2loadResult:
     """The summary of one h2load run. req_per_s counts 2xx responses only: a proxy that answers
-    fast with errors gets no credit for it."""
+    fast with errors gets no credit for it. tls: the session of a run over TLS, None over h2c."""
 
     seconds: float
     total: int
@@ -45,13 +83,18 @@ class H2loadResult:
     timeout: int
     ok_2xx: int
     req_per_s: float
+    tls: TlsSession | None = None
 
     @property
     def all_2xx(self) -> bool:
         return self.ok_2xx == self.total
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The keys results.json has always had; "tls" after them, only for a run over TLS."""
+        d = asdict(self)
+        if d["tls"] is None:
+            del d["tls"]
+        return d
 
 
 @dataclass
@@ -88,17 +131,32 @@ def parse_output(text: str) -> H2loadResult:
         timeout=timeouts,
         ok_2xx=status.ok_2xx,
         req_per_s=status.ok_2xx / secs if secs > 0 else 0.0,
+        tls=parse_tls_session(text),
     )
 
 
-def run(port: int, extra: list[str], timeout: float, log_file: Path | None = None) -> H2loadResult:
-    """h2load on the load core against http://127.0.0.1:port/ with `:authority: bench.local:80`.
-    extra: the load options (-c, -m, -n or -D, --rps). Raises BenchError when it fails, times out
-    or prints no summary."""
-    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-H", f":authority: {AUTHORITY}"] + extra
+def target(port: int, server_name: str | None = None) -> tuple[list[str], str]:
+    """h2load's options that say where its requests go, and its URI. Without server_name: h2c
+    (prior knowledge) to http://127.0.0.1:port/ with `:authority: bench.local:80`. With one:
+    TLS to https://<server_name>:port/, connected to 127.0.0.1:port (--connect-to), so that the
+    SNI and the :authority carry the name; ALPN offers h2 then http/1.1, and the one TLS 1.3
+    suite TLS13_SUITE. h2load keeps no TLS session between connections: no resumption."""
+    if server_name is None:
+        return ["-H", f":authority: {AUTHORITY}"], f"http://127.0.0.1:{port}/"
+    opts = ["--connect-to", f"127.0.0.1:{port}", "--npn-list", "h2,http/1.1", "--tls13-ciphers", TLS13_SUITE]
+    return opts, f"https://{server_name}:{port}/"
+
+
+def run(port: int, extra: list[str], timeout: float, log_file: Path | None = None,
+        server_name: str | None = None) -> H2loadResult:
+    """h2load on the load core against http://127.0.0.1:port/ with `:authority: bench.local:80`,
+    or, with server_name, over TLS (see target). extra: the load options (-c, -m, -n or -D,
+    --rps). Raises BenchError when it fails, times out or prints no summary."""
+    opts, uri = target(port, server_name)
+    argv = ["taskset", "-c", LOAD_CORE, "h2load"] + opts + extra
     if log_file is not None:
         argv += ["--log-file", str(log_file)]
-    argv.append(f"http://127.0.0.1:{port}/")
+    argv.append(uri)
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, start_new_session=True)
     except subprocess.TimeoutExpired:

@@ -16,7 +16,7 @@ from .pair_configs import (
     envoy_client_config, envoy_server_config, haproxy_client_config, haproxy_server_config, mesh_client_config,
     mesh_server_config, nginx_client_config, nginx_server_config,
 )
-from .pki import DNS_ID, SERVER_NAME, SPIFFE_ID, Certs
+from .pki import DNS_ID, SERVER_NAME, SPIFFE_ID, Certs, EdgeCerts
 from .procfs import core_busy, core_jiffies
 from .processes import free_port
 from .tools import tool_versions
@@ -71,13 +71,16 @@ def parse_handshake_report(stdout: str) -> dict:
     return report
 
 
-def handshake_tool(bench: Bench, certs: Certs, port: int, *, client_cert: bool = True, concurrency: int = 16,
-                   seconds: float = 5.0, max_handshakes: int = 1_000_000) -> dict:
-    """Runs mesh-bench-handshake on the load core against 127.0.0.1:port; its JSON report."""
+def handshake_tool(bench: Bench, certs: Certs | EdgeCerts, port: int, *, client_cert: bool = True,
+                   concurrency: int = 16, seconds: float = 5.0, max_handshakes: int = 1_000_000,
+                   server_name: str = SERVER_NAME) -> dict:
+    """Runs mesh-bench-handshake on the load core against 127.0.0.1:port; its JSON report.
+    client_cert False: server-only TLS (no client certificate; --ingress passes EdgeCerts, whose
+    root and server_name EDGE_NAME are all the tool needs then)."""
     exe = bench.bin_dir / HS_TOOL
     if not exe.exists():
         raise BenchError(f"{exe} not found: build it (cargo build --release -p mesh-bench) or drop --no-build")
-    argv = ["taskset", "-c", LOAD_CORE, str(exe), "--connect", f"127.0.0.1:{port}", "--server-name", SERVER_NAME,
+    argv = ["taskset", "-c", LOAD_CORE, str(exe), "--connect", f"127.0.0.1:{port}", "--server-name", server_name,
             "--ca", certs.root, "--concurrency", str(concurrency), "--duration", str(seconds),
             "--max-handshakes", str(max_handshakes)]
     if client_cert:

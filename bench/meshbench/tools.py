@@ -16,8 +16,11 @@ from .procfs import time_wait_sockets
 def check_tools(args: argparse.Namespace) -> list[str]:
     """Exits on a missing required tool; returns the optional proxies to skip (missing)."""
     required = ["h2load", "taskset"] + ([] if args.no_build else ["cargo"])
-    if args.mtls or args.handshakes:
+    ingress = getattr(args, "ingress", False)
+    if args.mtls or args.handshakes or ingress:
         required.append("openssl")  # the test PKI
+    if ingress:
+        required.append("curl")  # the edges' HTTPS checks
     missing = [t for t in required if shutil.which(t) is None]
     if missing:
         for t in missing:
@@ -85,15 +88,17 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(args: argparse.Namespace) -> bool:
-    """cargo build --release of mesh-proxy and mesh-bench (unless --no-build). False if even
-    mesh-bench does not build; a failing mesh-proxy only makes mesh-proxy fail later."""
+    """cargo build --release of mesh-proxy (mesh-ingress with --ingress) and mesh-bench (unless
+    --no-build). False if even mesh-bench does not build; a failing proxy crate only makes that
+    proxy fail later."""
     if args.no_build:
         return True
-    cmd = ["cargo", "build", "--release", "-p", "mesh-proxy", "-p", "mesh-bench"]
+    proxy = "mesh-ingress" if getattr(args, "ingress", False) else "mesh-proxy"
+    cmd = ["cargo", "build", "--release", "-p", proxy, "-p", "mesh-bench"]
     log("building: " + " ".join(cmd))
     r = subprocess.run(cmd, cwd=REPO_DIR)
     if r.returncode != 0:
-        log("build of both crates failed; retrying mesh-bench alone (mesh-proxy will be marked failed if absent)")
+        log(f"build of both crates failed; retrying mesh-bench alone ({proxy} will be marked failed if absent)")
         r = subprocess.run(["cargo", "build", "--release", "-p", "mesh-bench"], cwd=REPO_DIR)
         if r.returncode != 0:
             log("cargo build -p mesh-bench failed")

@@ -3,6 +3,9 @@
 from meshbench.bench import RateLatency, RateRun, ThroughputRun
 from meshbench.h2load import H2loadResult, LoggedRequest
 from meshbench.modes.full import OneConnSpread, ProxyRun
+from meshbench.modes.handshakes import HandshakeFigures, HandshakeStage
+from meshbench.modes.ingress import IngressRun
+from meshbench.modes.mtls import CheckResult, TlsVersionProbe
 
 
 def h2(ok_2xx: int = 200000, seconds: float = 2.5, total: int | None = None) -> H2loadResult:
@@ -35,3 +38,22 @@ def full_run(proxy: str = "mesh-proxy") -> ProxyRun:
 def log_rows(statuses: list[int], start_step: int = 10, duration: int = 100) -> list[LoggedRequest]:
     """An h2load request log: one request per status, started start_step µs apart."""
     return [LoggedRequest(1_000_000 + i * start_step, st, duration) for i, st in enumerate(statuses)]
+
+
+def ingress_run(proxy: str = "mesh-ingress", rps_scale: float = 1.0, cpu_us_per_hs: float = 200.0,
+                client_bound: bool = False, rss: float = 20.0) -> IngressRun:
+    """A complete --ingress run of one edge, every check passed."""
+    per_second = 4000.0 if client_bound else 1e6 / cpu_us_per_hs
+    figures = HandshakeFigures(per_second=per_second, failures=0, server_cpu_s=per_second * 5 * cpu_us_per_hs / 1e6,
+                               server_cpu_util=0.8 if client_bound else 0.99, server_cpu_us_per_hs=cpu_us_per_hs,
+                               client_cpu_util=0.95 if client_bound else 0.7,
+                               limited_by="CLIENT (saturated first)" if client_bound else "server",
+                               core_busy={"0": 0.99, "1": 0.95}, other_on_proxy_core=0.0, other_on_load_core=0.0,
+                               peak_rss_mib=rss)
+    checks = {k: CheckResult(True, "fine") for k in ("https_h2", "https_http1", "spread", "h2load_tls")}
+    return IngressRun(proxy=proxy, ok=True, port=8443, checks=checks,
+                      tls12=TlsVersionProbe(negotiated=None, refused=True, out="alert protocol version"),
+                      one_conn=OneConnSpread(3000, 3000, [1000, 1000, 1000]), throughput=throughput(rps_scale),
+                      other_on_proxy_core=0.01, latency=rate_run(),
+                      handshakes=HandshakeStage(probe={"handshakes": 10}, run={"handshakes": 20000}, figures=figures),
+                      peak_rss_mib=rss)

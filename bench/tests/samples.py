@@ -168,3 +168,32 @@ Verification: OK
 New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-GCM-SHA256
 Server public key is 256 bit
 """
+
+# h2load over TLS (--ingress): the session lines come before the progress lines.
+H2LOAD_TLS_OK = H2LOAD_OK.replace(
+    "Application protocol: h2c\n",
+    "TLS Protocol: TLSv1.3\nCipher: TLS_AES_128_GCM_SHA256\nServer Temp Key: X25519 253 bits\nApplication protocol: h2\n",
+)
+
+# curl -sS --http2 -D - -w '\n%{http_code} %{http_version}' through an edge: the headers (CRLF),
+# the backend's body, then the -w line.
+CURL_H2_OK = (
+    "HTTP/2 200 \r\n"
+    "content-type: text/plain\r\n"
+    "x-backend: b2\r\n"
+    "content-length: 3\r\n"
+    "\r\n"
+    "ok\n"
+    "\n200 2"
+)
+
+# curl --http1.1 when the edge answered 502 without reaching a backend.
+CURL_HTTP1_502 = (
+    "HTTP/1.1 502 Bad Gateway\r\n"
+    "content-length: 0\r\n"
+    "\r\n"
+    "\n502 1.1"
+)
+
+# No response at all (the certificate did not verify, or nothing listened): curl still prints -w.
+CURL_NO_RESPONSE = "\n000 0"

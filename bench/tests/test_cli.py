@@ -98,6 +98,20 @@ class OtherModesArgsTest(CliTestCase):
         self.assertEqual(a.hs_seconds, 2.0)
         self.assertEqual(parse_args(["--handshakes"]).hs_seconds, 5.0)
 
+    def test_ingress(self):
+        a = parse_args(["--ingress", "--quick"])
+        self.assertEqual(a.proxies, ["mesh-ingress", "nginx", "haproxy"])  # `direct` runs anyway, as the baseline
+        self.assertEqual((a.hs_seconds, a.hs_concurrency, a.l4, a.requests), (2.0, 16, False, 20000))
+        self.assertEqual(parse_args(["--ingress", "--proxies", "direct,haproxy,mesh-ingress"]).proxies,
+                         ["haproxy", "mesh-ingress"])
+
+    def test_ingress_rejections(self):
+        self.assertIn("separate modes", self.rejects(["--ingress", "--mtls"]))
+        self.assertIn("at least one of mesh-ingress,nginx,haproxy", self.rejects(["--ingress", "--proxies", "envoy"]))
+        self.assertIn("mesh-ingress runs only in --ingress", self.rejects(["--proxies", "mesh-ingress"]))
+        self.assertIn("--mesh-proxy-bin does not apply to --ingress",
+                      self.rejects(["--ingress", "--mesh-proxy-bin", self.old]))
+
     def test_unknown_proxy(self):
         self.assertIn("unknown proxies", self.rejects(["--proxies", "traefik"]))
 

@@ -4,7 +4,9 @@ marks of each balancing policy in the others."""
 import tempfile
 import unittest
 from pathlib import Path
+from types import SimpleNamespace
 
+from meshbench.ingress_configs import haproxy_edge_config, mesh_ingress_config, nginx_edge_config
 from meshbench.proxy_configs import envoy_config, haproxy_config, mesh_proxy_config, nginx_config
 
 try:
@@ -41,6 +43,51 @@ class ConfigTest(unittest.TestCase):
         self.assertIn("observe layer7", least)
         self.assertIn("max_fails=0", Path(nginx_config(self.d, 1, [3])).read_text())
         self.assertIn("least_conn", Path(nginx_config(self.d, 1, [3], policy="least")).read_text())
+
+
+class EdgeConfigTest(unittest.TestCase):
+    """--ingress: the three edges' configs, with stand-in certificate paths (no openssl)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.d = Path(self.tmp.name)
+        self.certs = SimpleNamespace(root="/pki/root.pem", chain="/pki/edge-chain.pem", key="/pki/edge.key",
+                                     bundle="/pki/edge.pem")
+
+    @unittest.skipIf(tomllib is None, "tomllib needs Python 3.11")
+    def test_mesh_ingress_toml(self):
+        conf = tomllib.loads(Path(mesh_ingress_config(self.d, self.certs, 8443, 9990, [5001, 5002, 5003])).read_text())
+        self.assertEqual(conf["log"], "warn")
+        self.assertEqual(conf["admin"]["listen"], "127.0.0.1:9990")
+        self.assertEqual(conf["runtime"]["threads"], 1)
+        self.assertEqual(conf["metrics"], {"requests": True})
+        self.assertEqual(conf["https"]["listen"], "127.0.0.1:8443")
+        self.assertEqual(conf["https"]["certificates"],
+                         [{"cert": "/pki/edge-chain.pem", "key": "/pki/edge.key", "default": True}])
+        self.assertEqual(conf["edge"], {"access_log": False})
+        self.assertEqual(conf["routes"], [{"backends": [{"service": "backends:80"}]}])
+        self.assertEqual(conf["services"], [{"authority": "backends:80", "plaintext": True,
+                                             "endpoints": ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]}])
+        self.assertNotIn("http", conf)  # TLS only
+
+    def test_nginx_edge(self):
+        text = Path(nginx_edge_config(self.d, self.certs, 8443, [5001, 5002, 5003])).read_text()
+        self.assertIn("listen 127.0.0.1:8443 ssl http2;", text)
+        self.assertIn("ssl_protocols TLSv1.3;", text)
+        self.assertIn("ssl_certificate /pki/edge-chain.pem;", text)
+        self.assertIn("ssl_certificate_key /pki/edge.key;", text)
+        self.assertIn("grpc_pass grpc://backends;", text)
+        self.assertEqual(text.count("max_fails=0;"), 3)
+        self.assertIn("worker_processes 1;", text)
+        self.assertIn("access_log off;", text)
+
+    def test_haproxy_edge(self):
+        text = Path(haproxy_edge_config(self.d, self.certs, 8443, [5001, 5002, 5003])).read_text()
+        self.assertIn("bind 127.0.0.1:8443 ssl crt /pki/edge.pem alpn h2,http/1.1 ssl-min-ver TLSv1.3", text)
+        self.assertIn("balance roundrobin", text)
+        self.assertEqual(text.count(" proto h2"), 3)  # h2c to each backend; the bind is TLS
+        self.assertIn("nbthread 1", text)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,30 @@ class ParseOutputTest(unittest.TestCase):
         self.assertEqual(list(d), ["seconds", "total", "done", "succeeded", "failed", "errored", "timeout", "ok_2xx", "req_per_s"])
 
 
+class TlsSessionTest(unittest.TestCase):
+    def test_tls_lines(self):
+        s = h2load.parse_tls_session(samples.H2LOAD_PROBE_4XX)
+        self.assertEqual((s.protocol, s.cipher, s.key_exchange, s.alpn),
+                         ("TLSv1.3", "TLS_AES_256_GCM_SHA384", "X25519 253 bits", "h2"))
+
+    def test_none_over_h2c(self):
+        self.assertIsNone(h2load.parse_tls_session(samples.H2LOAD_OK))  # "Application protocol: h2c" only
+        self.assertIsNone(h2load.parse_output(samples.H2LOAD_OK).tls)
+
+    def test_tls_run_keeps_the_keys_and_adds_tls_last(self):
+        r = h2load.parse_output(samples.H2LOAD_TLS_OK)
+        self.assertEqual((r.ok_2xx, r.tls.protocol, r.tls.alpn), (200000, "TLSv1.3", "h2"))
+        d = r.to_dict()
+        self.assertEqual(list(d), ["seconds", "total", "done", "succeeded", "failed", "errored", "timeout", "ok_2xx",
+                                   "req_per_s", "tls"])
+        self.assertEqual(d["tls"], {"protocol": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256",
+                                    "key_exchange": "X25519 253 bits", "alpn": "h2"})
+
+    def test_alpn_fallback_is_visible(self):
+        s = h2load.parse_tls_session(samples.H2LOAD_TLS_OK.replace("Application protocol: h2", "Application protocol: http/1.1"))
+        self.assertEqual(s.alpn, "http/1.1")
+
+
 class StatusCountsTest(unittest.TestCase):
     def test_probe_output(self):
         c = h2load.parse_status_counts(samples.H2LOAD_PROBE_4XX)
@@ -92,6 +116,19 @@ class RunTest(unittest.TestCase):
         self.assertEqual(argv[:4], ["taskset", "-c", "1", "h2load"])
         self.assertIn(":authority: bench.local:80", argv)
         self.assertEqual(argv[-3:], ["--log-file", "/tmp/x.tsv", "http://127.0.0.1:8080/"])
+
+    def test_over_tls_names_the_server_and_connects_to_loopback(self):
+        with self.fake(samples.H2LOAD_TLS_OK) as run:
+            r = h2load.run(8443, ["-c", "1", "-n", "30"], timeout=15, server_name="edge.bench.test")
+        self.assertEqual(r.tls.alpn, "h2")
+        argv = run.call_args.args[0]
+        self.assertEqual(argv[:4], ["taskset", "-c", "1", "h2load"])
+        self.assertEqual(argv[-1], "https://edge.bench.test:8443/")  # SNI and :authority carry the name
+        self.assertIn("--connect-to", argv)
+        self.assertEqual(argv[argv.index("--connect-to") + 1], "127.0.0.1:8443")
+        self.assertEqual(argv[argv.index("--npn-list") + 1], "h2,http/1.1")
+        self.assertEqual(argv[argv.index("--tls13-ciphers") + 1], h2load.TLS13_SUITE)
+        self.assertNotIn(":authority: bench.local:80", argv)
 
     def test_garbage_output_is_a_bench_error(self):
         with self.fake(samples.H2LOAD_GARBAGE):

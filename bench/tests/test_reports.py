@@ -3,11 +3,11 @@ cell formatting functions."""
 
 import unittest
 
-from meshbench.modes import ab, balance, full, handshakes, metrics_cost, mtls
+from meshbench.modes import ab, balance, full, handshakes, ingress, metrics_cost, mtls
 from meshbench.modes.balance import BASELINE, BalanceResults, OneConnRun, failing_backend_stats, slow_backend_stats
 from meshbench.report import error_cell, fmt, us
 from meshbench.rounds import Round, RoundRun
-from tests.builders import full_run, h2, rate_run, throughput
+from tests.builders import full_run, h2, ingress_run, rate_run, throughput
 from tests.builders import log_rows as rows
 
 META = {"timestamp": "20250101-000000", "mode": "quick", "cpu": "Test CPU", "cores": 2, "requests": 20000,
@@ -97,6 +97,47 @@ class RenderTest(unittest.TestCase):
         md = handshakes.handshakes_markdown(hs, META | {"concurrency": 16, "seconds": 5.0})
         self.assertIn("| mesh-proxy | 2,000 | 0 | 200 | 40% | 97% | CLIENT (saturated first) | 9.0 |", md)
         self.assertIn("**The client saturated its core before the server did** for: mesh-proxy", md)
+
+    def test_ingress(self):
+        mesh = ingress_run("mesh-ingress", rps_scale=0.5, cpu_us_per_hs=200.0, client_bound=True, rss=15.0)
+        nginx = ingress_run("nginx", cpu_us_per_hs=400.0, rss=30.0)
+        nginx.checks["https_http1"] = mtls.CheckResult(False, "HTTP/1.1 502, body '', x-backend missing")
+        haproxy = ingress.IngressRun(proxy="haproxy", error="haproxy not installed")
+        direct = mtls.BaselineRun(ok=True, throughput=throughput(pids=0), latency=rate_run(300, with_cpu=False))
+        results = [mesh, nginx, haproxy]
+        ratios = ingress.ingress_derive(results, direct)
+        self.assertEqual(list(ratios), ["nginx"])  # haproxy did not run
+        q = ratios["nginx"]
+        self.assertAlmostEqual(q["req_per_s"], 0.5)
+        self.assertAlmostEqual(q["cpu_us_per_req"], 1.0)
+        self.assertAlmostEqual(q["cpu_us_per_handshake"], 0.5)
+        self.assertAlmostEqual(q["handshakes_per_s"], 4000.0 / 2500.0)
+        self.assertAlmostEqual(q["peak_rss_mib"], 0.5)
+        self.assertAlmostEqual(q["added_p99_us"], 1.0)  # 498 - 398 µs both
+        md = ingress.ingress_markdown(results, direct, ratios, META | {
+            "mode": "ingress (quick)", "tls13_suite": "TLS_AES_128_GCM_SHA256", "concurrency": 16, "seconds": 2.0})
+        self.assertIn("| direct (h2c to b1, no TLS) | 80,000 | n/a | n/a | 300 µs |", md)
+        self.assertIn("| mesh-ingress | 40,000 | 12.0 | 35.0 | 400 µs | 498 µs | +100 µs | 4,000 | 200 | "
+                      "CLIENT (saturated first) | 15.0 | 4/4 |", md)
+        self.assertIn("| nginx | 80,000 | 12.0 | 35.0 | 400 µs | 498 µs | +100 µs | 2,500 | 400 | server | 30.0 | "
+                      "3/4 (failed: https_http1) |", md)
+        self.assertIn("| haproxy | FAILED: haproxy not installed |", md)
+        self.assertIn("| nginx | 0.50× | 1.00× | 1.00× | 1.60× | 0.50× | 1.00× | 0.50× |", md)
+        self.assertIn("**The handshake client saturated its core before the edge did** for: mesh-ingress", md)
+        self.assertIn("**FAIL**: HTTP/1.1 502", md)
+        self.assertIn("| refused |", md)
+        self.assertIn("No HTTP request is sent", md)
+        self.assertIn("- **haproxy**:", md)
+
+    def test_ingress_without_mesh_ingress(self):
+        results = [ingress.IngressRun(proxy="mesh-ingress", error="not found"), ingress_run("nginx")]
+        ratios = ingress.ingress_derive(results, None)
+        self.assertEqual(ratios, {})
+        md = ingress.ingress_markdown(results, None, ratios, META | {
+            "mode": "ingress", "tls13_suite": "TLS_AES_128_GCM_SHA256", "concurrency": 16, "seconds": 5.0})
+        self.assertIn("n/a: mesh-ingress did not run (see Failures).", md)
+        self.assertIn("| nginx | 80,000 |", md)
+        self.assertIn("| nginx | 80,000 | 12.0 | 35.0 | 400 µs | 498 µs | n/a |", md)  # no direct: no added p99
 
 
 if __name__ == "__main__":

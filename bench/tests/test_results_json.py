@@ -7,10 +7,11 @@ import unittest
 
 from meshbench.bench import to_jsonable
 from meshbench.modes.full import L4Run, OneConnSpread, ProxyRun, add_derived
-from meshbench.modes.handshakes import HandshakeFigures, HandshakeRun
+from meshbench.modes.handshakes import HandshakeFigures, HandshakeRun, HandshakeStage
+from meshbench.modes.ingress import IngressRun, ingress_derive
 from meshbench.modes.mtls import BaselineRun, CheckResult, PairRun, mtls_derive
 from meshbench.rounds import Round, RoundRun
-from tests.builders import full_run, h2, rate_run, throughput
+from tests.builders import full_run, h2, ingress_run, rate_run, throughput
 
 H2LOAD_KEYS = ["seconds", "total", "done", "succeeded", "failed", "errored", "timeout", "ok_2xx", "req_per_s"]
 THROUGHPUT_KEYS = ["max", "req_per_s", "cpu_us_per_req", "proxy_cpu_s_max", "proxy_cpu_util_max", "proxy_cpu_s_by_pid",
@@ -115,6 +116,31 @@ class HandshakeKeysTest(unittest.TestCase):
                           "peak_rss_mib"])
         probe_failed = HandshakeRun(proxy="nginx", port=5, probe={"handshakes": 3}, error="probe: 3/10")
         self.assertEqual(list(probe_failed.to_dict()), ["proxy", "ok", "port", "probe", "error"])
+
+
+class IngressKeysTest(unittest.TestCase):
+    def test_complete_run(self):
+        r = ingress_run()
+        ingress_derive([r], BaselineRun(ok=True, throughput=throughput(pids=0), latency=rate_run(with_cpu=False)))
+        d = r.to_dict()
+        self.assertEqual(list(d), ["proxy", "ok", "port", "checks", "tls12", "one_conn"] + THROUGHPUT_KEYS
+                         + ["other_on_proxy_core"] + LATENCY_KEYS + ["handshakes", "peak_rss_mib"] + ADDED)
+        self.assertEqual(list(d["handshakes"]), ["probe", "run", "per_second", "failures", "server_cpu_s",
+                                                 "server_cpu_util", "server_cpu_us_per_hs", "client_cpu_util",
+                                                 "limited_by", "core_busy", "other_on_proxy_core",
+                                                 "other_on_load_core", "peak_rss_mib"])
+        self.assertEqual(list(d["checks"]), ["https_h2", "https_http1", "spread", "h2load_tls"])
+        self.assertEqual(d["tls12"]["refused"], True)
+        json.dumps(d, default=to_jsonable)
+
+    def test_failed_in_the_checks(self):
+        r = IngressRun(proxy="nginx", port=8443, checks={"https_h2": CheckResult(False, "curl rc 60")},
+                       error="HTTPS with h2 through the edge: curl rc 60")
+        ingress_derive([r], None)
+        self.assertEqual(list(r.to_dict()), ["proxy", "ok", "port", "checks", "error"] + ADDED)
+
+    def test_handshake_stage_probe_only(self):
+        self.assertEqual(HandshakeStage(probe={"handshakes": 3}).to_dict(), {"probe": {"handshakes": 3}})
 
 
 class H2loadInsideResultsTest(unittest.TestCase):

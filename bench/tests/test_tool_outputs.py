@@ -1,5 +1,5 @@
 """Parsers of the other tools' output: mesh-bench-handshake's JSON report, openssl s_client,
-and the version lines of `<tool> --version`."""
+curl through an edge (--ingress), and the version lines of `<tool> --version`."""
 
 import subprocess
 import tempfile
@@ -10,6 +10,7 @@ from unittest import mock
 
 from meshbench import pairs
 from meshbench.common import BenchError
+from meshbench.modes import ingress
 from meshbench.modes.mtls import parse_s_client
 from meshbench.tools import first_version_line
 from tests import samples
@@ -47,6 +48,19 @@ class HandshakeReportTest(unittest.TestCase):
             with mock.patch.object(subprocess, "run", return_value=done):
                 with self.assertRaisesRegex(BenchError, "mesh-bench-handshake printed no JSON"):
                     pairs.handshake_tool(bench, certs, 8443)
+
+    def test_server_only_against_the_edge_name(self):
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / pairs.HS_TOOL).touch()
+            bench = SimpleNamespace(bin_dir=Path(d))
+            certs = SimpleNamespace(root="root.pem")  # EdgeCerts: no client chain needed
+            done = subprocess.CompletedProcess(args=[], returncode=0, stdout=samples.HANDSHAKE_REPORT, stderr="")
+            with mock.patch.object(subprocess, "run", return_value=done) as run:
+                pairs.handshake_tool(bench, certs, 8443, client_cert=False, server_name="edge.bench.test")
+        argv = run.call_args.args[0]
+        self.assertEqual(argv[argv.index("--server-name") + 1], "edge.bench.test")
+        self.assertNotIn("--cert", argv)
+        self.assertNotIn("--key", argv)
 
     def test_top_errors(self):
         r = pairs.parse_handshake_report(samples.HANDSHAKE_REPORT)
@@ -87,6 +101,67 @@ class SClientTest(unittest.TestCase):
         self.assertEqual(list(p.to_dict()), ["negotiated", "refused", "out"])
         p.rc = 1
         self.assertEqual(list(p.to_dict()), ["negotiated", "refused", "rc", "out"])
+
+
+class CurlTest(unittest.TestCase):
+    def test_h2_response(self):
+        r = ingress.parse_curl_output(samples.CURL_H2_OK)
+        self.assertEqual((r.status, r.http_version, r.body, r.backend), (200, "2", "ok\n", "b2"))
+
+    def test_text_mode_newlines(self):
+        # subprocess.run(text=True) turns CRLF into LF: the same response.
+        r = ingress.parse_curl_output(samples.CURL_H2_OK.replace("\r\n", "\n"))
+        self.assertEqual((r.status, r.body, r.backend), (200, "ok\n", "b2"))
+
+    def test_error_status_without_body(self):
+        r = ingress.parse_curl_output(samples.CURL_HTTP1_502)
+        self.assertEqual((r.status, r.http_version, r.body.strip(), r.backend), (502, "1.1", "", None))
+
+    def test_no_response(self):
+        r = ingress.parse_curl_output(samples.CURL_NO_RESPONSE)
+        self.assertEqual((r.status, r.http_version, r.backend), (0, "0", None))
+
+    def test_no_status_line(self):
+        with self.assertRaisesRegex(ValueError, "no status line"):
+            ingress.parse_curl_output("curl: (6) Could not resolve host\n")
+
+    def fake_curl(self, stdout: str, rc: int = 0, stderr: str = ""):
+        done = subprocess.CompletedProcess(args=[], returncode=rc, stdout=stdout, stderr=stderr)
+        return mock.patch.object(subprocess, "run", return_value=done)
+
+    def test_check_passes_and_builds_the_command(self):
+        certs = SimpleNamespace(root="/pki/root.pem")
+        with self.fake_curl(samples.CURL_H2_OK) as run:
+            c = ingress.curl_check(8443, certs, "h2")
+        self.assertTrue(c.passed, c.detail)
+        self.assertEqual(c.detail, "HTTP/2 200, body 'ok', x-backend b2")
+        argv = run.call_args.args[0]
+        self.assertIn("--http2", argv)
+        self.assertEqual(argv[argv.index("--cacert") + 1], "/pki/root.pem")  # verified, not -k
+        self.assertEqual(argv[argv.index("--resolve") + 1], "edge.bench.test:8443:127.0.0.1")
+        self.assertEqual(argv[-1], "https://edge.bench.test:8443/")
+
+    def test_check_fails_on_the_wrong_version_or_status(self):
+        certs = SimpleNamespace(root="/pki/root.pem")
+        with self.fake_curl(samples.CURL_H2_OK):
+            c = ingress.curl_check(8443, certs, "http/1.1")  # asked for HTTP/1.1, got HTTP/2
+        self.assertFalse(c.passed)
+        self.assertIn("expected HTTP/1.1", c.detail)
+        with self.fake_curl(samples.CURL_HTTP1_502):
+            self.assertFalse(ingress.curl_check(8443, certs, "http/1.1").passed)
+
+    def test_check_fails_when_the_certificate_does_not_verify(self):
+        certs = SimpleNamespace(root="/pki/root.pem")
+        with self.fake_curl(samples.CURL_NO_RESPONSE, rc=60, stderr="curl: (60) SSL certificate problem"):
+            c = ingress.curl_check(8443, certs, "h2")
+        self.assertFalse(c.passed)
+        self.assertEqual(c.detail, "curl rc 60: curl: (60) SSL certificate problem")
+        self.assertEqual(c.evidence["rc"], 60)
+
+    def test_tls12_cell(self):
+        self.assertEqual(ingress.tls12_cell(parse_s_client(samples.S_CLIENT_REFUSED)), "refused")
+        self.assertEqual(ingress.tls12_cell(parse_s_client(samples.S_CLIENT_TLS12)), "accepted (TLSv1.2)")
+        self.assertEqual(ingress.tls12_cell(None), "not run")
 
 
 class VersionLineTest(unittest.TestCase):

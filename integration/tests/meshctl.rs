@@ -429,3 +429,40 @@ async fn errors_and_usage() {
         assert_eq!(out.status.code(), Some(2), "{usage:?}: {out:?}");
     }
 }
+
+/// The ingress is a source like any workload: `meshctl edges` on its admin port shows
+/// edge/mesh-ingress -> demo/api, and `stat` shows demo/api as it calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_is_a_source_in_edges() {
+    tokio::task::spawn_blocking(meshctl).await.unwrap();
+    let (backend, served) = one_in_ten_fails().await;
+    let toml = format!(
+        "[workload]\nname = \"mesh-ingress\"\nnamespace = \"edge\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[runtime]\nshutdown_grace = \"1s\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[edge]\naccess_log = false\n\
+         [[routes]]\nbackends = [{{ service = \"{API}\" }}]\n\
+         [[services]]\nauthority = \"{API}\"\nendpoints = [\"{backend}\"]\n\
+         workload = \"api\"\nnamespace = \"demo\"\nplaintext = true\n"
+    );
+    let ingress = mesh_integration::edge::start_ingress(&toml, None)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = send_traffic(ingress.http.unwrap(), stop.clone());
+    wait_served(&served, 50).await;
+    let admin = ingress.admin.to_string();
+    let edges = run_meshctl(&["edges", "--proxy", &admin, "--window", "1"]).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    let stdout = text(&edges.stdout);
+    println!("meshctl edges:\n{stdout}");
+    assert!(edges.status.success(), "{edges:?}");
+    let table = rows(&stdout);
+    let edge = table
+        .iter()
+        .find(|r| r[..2] == ["edge/mesh-ingress", "demo/api"])
+        .unwrap_or_else(|| panic!("no edge/mesh-ingress -> demo/api row:\n{stdout}"));
+    assert!(edge[2].parse::<f64>().unwrap() > 0.0, "{stdout}");
+    let success = percent(edge[3]);
+    assert!((85.0..=95.0).contains(&success), "success {success}%");
+}

@@ -111,6 +111,23 @@ impl HostRoutes {
         })
     }
 
+    /// The retry counters of the routes that retry, by route name (each route once, however
+    /// many hosts it serves).
+    pub fn retry_stats(&self) -> Vec<(String, Arc<mesh_core::retry::RetryStats>)> {
+        let mut stats: Vec<(String, Arc<mesh_core::retry::RetryStats>)> = Vec::new();
+        let tables = self
+            .exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(&self.any);
+        for (name, s) in tables.flat_map(RouteTable::retry_stats) {
+            if !stats.iter().any(|(n, _)| *n == name) {
+                stats.push((name, s));
+            }
+        }
+        stats
+    }
+
     /// The host patterns that have routes of their own.
     pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
         let wildcards = self.wildcard.keys().map(|d| format!("*.{d}"));

@@ -243,6 +243,8 @@ struct Compile {
     workload: WorkloadConfig,
     file_routes: Mutex<Vec<RouteConfig>>,
     kubernetes_routes: Mutex<Vec<RouteConfig>>,
+    /// Where the routes' retries are counted (service `ingress`).
+    retries: RetryMetrics,
     /// How a service that only a Gateway API route names is built, when routes may come from
     /// there.
     on_demand: Option<OnDemand>,
@@ -322,6 +324,7 @@ impl Ingress {
             workload: shared.workload.clone(),
             file_routes: Mutex::new(routes.to_vec()),
             kubernetes_routes: Mutex::new(Vec::new()),
+            retries,
             on_demand: None,
         });
         let table = compile.routes().map_err(|source| StackError::Routes {
@@ -646,7 +649,9 @@ impl Compile {
             };
             mesh_core::erase(metrics.layer(labels).layer(tagged))
         };
-        HostRoutes::compile(routes, &backends, &wrap)
+        let table = HostRoutes::compile(routes, &backends, &wrap)?;
+        self.retries.set("ingress", table.retry_stats(), false);
+        Ok(table)
     }
 }
 

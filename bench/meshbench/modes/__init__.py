@@ -7,4 +7,5 @@ then writes results.md and results.json (and, for some, chart.svg) into its outp
 - ab:           --ab, two mesh-proxy builds measured alternately (a regression check)
 - mtls:         --mtls, each proxy kind as a client/server pair over mutual TLS
 - handshakes:   --handshakes, new mTLS handshakes per second of each TLS-terminating side
+- ingress:      --ingress, TLS termination at the edge: mesh-ingress against nginx and HAProxy
 """

@@ -1,7 +1,8 @@
 """--handshakes: how many new mutual-TLS handshakes per second the TLS-terminating side (B) of
 each proxy kind completes alone on the proxy core, driven by mesh-bench-handshake on the load
 core (TLS 1.3, client certificate, no session resumption). Reports B's CPU per handshake and
-which core was the limit. Writes results.md and results.json."""
+which core was the limit. Writes results.md and results.json. `measure_rate`, the measurement
+itself, also gives --ingress its server-only handshake rate."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..pairs import (
     HS_TOOL, PROBE_HANDSHAKES, SATURATED, PairStarter, contention_notes, handshake_tool, limit_verdict, pair_meta,
     prepare, top_errors,
 )
+from ..pki import SERVER_NAME, Certs, EdgeCerts
 from ..procfs import core_busy, core_jiffies, cpu_seconds, peak_rss_kib
 from ..report import error_cell, fmt, run_failures
 from ..stats import ratio
@@ -76,9 +78,78 @@ class HandshakeRun(Outcome):
         return self.outcome_dict(d)
 
 
+@dataclass
+class HandshakeStage:
+    """The handshake rate measured on a server that another mode runs (--ingress): the tool's
+    reports and the figures, as a stage of that mode's result."""
+
+    probe: dict | None = None
+    run: dict | None = None
+    figures: HandshakeFigures | None = None
+
+    def to_dict(self) -> dict:
+        d: dict = {}
+        if self.probe is not None:
+            d["probe"] = self.probe
+        if self.run is not None:
+            d["run"] = self.run
+        if self.figures is not None:
+            d |= self.figures.to_dict()
+        return d
+
+
+def measure_rate(into: HandshakeRun | HandshakeStage, bench: Bench, certs: Certs | EdgeCerts, port: int, pid: int, kind: str,
+                 *, client_cert: bool = True, server_name: str = SERVER_NAME, what: str = "new mTLS handshakes") -> None:
+    """The handshake rate of the server at 127.0.0.1:port (process tree pid): a 10-handshake
+    probe (all must succeed), a 1 s warm-up, then the measured run, with the server's CPU time
+    and the per-core busy shares around it. Fills into.probe, into.run and into.figures as it
+    goes (so a failed probe is still in results.json); BenchError when the probe fails or no
+    handshake completed. client_cert False: server-only TLS (--ingress)."""
+    a = bench.args
+
+    def tool(concurrency: int, seconds: float, max_handshakes: int) -> dict:
+        return handshake_tool(bench, certs, port, client_cert=client_cert, concurrency=concurrency, seconds=seconds,
+                              max_handshakes=max_handshakes, server_name=server_name)
+
+    probe = tool(1, 10, PROBE_HANDSHAKES)
+    into.probe = probe
+    if probe["handshakes"] != PROBE_HANDSHAKES or probe["failures"]:
+        raise BenchError(f"probe: {probe['handshakes']}/{PROBE_HANDSHAKES} handshakes, "
+                         f"{probe['failures']} failures: {top_errors(probe)}")
+    # Warm-up: 1 s of the same load.
+    tool(a.hs_concurrency, 1.0, a.hs_max)
+    log(f"{kind}: {what} for {a.hs_seconds:g}s, {a.hs_concurrency} concurrent connections")
+    cpu0 = cpu_seconds(pid)
+    cores0 = core_jiffies()
+    run = tool(a.hs_concurrency, a.hs_seconds, a.hs_max)
+    cores1 = core_jiffies()
+    cpu1 = cpu_seconds(pid)
+    into.run = run
+    if not run["handshakes"]:
+        raise BenchError(f"no handshake completed ({run['failures']} failures: {top_errors(run)})")
+    secs = run["seconds"]
+    server_util = (cpu1 - cpu0) / secs if secs else None
+    client_util = run.get("cpu_util")
+    busy = core_busy(cores0, cores1)
+    into.figures = HandshakeFigures(
+        per_second=run["per_second"],
+        failures=run["failures"],
+        server_cpu_s=cpu1 - cpu0,
+        server_cpu_util=server_util,
+        server_cpu_us_per_hs=(cpu1 - cpu0) * 1e6 / run["handshakes"],
+        client_cpu_util=client_util,
+        limited_by=limit_verdict(server_util, client_util),
+        core_busy=busy,
+        other_on_proxy_core=(max(0.0, busy[PROXY_CORE] - server_util)
+                             if PROXY_CORE in busy and server_util is not None else None),
+        other_on_load_core=(max(0.0, busy[LOAD_CORE] - client_util)
+                            if LOAD_CORE in busy and client_util is not None else None),
+        peak_rss_mib=peak_rss_kib(pid) / 1024.0,
+    )
+
+
 def measure_handshakes(starter: PairStarter, kind: str) -> HandshakeRun:
     bench = starter.bench
-    a = bench.args
     res = HandshakeRun(proxy=kind)
     try:
         pb, b_port = starter.start(kind, "server", "-hs")
@@ -87,42 +158,7 @@ def measure_handshakes(starter: PairStarter, kind: str) -> HandshakeRun:
         return res
     try:
         res.port = b_port
-        probe = handshake_tool(bench, starter.certs, b_port, concurrency=1, seconds=10, max_handshakes=PROBE_HANDSHAKES)
-        res.probe = probe
-        if probe["handshakes"] != PROBE_HANDSHAKES or probe["failures"]:
-            raise BenchError(f"probe: {probe['handshakes']}/{PROBE_HANDSHAKES} handshakes, "
-                             f"{probe['failures']} failures: {top_errors(probe)}")
-        # Warm-up: 1 s of the same load.
-        handshake_tool(bench, starter.certs, b_port, concurrency=a.hs_concurrency, seconds=1.0, max_handshakes=a.hs_max)
-        log(f"{kind}: new mTLS handshakes for {a.hs_seconds:g}s, {a.hs_concurrency} concurrent connections")
-        cpu0 = cpu_seconds(pb.pid)
-        cores0 = core_jiffies()
-        run = handshake_tool(bench, starter.certs, b_port, concurrency=a.hs_concurrency, seconds=a.hs_seconds,
-                             max_handshakes=a.hs_max)
-        cores1 = core_jiffies()
-        cpu1 = cpu_seconds(pb.pid)
-        res.run = run
-        if not run["handshakes"]:
-            raise BenchError(f"no handshake completed ({run['failures']} failures: {top_errors(run)})")
-        secs = run["seconds"]
-        server_util = (cpu1 - cpu0) / secs if secs else None
-        client_util = run.get("cpu_util")
-        busy = core_busy(cores0, cores1)
-        res.figures = HandshakeFigures(
-            per_second=run["per_second"],
-            failures=run["failures"],
-            server_cpu_s=cpu1 - cpu0,
-            server_cpu_util=server_util,
-            server_cpu_us_per_hs=(cpu1 - cpu0) * 1e6 / run["handshakes"],
-            client_cpu_util=client_util,
-            limited_by=limit_verdict(server_util, client_util),
-            core_busy=busy,
-            other_on_proxy_core=(max(0.0, busy[PROXY_CORE] - server_util)
-                                 if PROXY_CORE in busy and server_util is not None else None),
-            other_on_load_core=(max(0.0, busy[LOAD_CORE] - client_util)
-                                if LOAD_CORE in busy and client_util is not None else None),
-            peak_rss_mib=peak_rss_kib(pb.pid) / 1024.0,
-        )
+        measure_rate(res, bench, starter.certs, b_port, pb.pid, kind)
         bench.check_running(pb, kind, f"{kind}-server-hs")
         res.ok = True
     except BenchError as e:
