@@ -559,6 +559,9 @@ mod tests {
                 true,
             ),
             (Cause::Unauthorized, "unauthorized", Forbidden, true),
+            (Cause::NoRoute, "no-route", NotFound, true),
+            (Cause::RateLimited, "rate-limited", TooManyRequests, true),
+            (Cause::BodyTooLarge, "body-too-large", PayloadTooLarge, true),
         ];
         assert_eq!(table.len(), Cause::ALL.len());
         for ((cause, reason, kind, never_reached), listed) in table.into_iter().zip(Cause::ALL) {

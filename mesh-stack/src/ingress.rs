@@ -476,7 +476,12 @@ impl Ingress {
         let handshake = async {
             let acceptor =
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-            let start = acceptor.await.map_err(|_| "not-tls")?;
+            // A peer that closes before a byte (a load balancer's TCP health check) is not
+            // refused anything: it is not counted.
+            let start = acceptor.await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "closed",
+                _ => "not-tls",
+            })?;
             let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
             if !certs.serves(sni.as_deref()) {
                 return Err("unknown-sni");
@@ -486,6 +491,7 @@ impl Ingress {
         };
         let (tls, sni) = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(done)) => done,
+            Ok(Err("closed")) => return,
             Ok(Err(reason)) => return self.refuse(peer, reason),
             Err(_) => return self.refuse(peer, "handshake-timeout"),
         };
