@@ -123,12 +123,45 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 #[derive(Clone, Debug)]
 pub struct ForwardedLayer {
     trusted: Arc<TrustedProxies>,
+    direct: Option<Arc<Direct>>,
+}
+
+/// What a connection from a client that is not a trusted proxy sets on every request, made
+/// once per connection.
+#[derive(Debug)]
+struct Direct {
+    xff: HeaderValue,
+    proto: HeaderValue,
+    /// `for=<ip>;proto=<scheme>`, to which the host is added.
+    forwarded: String,
 }
 
 impl ForwardedLayer {
     /// Believes the headers of `trusted` proxies only.
     pub fn new(trusted: Arc<TrustedProxies>) -> Self {
-        Self { trusted }
+        Self {
+            trusted,
+            direct: None,
+        }
+    }
+
+    /// For one connection from `peer`: when it is not a trusted proxy, the values that do not
+    /// change from request to request are made here, once, and each request only clones them.
+    pub fn for_peer(mut self, peer: std::net::SocketAddr, https: bool) -> Self {
+        let ip = canonical(peer.ip());
+        if self.trusted.contains(ip) {
+            return self;
+        }
+        let proto = if https { "https" } else { "http" };
+        let Ok(xff) = HeaderValue::from_str(&ip.to_string()) else {
+            return self;
+        };
+        self.direct = Some(Arc::new(Direct {
+            xff,
+            proto: HeaderValue::from_static(proto),
+            forwarded: format!("for={};proto={proto}", forwarded_node(ip)),
+        }));
+        self
     }
 }
 
@@ -138,6 +171,7 @@ impl<S> tower::Layer<S> for ForwardedLayer {
     fn layer(&self, inner: S) -> Forwarded<S> {
         Forwarded {
             trusted: self.trusted.clone(),
+            direct: self.direct.clone(),
             inner,
         }
     }
@@ -147,6 +181,7 @@ impl<S> tower::Layer<S> for ForwardedLayer {
 #[derive(Clone, Debug)]
 pub struct Forwarded<S> {
     trusted: Arc<TrustedProxies>,
+    direct: Option<Arc<Direct>>,
     inner: S,
 }
 
@@ -163,9 +198,47 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if let Some(direct) = &self.direct {
+            // The client's own connection: what it wrote is dropped, what was seen is set.
+            let host = host_value(&req);
+            let headers = req.headers_mut();
+            // `insert` replaces every value the client wrote.
+            headers.insert(X_FORWARDED_FOR, direct.xff.clone());
+            headers.insert(X_FORWARDED_PROTO, direct.proto.clone());
+            let forwarded = match &host {
+                Some(host)
+                    if host
+                        .as_bytes()
+                        .iter()
+                        .all(|b| b.is_ascii_graphic() && *b != b'"') =>
+                {
+                    let mut value =
+                        bytes::BytesMut::with_capacity(direct.forwarded.len() + 6 + host.len());
+                    value.extend_from_slice(direct.forwarded.as_bytes());
+                    value.extend_from_slice(b";host=");
+                    value.extend_from_slice(host.as_bytes());
+                    HeaderValue::from_maybe_shared(value.freeze()).ok()
+                }
+                _ => HeaderValue::from_str(&direct.forwarded).ok(),
+            };
+            match forwarded {
+                Some(value) => {
+                    headers.insert(http::header::FORWARDED, value);
+                }
+                None => {
+                    headers.remove(http::header::FORWARDED);
+                }
+            }
+            match host {
+                Some(host) => headers.insert(X_FORWARDED_HOST, host),
+                None => headers.remove(&X_FORWARDED_HOST),
+            };
+            return self.inner.call(req);
+        }
         if let Some(client) = Client::of(&req).cloned() {
-            let host = request_authority(&req);
-            let ip = rewrite(req.headers_mut(), &client, host.as_deref(), &self.trusted);
+            let host = host_value(&req);
+            let host = host.as_ref().and_then(|h| h.to_str().ok());
+            let ip = rewrite(req.headers_mut(), &client, host, &self.trusted);
             if let Some(stamped) = req.extensions_mut().get_mut::<Client>() {
                 stamped.ip = ip;
             }
@@ -174,15 +247,22 @@ where
     }
 }
 
-/// The host the client asked for, as it wrote it (port included).
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    match req.uri().authority() {
-        Some(authority) => Some(authority.as_str().to_owned()),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned),
+/// The host the client asked for, as it wrote it (port included): the `Host` header's value
+/// (a cheap clone), or the URI's authority (HTTP/2's `:authority`).
+fn host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(host) = req.headers().get(http::header::HOST) {
+        return Some(host.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// An address as `Forwarded` writes it (RFC 7239: IPv6 quoted in brackets).
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
     }
 }
 
@@ -242,11 +322,7 @@ pub fn rewrite(
     {
         headers.insert(X_FORWARDED_HOST, value);
     }
-    let node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
+    let mut element = format!("for={};proto={proto}", forwarded_node(peer));
     if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
         element.push_str(";host=");
         element.push_str(host);
@@ -308,6 +384,56 @@ mod tests {
             h["forwarded"],
             "for=198.51.100.7;proto=https;host=web.example.com"
         );
+    }
+
+    #[tokio::test]
+    async fn a_direct_connection_gets_the_same_headers_made_once() {
+        use tower::{Layer, ServiceExt};
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        let peer: std::net::SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let echo = tower::service_fn(|req: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(req.headers().clone())
+        });
+        let svc = ForwardedLayer::new(Arc::new(trusted.clone()))
+            .for_peer(peer, true)
+            .layer(echo);
+        let req = Request::builder()
+            .header("host", "web.example.com")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "http")
+            .header("forwarded", "for=1.2.3.4")
+            .body(())
+            .unwrap();
+        let h = svc.oneshot(req).await.unwrap();
+        // What the slow path makes of the same request.
+        let mut expected = headers(&[
+            ("host", "web.example.com"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        rewrite(
+            &mut expected,
+            &client("198.51.100.7:4000", true),
+            Some("web.example.com"),
+            &trusted,
+        );
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert_eq!(
+                h.get_all(name).iter().collect::<Vec<_>>(),
+                expected.get_all(name).iter().collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
+        // A trusted proxy's connection is not a direct one.
+        let layer =
+            ForwardedLayer::new(Arc::new(trusted)).for_peer("10.0.0.5:1".parse().unwrap(), false);
+        assert!(layer.direct.is_none());
     }
 
     #[test]

@@ -321,8 +321,11 @@ where
                 error: Some(error.into()),
             };
         }
-        // A body whose length is known and within the limit needs no watching.
-        let req = if hint.upper().is_some_and(|upper| upper <= max) {
+        // A body whose length is known and within the limit (no body at all, as a GET's)
+        // needs no watching.
+        let req = if hint.upper().is_some_and(|upper| upper <= max)
+            || http_body::Body::is_end_stream(req.body())
+        {
             req
         } else {
             req.map(|body| {

@@ -54,8 +54,15 @@ pub struct RequestId<S> {
 
 /// A fresh id: 128 random bits in hex.
 pub fn make_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = bytes::BytesMut::with_capacity(32);
+    for word in [fastrand::u64(..), fastrand::u64(..)] {
+        for shift in (0..16).rev() {
+            id.extend_from_slice(&[HEX[((word >> (shift * 4)) & 0xf) as usize]]);
+        }
+    }
+    // One allocation: the buffer becomes the header's bytes.
+    HeaderValue::from_maybe_shared(id.freeze()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn is_sane(value: &HeaderValue) -> bool {

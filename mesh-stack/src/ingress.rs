@@ -245,6 +245,9 @@ struct Compile {
     kubernetes_routes: Mutex<Vec<RouteConfig>>,
     /// Where the routes' retries are counted (service `ingress`).
     retries: RetryMetrics,
+    /// Tag responses with their route for the access log (only when it is written: an
+    /// extension insert per response).
+    tag_routes: bool,
     /// How a service that only a Gateway API route names is built, when routes may come from
     /// there.
     on_demand: Option<OnDemand>,
@@ -304,7 +307,7 @@ impl Ingress {
             IngressCounters,
         ),
     ) -> Result<Self, StackError> {
-        let tagging = tagging(shared);
+        let tagging = tagging(shared, edge.access_log);
         let mut backends = HashMap::new();
         for svc in services {
             let authority = svc.validate().map_err(StackError::Config)?;
@@ -325,6 +328,7 @@ impl Ingress {
             file_routes: Mutex::new(routes.to_vec()),
             kubernetes_routes: Mutex::new(Vec::new()),
             retries,
+            tag_routes: edge.access_log,
             on_demand: None,
         });
         let table = compile.routes().map_err(|source| StackError::Routes {
@@ -401,7 +405,7 @@ impl Ingress {
             compile.on_demand = Some(OnDemand {
                 template,
                 sources,
-                shared: tagging(shared),
+                shared: tagging(shared, self.edge.access_log.is_some()),
                 balancer_metrics: balancer_metrics.clone(),
             });
         }
@@ -551,7 +555,7 @@ impl Ingress {
         let max_body = (edge.max_body > 0).then(|| BodyLimitLayer::new(edge.max_body));
         let stack = ServiceBuilder::new()
             .layer(ClientLayer::new(peer, https, sni))
-            .layer(ForwardedLayer::new(edge.trusted.clone()))
+            .layer(ForwardedLayer::new(edge.trusted.clone()).for_peer(peer, https))
             .layer(RequestIdLayer::new(edge.request_id.clone()))
             .option_layer(edge.grpc_web.then_some(GrpcWebLayer))
             .option_layer(edge.access_log.clone().map(AccessLogLayer::new))
@@ -584,10 +588,13 @@ impl Ingress {
     }
 }
 
-/// The client of the ingress's endpoints: it tags each response with its endpoint.
-fn tagging(shared: &Shared) -> Shared {
+/// The client of the ingress's endpoints: with an access log, it tags each response with its
+/// endpoint (an extension insert per response, not paid without one).
+fn tagging(shared: &Shared, access_log: bool) -> Shared {
     let mut tagging = shared.clone();
-    tagging.client = tagging.client.tagging_upstream();
+    if access_log {
+        tagging.client = tagging.client.tagging_upstream();
+    }
     tagging
 }
 
@@ -633,16 +640,21 @@ impl Compile {
         let backends = lock(&self.backends).clone();
         let routes = &routes;
         let wrap = |host: &str, route: &str, service: HttpService| -> HttpService {
-            let tag = RouteTag {
-                host: host.into(),
-                route: route.into(),
+            let service = match self.tag_routes {
+                true => {
+                    let tag = RouteTag {
+                        host: host.into(),
+                        route: route.into(),
+                    };
+                    mesh_core::erase(service.map_response(move |mut rsp: Response<Body>| {
+                        rsp.extensions_mut().insert(tag.clone());
+                        rsp
+                    }))
+                }
+                false => service,
             };
-            let tagged = service.map_response(move |mut rsp: Response<Body>| {
-                rsp.extensions_mut().insert(tag.clone());
-                rsp
-            });
             let Some(metrics) = &self.metrics else {
-                return mesh_core::erase(tagged);
+                return service;
             };
             let labels = RequestLabels {
                 direction: Direction::Inbound.as_str().to_owned(),
@@ -653,7 +665,7 @@ impl Compile {
                 tls: "false".to_owned(),
                 ..RequestLabels::default()
             };
-            mesh_core::erase(metrics.layer(labels).layer(tagged))
+            mesh_core::erase(metrics.layer(labels).layer(service))
         };
         let table = HostRoutes::compile(routes, &backends, &wrap)?;
         self.retries.set("ingress", table.retry_stats(), false);
