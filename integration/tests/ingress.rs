@@ -316,6 +316,7 @@ backends = [{{ service = "stable:80", weight = {stable_weight} }}, {{ service = 
         split.get("stable").copied().unwrap_or(0),
         split.get("canary").copied().unwrap_or(0),
     );
+    eprintln!("1000 requests to shop.example.test/: {s} stable, {c} canary (weights 90/10)");
     assert_eq!(s + c, 1000, "{split:?}");
     // 100 canary calls expected of 1000; the standard deviation is 9.5: 5 of them either way.
     assert!((52..=148).contains(&c), "90/10 split: {split:?}");
@@ -732,6 +733,7 @@ async fn grpc_and_grpc_web_through_the_ingress_into_the_mesh() {
     .unwrap();
     let per_replica: serde_json::Value =
         serde_json::from_str::<serde_json::Value>(&report).unwrap()["per_replica"].clone();
+    eprintln!("3000 grpcio calls on one TLS connection through the ingress: {per_replica}");
     for i in 0..3 {
         let n = per_replica[format!("greeter-{i}")].as_u64().unwrap_or(0);
         assert!(
