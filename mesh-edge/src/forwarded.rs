@@ -134,6 +134,50 @@ struct Direct {
     proto: HeaderValue,
     /// `for=<ip>;proto=<scheme>`, to which the host is added.
     forwarded: String,
+    /// The last host asked for on this connection, with its `Forwarded` value: a client names
+    /// the same host on each request of a connection, so a request clones these (a reference
+    /// count each) instead of copying the host and building `Forwarded` (two allocations).
+    last_host: std::sync::Mutex<Option<HostValues>>,
+}
+
+/// The `X-Forwarded-Host` and `Forwarded` values of one host.
+#[derive(Clone, Debug)]
+struct HostValues {
+    host: HeaderValue,
+    forwarded: Option<HeaderValue>,
+}
+
+impl Direct {
+    /// The values for the host the client wrote, `None` when it wrote none.
+    fn host_values(&self, host: Option<&[u8]>) -> Option<HostValues> {
+        let host = host?;
+        // `try_lock`: streams of one connection may race here; the loser builds its own.
+        let mut last = self.last_host.try_lock().ok();
+        if let Some(Some(values)) = last.as_deref()
+            && values.host.as_bytes() == host
+        {
+            return Some(values.clone());
+        }
+        let host = HeaderValue::from_bytes(host).ok()?;
+        let forwarded = if host
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"')
+        {
+            let mut value = bytes::BytesMut::with_capacity(self.forwarded.len() + 6 + host.len());
+            value.extend_from_slice(self.forwarded.as_bytes());
+            value.extend_from_slice(b";host=");
+            value.extend_from_slice(host.as_bytes());
+            HeaderValue::from_maybe_shared(value.freeze()).ok()
+        } else {
+            HeaderValue::from_str(&self.forwarded).ok()
+        };
+        let values = HostValues { host, forwarded };
+        if let Some(last) = last.as_deref_mut() {
+            *last = Some(values.clone());
+        }
+        Some(values)
+    }
 }
 
 impl ForwardedLayer {
@@ -160,6 +204,7 @@ impl ForwardedLayer {
             xff,
             proto: HeaderValue::from_static(proto),
             forwarded: format!("for={};proto={proto}", forwarded_node(ip)),
+            last_host: std::sync::Mutex::new(None),
         }));
         self
     }
@@ -200,26 +245,18 @@ where
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         if let Some(direct) = &self.direct {
             // The client's own connection: what it wrote is dropped, what was seen is set.
-            let host = host_value(&req);
+            let host = match req.headers().get(http::header::HOST) {
+                Some(host) => Some(host.as_bytes()),
+                None => req.uri().authority().map(|a| a.as_str().as_bytes()),
+            };
+            let values = direct.host_values(host);
             let headers = req.headers_mut();
             // `insert` replaces every value the client wrote.
             headers.insert(X_FORWARDED_FOR, direct.xff.clone());
             headers.insert(X_FORWARDED_PROTO, direct.proto.clone());
-            let forwarded = match &host {
-                Some(host)
-                    if host
-                        .as_bytes()
-                        .iter()
-                        .all(|b| b.is_ascii_graphic() && *b != b'"') =>
-                {
-                    let mut value =
-                        bytes::BytesMut::with_capacity(direct.forwarded.len() + 6 + host.len());
-                    value.extend_from_slice(direct.forwarded.as_bytes());
-                    value.extend_from_slice(b";host=");
-                    value.extend_from_slice(host.as_bytes());
-                    HeaderValue::from_maybe_shared(value.freeze()).ok()
-                }
-                _ => HeaderValue::from_str(&direct.forwarded).ok(),
+            let (host, forwarded) = match values {
+                Some(HostValues { host, forwarded }) => (Some(host), forwarded),
+                None => (None, HeaderValue::from_str(&direct.forwarded).ok()),
             };
             match forwarded {
                 Some(value) => {
@@ -404,31 +441,48 @@ mod tests {
             .header("forwarded", "for=1.2.3.4")
             .body(())
             .unwrap();
-        let h = svc.oneshot(req).await.unwrap();
-        // What the slow path makes of the same request.
-        let mut expected = headers(&[
-            ("host", "web.example.com"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-proto", "http"),
-            ("forwarded", "for=1.2.3.4"),
-        ]);
-        rewrite(
-            &mut expected,
-            &client("198.51.100.7:4000", true),
-            Some("web.example.com"),
-            &trusted,
-        );
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
-        ] {
-            assert_eq!(
-                h.get_all(name).iter().collect::<Vec<_>>(),
-                expected.get_all(name).iter().collect::<Vec<_>>(),
-                "{name}"
+        // The same host twice (the second from the cache), another host by the Host header,
+        // then by HTTP/2's :authority: each as the slow path makes it.
+        let hosts = [
+            (Some("web.example.com"), "/"),
+            (Some("web.example.com"), "/"),
+            (Some("api.example.com"), "/"),
+            (None, "https://grpc.example.com:8443/"),
+        ];
+        for (host, uri) in hosts {
+            let mut req = Request::builder()
+                .uri(uri)
+                .header("x-forwarded-for", "1.2.3.4")
+                .header("x-forwarded-proto", "http")
+                .header("forwarded", "for=1.2.3.4");
+            if let Some(host) = host {
+                req = req.header("host", host);
+            }
+            let h = svc.clone().oneshot(req.body(()).unwrap()).await.unwrap();
+            let mut expected = headers(&[
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=1.2.3.4"),
+            ]);
+            let host = host.unwrap_or("grpc.example.com:8443");
+            rewrite(
+                &mut expected,
+                &client("198.51.100.7:4000", true),
+                Some(host),
+                &trusted,
             );
+            for name in [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "forwarded",
+            ] {
+                assert_eq!(
+                    h.get_all(name).iter().collect::<Vec<_>>(),
+                    expected.get_all(name).iter().collect::<Vec<_>>(),
+                    "{name} for {host}"
+                );
+            }
         }
         // A trusted proxy's connection is not a direct one.
         let layer =

@@ -26,6 +26,9 @@ const STREAMS: usize = 100;
 const BODY: usize = 64 * 1024;
 const LIMIT: usize = 16 * 1024 * 1024;
 
+/// The last error a backend connection ended with: a 502 in the burst says what the backend saw.
+static BACKEND_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// An h2c backend that reads each request's body, then answers after two seconds.
 async fn slow_backend() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -43,10 +46,17 @@ async fn slow_backend() -> SocketAddr {
                     },
                 );
                 // Every request of the burst at once: none waits for a stream slot.
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(10_000)
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
+                if let Err(e) = served {
+                    let why = format!("{e:?}");
+                    eprintln!("backend connection ended with an error: {why}");
+                    if let Ok(mut last) = BACKEND_ERROR.lock() {
+                        *last = Some(why);
+                    }
+                }
             });
         }
     });
@@ -160,7 +170,13 @@ async fn burst(backend: SocketAddr, retry: &str, limit: usize) -> u64 {
             .expect("a request hung")
             .unwrap()
             .unwrap();
-        assert_eq!(status, 200, "{why:?} after {:?}", started.elapsed());
+        assert_eq!(
+            status,
+            200,
+            "{why:?} after {:?}; the backend's last connection error: {:?}",
+            started.elapsed(),
+            BACKEND_ERROR.lock().map(|e| e.clone()).unwrap_or_default()
+        );
     }
     eprintln!("burst served in {:?}", started.elapsed());
     let (peak, _) = memory_kib(proxy.0.id());
