@@ -127,9 +127,9 @@ def envoy_config(d: Path, port: int, admin: int, backends: list[int], policy: st
     return write_config(d / "envoy.yaml", text)
 
 
-def haproxy_text(mode: str, bind: str, backend: str) -> str:
-    """A one-thread HAProxy config: frontend `fe` on bind (address and options) and the lines
-    of backend `be`."""
+def haproxy_text(mode: str, bind: str, backend: str, frontend: str = "") -> str:
+    """A one-thread HAProxy config: frontend `fe` on bind (address and options) with the lines
+    `frontend` (each indented, newline-terminated), and the lines of backend `be`."""
     return f"""global
     nbthread 1
     maxconn 4096
@@ -142,7 +142,7 @@ defaults
 
 frontend fe
     bind {bind}
-    default_backend be
+{frontend}    default_backend be
 
 backend be
 {backend}

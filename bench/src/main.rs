@@ -7,8 +7,9 @@
 //! endpoint in the balancing benchmarks; those requests are counted too.
 //!
 //! It counts the requests it served so the harness can see how a proxy spread the load:
-//! `GET /__count` returns the count as text and `POST /__reset` zeroes it; those two control
-//! paths are not counted themselves.
+//! `GET /__count` returns the count as text and `POST /__reset` zeroes it; `GET /__headers`
+//! returns the request's headers, one `name: value` line each, so the harness can see what an
+//! edge set; those control paths are not counted themselves.
 //!
 //! Decisions:
 //! * It must never be the bottleneck of a proxy benchmark, so by default it runs on a
@@ -158,6 +159,17 @@ async fn handle(
         (&Method::GET, "/__count") => {
             let n = state.count.load(Ordering::Relaxed);
             Ok(text(StatusCode::OK, Bytes::from(format!("{n}\n"))))
+        }
+        (&Method::GET, "/__headers") => {
+            // What an edge in front set: one `name: value` line per header, as received.
+            let mut lines = String::new();
+            for (name, value) in req.headers() {
+                lines.push_str(name.as_str());
+                lines.push_str(": ");
+                lines.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                lines.push('\n');
+            }
+            Ok(text(StatusCode::OK, Bytes::from(lines)))
         }
         (&Method::POST, "/__reset") => {
             state.count.store(0, Ordering::Relaxed);

@@ -50,7 +50,7 @@ def ingress_run(proxy: str = "mesh-ingress", rps_scale: float = 1.0, cpu_us_per_
                                limited_by="CLIENT (saturated first)" if client_bound else "server",
                                core_busy={"0": 0.99, "1": 0.95}, other_on_proxy_core=0.0, other_on_load_core=0.0,
                                peak_rss_mib=rss)
-    checks = {k: CheckResult(True, "fine") for k in ("https_h2", "https_http1", "spread", "h2load_tls")}
+    checks = {k: CheckResult(True, "fine") for k in ("https_h2", "https_http1", "edge_headers", "spread", "h2load_tls")}
     return IngressRun(proxy=proxy, ok=True, port=8443, checks=checks,
                       tls12=TlsVersionProbe(negotiated=None, refused=True, out="alert protocol version"),
                       one_conn=OneConnSpread(3000, 3000, [1000, 1000, 1000]), throughput=throughput(rps_scale),

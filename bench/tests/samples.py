@@ -187,6 +187,22 @@ CURL_H2_OK = (
     "\n200 2"
 )
 
+# curl --http2 of the backend's /__headers through an edge that did its work.
+CURL_EDGE_HEADERS = (
+    "HTTP/2 200 \r\n"
+    "content-type: text/plain\r\n"
+    "x-request-id: 4f1c\r\n"
+    "\r\n"
+    "user-agent: curl/7.88.1\n"
+    "accept: */*\n"
+    "x-forwarded-for: 127.0.0.1\n"
+    "x-forwarded-proto: https\n"
+    "x-forwarded-host: edge.bench.test:8443\n"
+    "forwarded: for=127.0.0.1;proto=https;host=edge.bench.test\n"
+    "x-request-id: 4f1c\n"
+    "\n200 2"
+)
+
 # curl --http1.1 when the edge answered 502 without reaching a backend.
 CURL_HTTP1_502 = (
     "HTTP/1.1 502 Bad Gateway\r\n"

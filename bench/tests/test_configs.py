@@ -81,6 +81,9 @@ class EdgeConfigTest(unittest.TestCase):
         self.assertEqual(text.count("max_fails=0;"), 3)
         self.assertIn("worker_processes 1;", text)
         self.assertIn("access_log off;", text)
+        for line in ("grpc_set_header X-Forwarded-For $remote_addr;", "grpc_set_header X-Request-ID $request_id;",
+                     "add_header X-Request-ID $request_id always;"):
+            self.assertIn(line, text)
 
     def test_haproxy_edge(self):
         text = Path(haproxy_edge_config(self.d, self.certs, 8443, [5001, 5002, 5003])).read_text()
@@ -88,6 +91,9 @@ class EdgeConfigTest(unittest.TestCase):
         self.assertIn("balance roundrobin", text)
         self.assertEqual(text.count(" proto h2"), 3)  # h2c to each backend; the bind is TLS
         self.assertIn("nbthread 1", text)
+        fe = text[text.index("frontend fe"):text.index("backend be")]
+        for line in ("option forwardfor", "unique-id-header X-Request-ID", "http-after-response set-header X-Request-ID"):
+            self.assertIn(line, fe)
 
 
 if __name__ == "__main__":

@@ -118,9 +118,9 @@ class RenderTest(unittest.TestCase):
             "mode": "ingress (quick)", "tls13_suite": "TLS_AES_128_GCM_SHA256", "concurrency": 16, "seconds": 2.0})
         self.assertIn("| direct (h2c to b1, no TLS) | 80,000 | n/a | n/a | 300 µs |", md)
         self.assertIn("| mesh-ingress | 40,000 | 12.0 | 35.0 | 400 µs | 498 µs | +100 µs | 4,000 | 200 | "
-                      "CLIENT (saturated first) | 15.0 | 4/4 |", md)
+                      "CLIENT (saturated first) | 15.0 | 5/5 |", md)
         self.assertIn("| nginx | 80,000 | 12.0 | 35.0 | 400 µs | 498 µs | +100 µs | 2,500 | 400 | server | 30.0 | "
-                      "3/4 (failed: https_http1) |", md)
+                      "4/5 (failed: https_http1) |", md)
         self.assertIn("| haproxy | FAILED: haproxy not installed |", md)
         self.assertIn("| nginx | 0.50× | 1.00× | 1.00× | 1.60× | 0.50× | 1.00× | 0.50× |", md)
         self.assertIn("**The handshake client saturated its core before the edge did** for: mesh-ingress", md)

@@ -129,7 +129,7 @@ class IngressKeysTest(unittest.TestCase):
                                                  "server_cpu_util", "server_cpu_us_per_hs", "client_cpu_util",
                                                  "limited_by", "core_busy", "other_on_proxy_core",
                                                  "other_on_load_core", "peak_rss_mib"])
-        self.assertEqual(list(d["checks"]), ["https_h2", "https_http1", "spread", "h2load_tls"])
+        self.assertEqual(list(d["checks"]), ["https_h2", "https_http1", "edge_headers", "spread", "h2load_tls"])
         self.assertEqual(d["tls12"]["refused"], True)
         json.dumps(d, default=to_jsonable)
 

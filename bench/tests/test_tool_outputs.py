@@ -158,6 +158,26 @@ class CurlTest(unittest.TestCase):
         self.assertEqual(c.detail, "curl rc 60: curl: (60) SSL certificate problem")
         self.assertEqual(c.evidence["rc"], 60)
 
+    def test_edge_headers_check(self):
+        certs = SimpleNamespace(root="/pki/root.pem")
+        with self.fake_curl(samples.CURL_EDGE_HEADERS) as run:
+            c = ingress.edge_headers_check(8443, certs)
+        self.assertTrue(c.passed, c.detail)
+        self.assertEqual(run.call_args.args[0][-1], "https://edge.bench.test:8443/__headers")
+        # An edge that set no Forwarded, or sent back another id, fails and says which.
+        with self.fake_curl(samples.CURL_EDGE_HEADERS.replace("forwarded: for=127.0.0.1;proto=https;host=edge.bench.test\n", "")):
+            c = ingress.edge_headers_check(8443, certs)
+        self.assertFalse(c.passed)
+        self.assertIn("forwarded x0", c.detail)
+        with self.fake_curl(samples.CURL_EDGE_HEADERS.replace("x-request-id: 4f1c\r\n", "x-request-id: 9999\r\n")):
+            c = ingress.edge_headers_check(8443, certs)
+        self.assertFalse(c.passed)
+        self.assertIn("x-request-id sent back '9999', backend got '4f1c'", c.detail)
+
+    def test_header_lines(self):
+        self.assertEqual(ingress.parse_header_lines("a: 1\nb: x: y\na: 2\nnot a header\n"),
+                         {"a": ["1", "2"], "b": ["x: y"]})
+
     def test_tls12_cell(self):
         self.assertEqual(ingress.tls12_cell(parse_s_client(samples.S_CLIENT_REFUSED)), "refused")
         self.assertEqual(ingress.tls12_cell(parse_s_client(samples.S_CLIENT_TLS12)), "accepted (TLSv1.2)")

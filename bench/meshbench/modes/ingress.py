@@ -21,7 +21,7 @@ from ..bench import (
 )
 from ..common import LOAD_CORE, MESH_INGRESS, PROXY_CORE, BenchError, log
 from ..h2load import TLS13_SUITE
-from ..ingress_configs import EDGE_CONFIG, haproxy_edge_config, mesh_ingress_config, nginx_edge_config
+from ..ingress_configs import EDGE_CONFIG, EDGE_HEADERS, haproxy_edge_config, mesh_ingress_config, nginx_edge_config
 from ..pairs import HS_TOOL, PROBE_HANDSHAKES, SATURATED, contention_notes, quiet_check
 from ..pki import EDGE_NAME, EdgeCerts
 from ..processes import free_port
@@ -37,6 +37,7 @@ INGRESS_KINDS = [MESH_INGRESS, "nginx", "haproxy"]
 CHECKS = [
     ("https_h2", "HTTPS, ALPN h2 (curl --http2)"),
     ("https_http1", "HTTPS, ALPN http/1.1 (curl --http1.1)"),
+    ("edge_headers", "forwarding headers and request id reach the backend"),
     ("spread", "one TLS connection's requests reach all 3 backends"),
     ("h2load_tls", "h2load's session: TLS 1.3 + h2"),
 ]
@@ -108,10 +109,11 @@ class CurlResponse:
     http_version: str  # "2", "1.1"; "0" without a response
     body: str
     backend: str | None  # the backend's x-backend header
+    request_id: str | None = None  # the x-request-id header the edge sent back
 
     def to_dict(self) -> dict:
         return {"status": self.status, "http_version": self.http_version, "body": self.body[:200],
-                "backend": self.backend}
+                "backend": self.backend, "request_id": self.request_id}
 
 
 def parse_curl_output(text: str) -> CurlResponse:
@@ -129,7 +131,64 @@ def parse_curl_output(text: str) -> CurlResponse:
         name, colon, value = line.partition(":")
         if colon:
             headers[name.strip().lower()] = value.strip()
-    return CurlResponse(status=int(m.group(1)), http_version=m.group(2), body=body, backend=headers.get("x-backend"))
+    return CurlResponse(status=int(m.group(1)), http_version=m.group(2), body=body, backend=headers.get("x-backend"),
+                        request_id=headers.get("x-request-id"))
+
+
+def run_curl(port: int, certs: EdgeCerts, flag: str, path: str) -> tuple[CurlResponse | None, CheckResult | None]:
+    """One HTTPS GET of `path` through the edge with curl (see curl_check): the response, or the
+    failed check that says why there is none."""
+    argv = ["taskset", "-c", LOAD_CORE, "curl", "-sS", flag, "--cacert", certs.root,
+            "--resolve", f"{EDGE_NAME}:{port}:127.0.0.1", "--max-time", "10", "-D", "-",
+            "-w", "\\n%{http_code} %{http_version}", f"https://{EDGE_NAME}:{port}{path}"]
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+                           start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return None, CheckResult(False, "curl did not finish within 20 s")
+    evidence: dict = {"rc": r.returncode}
+    try:
+        resp = parse_curl_output(r.stdout)
+    except ValueError as e:
+        return None, CheckResult(False, f"curl rc {r.returncode}: {(r.stderr.strip() or str(e))[:200]}", evidence)
+    if r.returncode != 0 or resp.status == 0:
+        evidence["response"] = resp.to_dict()
+        return None, CheckResult(False, f"curl rc {r.returncode}: {r.stderr.strip()[:200]}", evidence)
+    return resp, None
+
+
+def parse_header_lines(body: str) -> dict[str, list[str]]:
+    """The backend's `/__headers` answer: `name: value` lines -> name -> values, in order."""
+    headers: dict[str, list[str]] = {}
+    for line in body.splitlines():
+        name, colon, value = line.partition(": ")
+        if colon:
+            headers.setdefault(name.strip().lower(), []).append(value)
+    return headers
+
+
+def edge_headers_check(port: int, certs: EdgeCerts) -> CheckResult:
+    """The work of an edge, seen from the backend: each of EDGE_HEADERS arrived once, the
+    forwarded client is 127.0.0.1 over https, and the request id the edge sent back is the one
+    the backend got."""
+    resp, failed = run_curl(port, certs, "--http2", "/__headers")
+    if failed is not None:
+        return failed
+    assert resp is not None
+    seen = parse_header_lines(resp.body)
+    evidence = {"response": resp.to_dict(), "backend_saw": seen}
+    problems = [f"{name} x{len(seen.get(name, []))}" for name in EDGE_HEADERS if len(seen.get(name, [])) != 1]
+    if not problems:
+        if seen["x-forwarded-for"] != ["127.0.0.1"]:
+            problems.append(f"x-forwarded-for {seen['x-forwarded-for'][0]!r}")
+        if seen["x-forwarded-proto"] != ["https"]:
+            problems.append(f"x-forwarded-proto {seen['x-forwarded-proto'][0]!r}")
+        if resp.request_id != seen["x-request-id"][0]:
+            problems.append(f"x-request-id sent back {resp.request_id!r}, backend got {seen['x-request-id'][0]!r}")
+    if resp.status != 200 or problems:
+        return CheckResult(False, f"HTTP {resp.status}; " + ", ".join(problems or ["ok"]), evidence)
+    return CheckResult(True, "the backend got " + ", ".join(EDGE_HEADERS) + "; the same x-request-id came back",
+                       evidence)
 
 
 def curl_check(port: int, certs: EdgeCerts, alpn: str) -> CheckResult:
@@ -138,22 +197,11 @@ def curl_check(port: int, certs: EdgeCerts, alpn: str) -> CheckResult:
     http/1.1, --http1.1 only http/1.1). Passes on 200, body `ok`, the expected HTTP version and
     an x-backend header."""
     flag, version = CURL_FLAGS[alpn]
-    argv = ["taskset", "-c", LOAD_CORE, "curl", "-sS", flag, "--cacert", certs.root,
-            "--resolve", f"{EDGE_NAME}:{port}:127.0.0.1", "--max-time", "10", "-D", "-",
-            "-w", "\\n%{http_code} %{http_version}", f"https://{EDGE_NAME}:{port}/"]
-    try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
-                           start_new_session=True)
-    except subprocess.TimeoutExpired:
-        return CheckResult(False, "curl did not finish within 20 s")
-    evidence: dict = {"rc": r.returncode}
-    try:
-        resp = parse_curl_output(r.stdout)
-    except ValueError as e:
-        return CheckResult(False, f"curl rc {r.returncode}: {(r.stderr.strip() or str(e))[:200]}", evidence)
-    evidence["response"] = resp.to_dict()
-    if r.returncode != 0 or resp.status == 0:
-        return CheckResult(False, f"curl rc {r.returncode}: {r.stderr.strip()[:200]}", evidence)
+    resp, failed = run_curl(port, certs, flag, "/")
+    if failed is not None:
+        return failed
+    assert resp is not None
+    evidence: dict = {"response": resp.to_dict()}
     ok = resp.status == 200 and resp.http_version == version and resp.body.strip() == "ok" and resp.backend is not None
     detail = (f"HTTP/{resp.http_version} {resp.status}, body {resp.body.strip()[:40]!r}, "
               f"x-backend {resp.backend or 'missing'}")
@@ -251,6 +299,7 @@ def measure_edge(bench: Bench, certs: EdgeCerts, kind: str) -> IngressRun:
         res.checks = {}
         for key, alpn in (("https_h2", "h2"), ("https_http1", "http/1.1")):
             res.checks[key] = curl_check(port, certs, alpn)
+        res.checks["edge_headers"] = edge_headers_check(port, certs)
         if not res.checks["https_h2"].passed:
             raise BenchError(f"HTTPS with h2 through the edge: {res.checks['https_h2'].detail}")
         res.tls12 = tls12_offer(port, certs)
