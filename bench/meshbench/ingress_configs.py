@@ -26,7 +26,7 @@ EDGE_HEADERS = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "for
 # How each edge is configured, for results.md and results.json.
 EDGE_CONFIG = {
     MESH_INGRESS: "`[https]` listener, one `[[https.certificates]]` (leaf + intermediate, `default = true`), ALPN h2 + "
-                  "http/1.1, TLS 1.2 and 1.3 (not configurable); one `[[routes]]` without matches to the service "
+                  "http/1.1, `min_tls_version = \"1.3\"` (TLS 1.3 only, as the peers); one `[[routes]]` without matches to the service "
                   f"`{INGRESS_SERVICE}`: `endpoints` = the three backends, `plaintext = true` (h2c to an HTTP/2 "
                   "request); `[edge] access_log = false` (its forwarded headers and request ids stay on, as "
                   "deployed); `[metrics] requests = true`; `[runtime] threads = 1`; balancer: its own P2C",
@@ -59,6 +59,7 @@ requests = true
 
 [https]
 listen = "127.0.0.1:{port}"
+min_tls_version = "1.3"
 
 [[https.certificates]]
 cert = "{certs.chain}"

@@ -63,6 +63,7 @@ class EdgeConfigTest(unittest.TestCase):
         self.assertEqual(conf["runtime"]["threads"], 1)
         self.assertEqual(conf["metrics"], {"requests": True})
         self.assertEqual(conf["https"]["listen"], "127.0.0.1:8443")
+        self.assertEqual(conf["https"]["min_tls_version"], "1.3")  # as nginx and HAProxy
         self.assertEqual(conf["https"]["certificates"],
                          [{"cert": "/pki/edge-chain.pem", "key": "/pki/edge.key", "default": True}])
         self.assertEqual(conf["edge"], {"access_log": False})

@@ -45,6 +45,15 @@ fn openssl_sans(addr: SocketAddr, sni: Option<&str>) -> String {
     ))
 }
 
+/// The SANs `openssl s_client` gets from `addr` for `web.example.test` offering only the TLS
+/// version of `flag` (`-tls1_2`, `-tls1_3`): empty when the handshake is refused.
+fn openssl_sans_over(addr: SocketAddr, flag: &str) -> String {
+    sh(&format!(
+        "openssl s_client -connect {addr} -servername web.example.test {flag} </dev/null 2>/dev/null \
+         | openssl x509 -noout -ext subjectAltName 2>/dev/null"
+    ))
+}
+
 /// A GET with curl over HTTPS to `host` (resolved to the ingress), trusting `ca`:
 /// `<http version> <status> <body>`.
 fn curl(addr: SocketAddr, host: &str, path: &str, ca: &Path, http: &str) -> String {
@@ -206,6 +215,70 @@ plaintext = true
         "the new certificate was never served"
     );
     drop(ingress);
+}
+
+/// `https.min_tls_version = "1.3"` refuses a TLS 1.2 client and serves a TLS 1.3 one; by
+/// default both are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_tls_version_is_configurable() {
+    let ca = WebCa::new().unwrap();
+    let (crt, key) = ca.issue("web", &["web.example.test"]).unwrap();
+    let web = named_backend("web").await.unwrap();
+    let config = |min: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+shutdown_grace = "1s"
+[https]
+listen = "127.0.0.1:0"
+{min}
+[[https.certificates]]
+cert = "{}"
+key = "{}"
+[[routes]]
+backends = [{{ service = "web:80" }}]
+[[services]]
+authority = "web:80"
+endpoints = ["{web}"]
+plaintext = true
+"#,
+            toml_path(&crt),
+            toml_path(&key),
+        )
+    };
+    let strict = start_ingress(&config(r#"min_tls_version = "1.3""#), None)
+        .await
+        .unwrap();
+    let default = start_ingress(&config(""), None).await.unwrap();
+    let (strict_addr, default_addr) = (strict.https.unwrap(), default.https.unwrap());
+    let seen = tokio::task::spawn_blocking(move || {
+        (
+            openssl_sans_over(strict_addr, "-tls1_2"),
+            openssl_sans_over(strict_addr, "-tls1_3"),
+            openssl_sans_over(default_addr, "-tls1_2"),
+            openssl_sans_over(default_addr, "-tls1_3"),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!seen.0.contains("DNS:web.example.test"), "{seen:?}");
+    assert!(seen.1.contains("DNS:web.example.test"), "{seen:?}");
+    assert!(seen.2.contains("DNS:web.example.test"), "{seen:?}");
+    assert!(seen.3.contains("DNS:web.example.test"), "{seen:?}");
+    // A refused version is counted as a failed handshake, like any other (once the ingress
+    // has finished with that connection, which may be just after openssl has).
+    let counted = r#"ingress_connection_refused_total{reason="handshake"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = scrape_metrics(strict.admin, None).await.unwrap();
+        if metrics.contains(counted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Plaintext ingress with the routes of one host: path, header, a 90/10 split, a catch-all

@@ -434,13 +434,6 @@ mod tests {
         let svc = ForwardedLayer::new(Arc::new(trusted.clone()))
             .for_peer(peer, true)
             .layer(echo);
-        let req = Request::builder()
-            .header("host", "web.example.com")
-            .header("x-forwarded-for", "1.2.3.4")
-            .header("x-forwarded-proto", "http")
-            .header("forwarded", "for=1.2.3.4")
-            .body(())
-            .unwrap();
         // The same host twice (the second from the cache), another host by the Host header,
         // then by HTTP/2's :authority: each as the slow path makes it.
         let hosts = [

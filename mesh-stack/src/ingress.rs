@@ -73,6 +73,31 @@ pub struct HttpsConfig {
     /// How long a client may take to finish its TLS handshake.
     #[serde(with = "mesh_core::config::duration")]
     pub handshake_timeout: Duration,
+    /// The oldest TLS version accepted: `"1.2"` (and 1.3), or `"1.3"` alone.
+    pub min_tls_version: MinTlsVersion,
+}
+
+/// The oldest TLS version a listener accepts.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3: what older clients (and some load balancers' health checks) need.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl MinTlsVersion {
+    /// The versions rustls is to offer.
+    pub fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        match self {
+            Self::Tls12 => rustls::DEFAULT_VERSIONS,
+            Self::Tls13 => TLS13_ONLY,
+        }
+    }
 }
 
 impl Default for HttpsConfig {
@@ -81,6 +106,7 @@ impl Default for HttpsConfig {
             listen: parse_addr(DEFAULT_HTTPS_LISTEN),
             certificates: Vec::new(),
             handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
+            min_tls_version: MinTlsVersion::default(),
         }
     }
 }
@@ -361,23 +387,22 @@ impl Ingress {
         })
     }
 
-    /// Terminates TLS with `certs` (chosen by SNI; ALPN h2 and http/1.1), each handshake
-    /// bounded by `handshake_timeout`, which also bounds how long a plaintext client may stay
-    /// silent.
+    /// Terminates TLS with `certs` (chosen by SNI; ALPN h2 and http/1.1) as `https` says:
+    /// the versions it accepts, and each handshake bounded by its `handshake_timeout`, which
+    /// also bounds how long a plaintext client may stay silent.
     pub fn with_tls(
         mut self,
         certs: Arc<LiveCertificates>,
-        handshake_timeout: Duration,
+        https: &HttpsConfig,
     ) -> Result<Self, StackError> {
-        let config =
-            certs
-                .server_config(&[b"h2", b"http/1.1"])
-                .map_err(|e| StackError::Identity {
-                    key: "https.certificates",
-                    source: Box::new(e),
-                })?;
-        self.tls = Some((certs, config, handshake_timeout));
-        self.detect_timeout = handshake_timeout;
+        let config = certs
+            .server_config_for(&[b"h2", b"http/1.1"], https.min_tls_version.versions())
+            .map_err(|e| StackError::Identity {
+                key: "https.certificates",
+                source: Box::new(e),
+            })?;
+        self.tls = Some((certs, config, https.handshake_timeout));
+        self.detect_timeout = https.handshake_timeout;
         Ok(self)
     }
 

@@ -165,8 +165,18 @@ impl LiveCertificates {
     /// A TLS 1.2 and 1.3 server configuration that picks the certificate by SNI from the set
     /// in force, with `alpn`.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_for(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`Self::server_config`] accepting only `versions` (`&[&rustls::version::TLS13]`: no
+    /// TLS 1.2).
+    pub fn server_config_for(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(crate::provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());

@@ -212,8 +212,7 @@ def curl_check(port: int, certs: EdgeCerts, alpn: str) -> CheckResult:
 
 def tls12_offer(port: int, certs: EdgeCerts) -> TlsVersionProbe:
     """openssl s_client limited to TLS 1.2 (SNI edge.bench.test): whether the edge accepts it.
-    Information only: nginx and HAProxy are configured TLS 1.3 only, mesh-ingress's TLS
-    versions are not configurable."""
+    Information only: each edge is configured TLS 1.3 only, so each should refuse it."""
     argv = ["taskset", "-c", LOAD_CORE, "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
             "-servername", EDGE_NAME, "-CAfile", certs.root]
     try:

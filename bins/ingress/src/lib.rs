@@ -192,9 +192,7 @@ impl IngressServer {
         }
         let cap = config.server.max_connections;
         if let (Some((listener, certs)), Some(https)) = (self.https, &config.https) {
-            let ingress = ingress
-                .clone()
-                .with_tls(certs.live, https.handshake_timeout)?;
+            let ingress = ingress.clone().with_tls(certs.live, https)?;
             spawn_accept(
                 listener,
                 drain.clone(),
