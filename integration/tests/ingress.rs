@@ -875,12 +875,13 @@ async fn gateway_api_routes_and_secrets_are_followed() {
     use k8s_openapi::api::core::v1::{Pod, Secret, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use mesh_kube_fake::FakeApiServer;
-    use mesh_stack::gateway::{Gateway, HttpRoute};
+    use mesh_stack::gateway::{Gateway, GrpcRoute, HttpRoute};
     use serde_json::json;
 
     let api = FakeApiServer::builder()
         .resource::<Gateway>()
         .resource::<HttpRoute>()
+        .resource::<GrpcRoute>()
         .resource::<Secret>()
         .start()
         .await;
@@ -1033,6 +1034,22 @@ api = "{}"
     };
     let (_, first_leaf) = until("/", "web").await;
     assert_eq!(until("/api/users", "api").await.0, "api");
+
+    // A GRPCRoute made after the HTTPRoute: its service match outranks the older catch-all.
+    api.apply(
+        serde_json::from_value::<GrpcRoute>(json!({
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"name": "mesh-ingress", "namespace": "edge"}],
+                "hostnames": ["shop.example.test"],
+                "rules": [{"matches": [{"method": {"service": "shop.Cart"}}],
+                           "backendRefs": [{"name": "api", "port": 8080}]}]
+            }
+        }))
+        .unwrap(),
+    );
+    assert_eq!(until("/shop.Cart/Add", "api").await.0, "api");
+    assert_eq!(get("/shop.Other/Add").await.unwrap().0, "web");
 
     // The route changes: everything but /api goes to api too.
     api.apply(route("api"));

@@ -7,16 +7,23 @@
 //! What is read of an HTTPRoute: `hostnames`; each rule's `matches` (`path` of type `Exact`,
 //! `PathPrefix` or `RegularExpression`; `headers` of type `Exact` or `RegularExpression`;
 //! `method`), `backendRefs` to Services (`name`, `namespace`, `port`, `weight`) and
-//! `timeouts.request`. Routes are ordered as the Gateway API ranks ties: oldest first, then by
-//! namespace and name. A rule that cannot be served (no backend with weight, a backend that is
+//! `timeouts.request`. Routes are ranked as the Gateway API ranks matches, across all the
+//! routes of a host: an exact path, then the longest prefix, then a regular expression, then
+//! none; a method before none; more headers first; and ties by age (oldest first), then
+//! namespace and name, then rule order. A rule that cannot be served (no backend with weight, a backend that is
 //! not a Service, a bad regular expression) is left out and logged, never the whole set. A
 //! Service `web` in `shop` on port 80 is the mesh service `web.shop.svc.<cluster domain>:80`,
 //! balanced over what discovery says of it.
 //!
+//! A GRPCRoute is read the same way, its rules' `matches` being a `method` (`Exact` or
+//! `RegularExpression`, over `service` and `method`: a match of the call's path
+//! `/<service>/<method>`) and `headers`. A cluster without the GRPCRoute CRD is served without
+//! them (said once in the log). HTTPRoutes and GRPCRoutes are ranked together (a method is an
+//! exact path, a service a prefix).
+//!
 //! Not read (yet): filters, query-parameter matches, `sectionName` and `port` of a parentRef
 //! (a route attached to the Gateway is served on both listeners), ReferenceGrants (a Secret in
-//! another namespace than the Gateway's is refused), GRPCRoute (gRPC is matched by
-//! HTTPRoute paths: `/package.Service/`).
+//! another namespace than the Gateway's is refused), status (nothing is written back).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -258,6 +265,74 @@ pub struct GatewayClassSpec {
     pub controller_name: String,
 }
 gateway_resource!(HttpRoute, "HTTPRoute", "HTTPRouteList", "httproutes");
+gateway_resource!(GrpcRoute, "GRPCRoute", "GRPCRouteList", "grpcroutes");
+
+/// A `gateway.networking.k8s.io/v1` `GRPCRoute`: what is read of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GrpcRoute {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    #[serde(default)]
+    pub spec: GrpcRouteSpec,
+}
+
+/// A GRPCRoute's spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    /// The Gateways it attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectRef>,
+    /// The hosts it serves; none: every host of the Gateway.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Its rules.
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// One rule of a GRPCRoute.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    /// Its name, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any of these selects it; none: every call.
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// Where its calls go.
+    #[serde(default)]
+    pub backend_refs: Vec<ObjectRef>,
+}
+
+/// One match of a GRPCRoute rule.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteMatch {
+    /// The service and method called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GrpcMethodMatch>,
+    /// Headers (gRPC metadata).
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+}
+
+/// A GRPCRoute's method match: `Exact` (the default) or `RegularExpression`, over the service
+/// (`package.Service`) and the method; either may be left out.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GrpcMethodMatch {
+    /// `Exact` or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The fully qualified service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
 
 /// The Gateway an ingress implements: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,10 +363,10 @@ impl std::fmt::Display for GatewayRef {
     }
 }
 
-/// Whether `route` attaches to `gateway`.
-fn attaches(route: &HttpRoute, gateway: &GatewayRef) -> bool {
-    let route_ns = route.metadata.namespace.as_deref().unwrap_or("default");
-    route.spec.parent_refs.iter().any(|parent| {
+/// Whether a route (its metadata and parentRefs) attaches to `gateway`.
+fn attaches(metadata: &ObjectMeta, parent_refs: &[ObjectRef], gateway: &GatewayRef) -> bool {
+    let route_ns = metadata.namespace.as_deref().unwrap_or("default");
+    parent_refs.iter().any(|parent| {
         parent.group.as_deref().is_none_or(|g| g == GROUP)
             && parent.kind.as_deref().is_none_or(|k| k == "Gateway")
             && parent.namespace.as_deref().unwrap_or(route_ns) == gateway.namespace
@@ -299,42 +374,247 @@ fn attaches(route: &HttpRoute, gateway: &GatewayRef) -> bool {
     })
 }
 
-/// The routes of the HTTPRoutes attached to `gateway`, in the Gateway API's order, and what was
-/// left out (with why).
+/// The rules of one attached route, each converted (or why not), with the key that orders
+/// routes: oldest first, then by namespace and name.
+struct AttachedRoute {
+    key: (
+        Option<k8s_openapi::jiff::Timestamp>,
+        Option<String>,
+        Option<String>,
+    ),
+    rules: Vec<(String, Result<RouteConfig, String>)>,
+}
+
+/// `namespace/name/rule` (its name, or its index).
+fn rule_name(metadata: &ObjectMeta, name: Option<&String>, index: usize) -> String {
+    let ns = metadata.namespace.as_deref().unwrap_or("default");
+    let route = metadata.name.as_deref().unwrap_or("");
+    match name {
+        Some(rule) => format!("{ns}/{route}/{rule}"),
+        None => format!("{ns}/{route}/{index}"),
+    }
+}
+
+fn order_key(metadata: &ObjectMeta) -> AttachedRoute {
+    AttachedRoute {
+        key: (
+            metadata.creation_timestamp.clone().map(|t| t.0),
+            metadata.namespace.clone(),
+            metadata.name.clone(),
+        ),
+        rules: Vec::new(),
+    }
+}
+
+/// The routes of the HTTPRoutes and GRPCRoutes attached to `gateway`, in the Gateway API's
+/// order, and what was left out (with why).
 pub fn routes_of(
     gateway: &GatewayRef,
-    routes: &[Arc<HttpRoute>],
+    http_routes: &[Arc<HttpRoute>],
+    grpc_routes: &[Arc<GrpcRoute>],
     cluster_domain: &str,
 ) -> (Vec<RouteConfig>, Vec<String>) {
-    let mut attached: Vec<&HttpRoute> = routes
+    let mut attached = Vec::new();
+    for route in http_routes
         .iter()
-        .map(|r| &**r)
-        .filter(|r| attaches(r, gateway))
-        .collect();
-    attached.sort_by_key(|r| {
-        (
-            r.metadata.creation_timestamp.clone().map(|t| t.0),
-            r.metadata.namespace.clone(),
-            r.metadata.name.clone(),
-        )
-    });
+        .filter(|r| attaches(&r.metadata, &r.spec.parent_refs, gateway))
+    {
+        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+        let mut one = order_key(&route.metadata);
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
+            let config = rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
+                .map_err(|why| format!("HTTPRoute rule {name}: {why}"));
+            one.rules.push((name, config));
+        }
+        attached.push(one);
+    }
+    for route in grpc_routes
+        .iter()
+        .filter(|r| attaches(&r.metadata, &r.spec.parent_refs, gateway))
+    {
+        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+        let mut one = order_key(&route.metadata);
+        for (i, rule) in route.spec.rules.iter().enumerate() {
+            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
+            let config = grpc_rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
+                .map_err(|why| format!("GRPCRoute rule {name}: {why}"));
+            one.rules.push((name, config));
+        }
+        attached.push(one);
+    }
+    // Stable: of an HTTPRoute and a GRPCRoute made at once, with one name, the HTTPRoute first.
+    attached.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for route in attached {
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let name = route.metadata.name.as_deref().unwrap_or("");
-        for (i, rule) in route.spec.rules.iter().enumerate() {
-            let rule_name = match &rule.name {
-                Some(rule_name) => format!("{ns}/{name}/{rule_name}"),
-                None => format!("{ns}/{name}/{i}"),
-            };
-            match rule_config(&rule_name, ns, &route.spec.hostnames, rule, cluster_domain) {
-                Ok(config) => out.push(config),
-                Err(why) => problems.push(format!("HTTPRoute rule {rule_name}: {why}")),
+    for (_, config) in attached.into_iter().flat_map(|r| r.rules) {
+        match config {
+            // Each match is ranked on its own: a rule of two matches becomes two routes.
+            Ok(config) if config.matches.len() > 1 => {
+                for m in &config.matches {
+                    out.push(RouteConfig {
+                        matches: vec![m.clone()],
+                        ..config.clone()
+                    });
+                }
             }
+            Ok(config) => out.push(config),
+            Err(why) => problems.push(why),
         }
     }
+    // Stable, so ties keep the order above.
+    out.sort_by_key(|route| precedence(route.matches.first()));
     (out, problems)
+}
+
+/// How the Gateway API ranks a match among those of one host (lower first): an exact path,
+/// then the longest path prefix (a gRPC method is an exact path, a gRPC service a prefix),
+/// then a regular expression (its rank is the implementation's choice), then no path; then a
+/// method before none; then the most headers.
+fn precedence(
+    m: Option<&MatchConfig>,
+) -> (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>) {
+    let Some(m) = m else {
+        return (3, std::cmp::Reverse(0), true, std::cmp::Reverse(0));
+    };
+    let (class, length) = match (&m.grpc, &m.path) {
+        (Some(grpc), _) => match &grpc.method {
+            Some(method) => (0, grpc.service.len() + method.len() + 2),
+            None => (1, grpc.service.len() + 1),
+        },
+        (None, Some(PathMatch::Exact(path))) => (0, path.len()),
+        (None, Some(PathMatch::Prefix(path))) => (1, path.len()),
+        (None, Some(PathMatch::Regex(_))) => (2, 0),
+        (None, None) => (3, 0),
+    };
+    (
+        class,
+        std::cmp::Reverse(length),
+        m.method.is_none(),
+        std::cmp::Reverse(m.headers.len()),
+    )
+}
+
+/// The header matches of a rule's match.
+fn header_matches(headers: &[ValueMatch]) -> Result<Vec<HeaderMatch>, String> {
+    let mut out = Vec::new();
+    for h in headers {
+        let header_name = h.name.clone().ok_or("a header match without a name")?;
+        let (value, regex) = match h.kind.as_deref().unwrap_or("Exact") {
+            "Exact" => (Some(h.value.clone()), None),
+            "RegularExpression" => (None, Some(h.value.clone())),
+            other => return Err(format!("header match type {other:?} is not supported")),
+        };
+        out.push(HeaderMatch {
+            name: header_name,
+            value,
+            regex,
+        });
+    }
+    Ok(out)
+}
+
+/// The mesh services of a rule's `backendRefs` (Services only; weight 0 left out); an error
+/// when none is left.
+fn backends_of(
+    refs: &[ObjectRef],
+    namespace: &str,
+    cluster_domain: &str,
+) -> Result<Vec<BackendConfig>, String> {
+    let mut backends = Vec::new();
+    for backend in refs {
+        if backend.group.as_deref().is_some_and(|g| !g.is_empty())
+            || backend.kind.as_deref().is_some_and(|k| k != "Service")
+        {
+            return Err(format!("backend {:?} is not a Service", backend.name));
+        }
+        let port = backend
+            .port
+            .ok_or_else(|| format!("backend Service {:?} names no port", backend.name))?;
+        let weight = backend.weight.unwrap_or(1);
+        if weight == 0 {
+            continue;
+        }
+        let ns = backend.namespace.as_deref().unwrap_or(namespace);
+        backends.push(BackendConfig {
+            service: format!("{}.{ns}.svc.{cluster_domain}:{port}", backend.name),
+            weight,
+        });
+    }
+    if backends.is_empty() {
+        return Err("no backend with a weight above 0".into());
+    }
+    Ok(backends)
+}
+
+/// A GRPCRoute rule as a route: a method match is a match of the call's path
+/// (`/<service>/<method>`).
+fn grpc_rule_config(
+    name: &str,
+    namespace: &str,
+    hostnames: &[String],
+    rule: &GrpcRouteRule,
+    cluster_domain: &str,
+) -> Result<RouteConfig, String> {
+    let mut matches = Vec::new();
+    for m in &rule.matches {
+        let (mut path, mut grpc) = (None, None);
+        if let Some(method) = &m.method {
+            let (service, call) = (method.service.as_deref(), method.method.as_deref());
+            match (method.kind.as_deref().unwrap_or("Exact"), service, call) {
+                (_, None, None) => {
+                    return Err("a method match names neither service nor method".into());
+                }
+                ("Exact", Some(service), call) => {
+                    grpc = Some(mesh_route::GrpcMatch {
+                        service: service.to_owned(),
+                        method: call.map(str::to_owned),
+                    })
+                }
+                ("Exact", None, Some(call)) => {
+                    path = Some(PathMatch::Regex(format!("/[^/]+/{}", regex_escape(call))))
+                }
+                ("RegularExpression", service, call) => {
+                    path = Some(PathMatch::Regex(format!(
+                        "/(?:{})/(?:{})",
+                        service.unwrap_or("[^/]+"),
+                        call.unwrap_or("[^/]+")
+                    )))
+                }
+                (other, _, _) => {
+                    return Err(format!("method match type {other:?} is not supported"));
+                }
+            }
+        }
+        let config = MatchConfig {
+            path,
+            method: None,
+            headers: header_matches(&m.headers)?,
+            grpc,
+        };
+        config.test(&http::Request::new(()))?;
+        matches.push(config);
+    }
+    Ok(RouteConfig {
+        name: name.to_owned(),
+        hostnames: hostnames.to_vec(),
+        matches,
+        backends: backends_of(&rule.backend_refs, namespace, cluster_domain)?,
+        timeout: mesh_core::timeout::TimeoutConfig::default(),
+        retry: None,
+    })
+}
+
+/// `text` matched literally inside a regular expression.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn rule_config(
@@ -357,20 +637,7 @@ fn rule_config(
             }),
         }
         .flatten();
-        let mut headers = Vec::new();
-        for h in &m.headers {
-            let header_name = h.name.clone().ok_or("a header match without a name")?;
-            let (value, regex) = match h.kind.as_deref().unwrap_or("Exact") {
-                "Exact" => (Some(h.value.clone()), None),
-                "RegularExpression" => (None, Some(h.value.clone())),
-                other => return Err(format!("header match type {other:?} is not supported")),
-            };
-            headers.push(HeaderMatch {
-                name: header_name,
-                value,
-                regex,
-            });
-        }
+        let headers = header_matches(&m.headers)?;
         let config = MatchConfig {
             path,
             method: m.method.clone(),
@@ -381,29 +648,7 @@ fn rule_config(
         config.test(&http::Request::new(()))?;
         matches.push(config);
     }
-    let mut backends = Vec::new();
-    for backend in &rule.backend_refs {
-        if backend.group.as_deref().is_some_and(|g| !g.is_empty())
-            || backend.kind.as_deref().is_some_and(|k| k != "Service")
-        {
-            return Err(format!("backend {:?} is not a Service", backend.name));
-        }
-        let port = backend
-            .port
-            .ok_or_else(|| format!("backend Service {:?} names no port", backend.name))?;
-        let weight = backend.weight.unwrap_or(1);
-        if weight == 0 {
-            continue;
-        }
-        let ns = backend.namespace.as_deref().unwrap_or(namespace);
-        backends.push(BackendConfig {
-            service: format!("{}.{ns}.svc.{cluster_domain}:{port}", backend.name),
-            weight,
-        });
-    }
-    if backends.is_empty() {
-        return Err("no backend with a weight above 0".into());
-    }
+    let backends = backends_of(&rule.backend_refs, namespace, cluster_domain)?;
     let mut timeout = mesh_core::timeout::TimeoutConfig::default();
     if let Some(request) = rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
         let parsed = mesh_core::config::parse_duration(request)
@@ -524,7 +769,7 @@ pub struct GatewayState {
 /// several objects makes one reload.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Watches `gateway`, every HTTPRoute and the Secrets of the Gateway's namespace; calls
+/// Watches `gateway`, every HTTPRoute and GRPCRoute, and the Secrets of the Gateway's namespace; calls
 /// `changed` with the state once all three are listed, then after each change, until `drain`.
 pub fn spawn_watch(
     client: kube::Client,
@@ -538,6 +783,8 @@ pub fn spawn_watch(
 
     let (gateways, gateway_writer) = reflector::store::<Gateway>();
     let (routes, route_writer) = reflector::store::<HttpRoute>();
+    let (grpc_routes, grpc_route_writer) = reflector::store::<GrpcRoute>();
+    let grpc_unavailable = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let by_name = watcher::Config::default().fields(&format!("metadata.name={}", gateway.name));
     let events = futures_util::stream::select_all([
@@ -558,6 +805,26 @@ pub fn spawn_watch(
         .default_backoff()
         .map(|e| e.map(|_| ()))
         .boxed(),
+        // Not every cluster has the GRPCRoute CRD (standard channel from v1.1): its watch
+        // failing only means no GRPCRoutes, said once, not a Gateway that is never served.
+        reflector(
+            grpc_route_writer,
+            watcher(kube::Api::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map({
+            let gateway = gateway.clone();
+            let unavailable = grpc_unavailable.clone();
+            move |e| {
+                if let Err(e) = &e
+                    && !unavailable.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(gateway = %gateway, error = %e, "GRPCRoutes cannot be watched (is the GRPCRoute CRD installed?); serving without them");
+                }
+                Ok::<(), watcher::Error>(())
+            }
+        })
+        .boxed(),
         reflector(
             secret_writer,
             watcher(
@@ -576,7 +843,12 @@ pub fn spawn_watch(
                 .state()
                 .into_iter()
                 .find(|g| g.metadata.name.as_deref() == Some(gateway.name.as_str()));
-            let (routes, mut problems) = routes_of(&gateway, &routes.state(), &cluster_domain);
+            let (routes, mut problems) = routes_of(
+                &gateway,
+                &routes.state(),
+                &grpc_routes.state(),
+                &cluster_domain,
+            );
             let (certificates, more) = match &found {
                 Some(g) => certificates_of(g, &secrets.state()),
                 None => (Vec::new(), vec![format!("Gateway {gateway} not found")]),
@@ -610,6 +882,8 @@ pub fn spawn_watch(
                     gateways.wait_until_ready().now_or_never_ready(),
                     routes.wait_until_ready().now_or_never_ready(),
                     secrets.wait_until_ready().now_or_never_ready(),
+                    grpc_routes.wait_until_ready().now_or_never_ready()
+                        || grpc_unavailable.load(std::sync::atomic::Ordering::Relaxed),
                 ];
                 if ready.contains(&false) {
                     continue;
@@ -676,14 +950,15 @@ mod tests {
                          "rules": [{"name": "all", "backendRefs": [{"name": "x", "namespace": "y", "port": 1}]}]}
             })),
         ];
-        let (configs, problems) = routes_of(&gateway, &routes, "cluster.local");
+        let (configs, problems) = routes_of(&gateway, &routes, &[], "cluster.local");
         let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        // The /api rule first (a path prefix), then the two catch-alls by age.
         assert_eq!(
             names,
-            ["mesh-system/older/all", "shop/shop/0", "shop/shop/1"]
+            ["shop/shop/0", "mesh-system/older/all", "shop/shop/1"]
         );
-        assert_eq!(configs[0].backends[0].service, "x.y.svc.cluster.local:1");
-        let api = &configs[1];
+        assert_eq!(configs[1].backends[0].service, "x.y.svc.cluster.local:1");
+        let api = &configs[0];
         assert_eq!(api.hostnames, ["shop.example.com"]);
         assert_eq!(api.backends.len(), 2);
         assert_eq!(
@@ -700,6 +975,98 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[1].contains("not a Service"), "{problems:?}");
+    }
+
+    #[test]
+    fn grpc_routes_match_by_service_and_method_ranked_with_http_routes() {
+        let gateway: GatewayRef = "mesh-system/edge".parse().unwrap_or_else(|e| panic!("{e}"));
+        let http = vec![route(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop",
+                         "creationTimestamp": "2026-01-02T00:00:00Z"},
+            "spec": {"parentRefs": [{"name": "edge", "namespace": "mesh-system"}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
+        }))];
+        let grpc: Arc<GrpcRoute> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "cart", "namespace": "shop",
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {
+                    "parentRefs": [{"name": "edge", "namespace": "mesh-system"}],
+                    "hostnames": ["api.example.com"],
+                    "rules": [
+                        {"matches": [{"method": {"service": "shop.Cart", "method": "Add"}},
+                                     {"method": {"service": "shop.Cart"},
+                                      "headers": [{"name": "x-beta", "value": "1"}]}],
+                         "backendRefs": [{"name": "cart", "port": 9000}]},
+                        {"matches": [{"method": {"method": "Check"}}],
+                         "backendRefs": [{"name": "health", "port": 9000}]},
+                        {"matches": [{"method": {"type": "RegularExpression", "service": "shop\\..*"}}],
+                         "backendRefs": [{"name": "shop", "port": 9000}]},
+                        {"matches": [{"method": {}}],
+                         "backendRefs": [{"name": "nothing", "port": 9000}]},
+                        {"matches": [{"method": {"type": "RegularExpression", "service": "("}}],
+                         "backendRefs": [{"name": "broken", "port": 9000}]}
+                    ]
+                }
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (configs, problems) = routes_of(&gateway, &http, &[grpc], "cluster.local");
+        let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        // The method (an exact path), the service (a prefix), the two regular expressions in
+        // rule order, then the catch-all: the older GRPCRoute's rules as its matches rank them.
+        assert_eq!(
+            names,
+            [
+                "shop/cart/0",
+                "shop/cart/0",
+                "shop/cart/1",
+                "shop/cart/2",
+                "shop/web/0"
+            ]
+        );
+        // Where a call goes: the first route whose match holds.
+        let first = |path: &str, beta: bool| -> String {
+            let mut req = http::Request::post(path);
+            if beta {
+                req = req.header("x-beta", "1");
+            }
+            let req = req.body(()).unwrap_or_else(|e| panic!("{e}"));
+            let taken = configs.iter().find(|c| {
+                c.matches.is_empty()
+                    || c.matches
+                        .iter()
+                        .any(|m| m.test(&req).unwrap_or_else(|e| panic!("{e}")))
+            });
+            taken.map_or(String::new(), |c| c.backends[0].service.clone())
+        };
+        assert_eq!(
+            first("/shop.Cart/Add", false),
+            "cart.shop.svc.cluster.local:9000"
+        );
+        assert_eq!(
+            first("/shop.Cart/Remove", false),
+            "shop.shop.svc.cluster.local:9000"
+        );
+        assert_eq!(
+            first("/shop.Cart/Remove", true),
+            "cart.shop.svc.cluster.local:9000"
+        );
+        assert_eq!(
+            first("/grpc.health.v1.Health/Check", false),
+            "health.shop.svc.cluster.local:9000"
+        );
+        assert_eq!(
+            first("/shopx.Cart/Add", false),
+            "web.shop.svc.cluster.local:80"
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("GRPCRoute rule shop/cart/3")
+                && problems[0].contains("neither"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("shop/cart/4"), "{problems:?}");
     }
 
     #[test]

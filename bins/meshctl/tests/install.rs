@@ -106,6 +106,11 @@ fn install_prints_every_object_of_the_control_plane() {
             other => panic!("unexpected {other}"),
         }
     }
+    // The ingress may read both kinds of Gateway API routes.
+    assert_eq!(
+        find(&all, "ClusterRole", "mesh-ingress")["rules"][0]["resources"],
+        serde_json::json!(["gateways", "httproutes", "grpcroutes"])
+    );
     // Images from the flags.
     let controller: Deployment =
         serde_json::from_value(find(&all, "Deployment", "mesh-controller").clone()).unwrap();
