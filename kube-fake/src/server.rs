@@ -187,6 +187,12 @@ enum Route {
         name: String,
         watch_path: bool,
     },
+    /// An object's `status` subresource: a patch there changes its status only.
+    Status {
+        res: usize,
+        ns: Option<String>,
+        name: String,
+    },
     TokenReviews,
     OpenApiRoot,
     OpenApiGroupVersion {
@@ -298,6 +304,11 @@ fn route(store: &Store, path: &str) -> Route {
                     name: (*name).to_owned(),
                     watch_path,
                 },
+                [name, "status"] if !watch_path => Route::Status {
+                    res,
+                    ns,
+                    name: (*name).to_owned(),
+                },
                 _ => Route::NotFound,
             }
         }
@@ -340,7 +351,8 @@ fn verb(route: &Route, method: &Method, q: &Query) -> &'static str {
         (Route::Collection { .. } | Route::TokenReviews, "POST") => "create",
         (Route::Collection { .. }, "DELETE") => "deletecollection",
         (Route::Object { .. }, "PUT") => "update",
-        (Route::Object { .. }, "PATCH") => "patch",
+        (Route::Object { .. } | Route::Status { .. }, "PATCH") => "patch",
+        (Route::Status { .. }, "GET") => "get",
         (Route::Object { .. }, "DELETE") => "delete",
         (_, "GET") => "get",
         (_, "POST") => "post",
@@ -476,6 +488,22 @@ pub(crate) async fn handle(
         }
         (Route::Object { res, ns, name, .. }, &Method::PATCH) => {
             patch(&shared, *res, ns.clone(), name, &q, &content_type, &body)
+        }
+        (Route::Status { res, ns, name }, &Method::GET) => {
+            get(&shared, *res, ns.clone(), name.clone(), &q, false)
+        }
+        (Route::Status { res, ns, name }, &Method::PATCH) => {
+            // As the real server does: of the patch, only `status` is applied.
+            let status_only = parse_body(&body).map(|p| {
+                let status = p.get("status").cloned().unwrap_or(Value::Null);
+                serde_json::to_vec(&json!({ "status": status }))
+                    .map(Bytes::from)
+                    .unwrap_or_default()
+            });
+            match status_only {
+                Ok(body) => patch(&shared, *res, ns.clone(), name, &q, &content_type, &body),
+                Err(e) => Err(e),
+            }
         }
         (Route::Object { res, ns, name, .. }, &Method::DELETE) => {
             delete(&shared, *res, ns.clone(), name, &q)

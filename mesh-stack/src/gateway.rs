@@ -23,7 +23,11 @@
 //!
 //! Not read (yet): filters, query-parameter matches, `sectionName` and `port` of a parentRef
 //! (a route attached to the Gateway is served on both listeners), ReferenceGrants (a Secret in
-//! another namespace than the Gateway's is refused), status (nothing is written back).
+//! another namespace than the Gateway's is refused).
+//!
+//! The status the ingress writes back is in [`status`].
+
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +48,9 @@ pub struct Gateway {
     /// The listeners.
     #[serde(default)]
     pub spec: GatewaySpec,
+    /// Its status as last written (kept, so that what others wrote is not lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// A Gateway's spec.
@@ -125,6 +132,9 @@ pub struct HttpRoute {
     /// Its spec.
     #[serde(default)]
     pub spec: HttpRouteSpec,
+    /// Its status as last written (kept, so that what others wrote is not lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// An HTTPRoute's spec.
@@ -275,6 +285,9 @@ pub struct GrpcRoute {
     /// Its spec.
     #[serde(default)]
     pub spec: GrpcRouteSpec,
+    /// Its status as last written (kept, so that what others wrote is not lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// A GRPCRoute's spec.
@@ -781,6 +794,7 @@ pub fn spawn_watch(
     use futures_util::StreamExt as _;
     use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 
+    let status_client = client.clone();
     let (gateways, gateway_writer) = reflector::store::<Gateway>();
     let (routes, route_writer) = reflector::store::<HttpRoute>();
     let (grpc_routes, grpc_route_writer) = reflector::store::<GrpcRoute>();
@@ -838,28 +852,37 @@ pub fn spawn_watch(
     ]);
     tokio::spawn(async move {
         let mut events = events;
+        // Status writes that failed, by object: said once each, not on every change.
+        let mut failed_writes = std::collections::HashSet::new();
+        let mut last_written = std::collections::HashMap::new();
         let state = || {
             let found = gateways
                 .state()
                 .into_iter()
                 .find(|g| g.metadata.name.as_deref() == Some(gateway.name.as_str()));
-            let (routes, mut problems) = routes_of(
-                &gateway,
-                &routes.state(),
-                &grpc_routes.state(),
-                &cluster_domain,
-            );
+            let (http_routes, grpc_routes) = (routes.state(), grpc_routes.state());
+            let (routes, mut problems) =
+                routes_of(&gateway, &http_routes, &grpc_routes, &cluster_domain);
             let (certificates, more) = match &found {
                 Some(g) => certificates_of(g, &secrets.state()),
                 None => (Vec::new(), vec![format!("Gateway {gateway} not found")]),
             };
+            let writes = status::statuses(
+                &gateway,
+                found.as_deref(),
+                &http_routes,
+                &grpc_routes,
+                &more,
+                &cluster_domain,
+            );
             problems.extend(more);
-            GatewayState {
+            let state = GatewayState {
                 found: found.is_some(),
                 routes,
                 certificates,
                 problems,
-            }
+            };
+            (state, writes)
         };
         let mut listed = false;
         loop {
@@ -890,10 +913,41 @@ pub fn spawn_watch(
                 }
                 listed = true;
             }
-            changed(state());
+            let (now, writes) = state();
+            changed(now);
+            for write in writes {
+                let key = (write.kind, write.namespace.clone(), write.name.clone());
+                if last_written
+                    .get(&key)
+                    .is_some_and(|last| status::same(last, &write.status))
+                {
+                    continue;
+                }
+                match status::write(&status_client, &write, STATUS_TIMEOUT).await {
+                    Ok(()) => {
+                        failed_writes.remove(&key);
+                        // Bounded: deleted routes' entries would otherwise stay forever.
+                        if last_written.len() >= 10_000 {
+                            last_written.clear();
+                        }
+                        last_written.insert(key, write.status);
+                    }
+                    Err(e) if failed_writes.insert(key) => tracing::warn!(
+                        kind = write.kind, namespace = %write.namespace, name = %write.name, error = %e,
+                        "cannot write the Gateway API status"
+                    ),
+                    Err(e) => tracing::debug!(
+                        kind = write.kind, namespace = %write.namespace, name = %write.name, error = %e,
+                        "cannot write the Gateway API status"
+                    ),
+                }
+            }
         }
     });
 }
+
+/// How long one status write may take.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether a readiness future is already done.
 trait NowOrNeverReady {

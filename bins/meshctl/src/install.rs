@@ -352,7 +352,7 @@ pub fn ingress_toml(options: &InstallOptions, inject: &mesh_inject::InjectConfig
 
 /// The Gateway API's objects: the GatewayClass `mesh`, the Gateway it names in its own
 /// namespace (HTTP on 80, HTTPS on 443 with the Secret `mesh-ingress-tls`, routes from every
-/// namespace), and the RBAC the ingress needs to read them: Gateways, HTTPRoutes and GRPCRoutes everywhere,
+/// namespace), and the RBAC the ingress needs to read them and write their status: Gateways, HTTPRoutes and GRPCRoutes everywhere,
 /// Secrets of the Gateway's namespace only.
 fn gateway_api() -> Vec<Value> {
     let name = "mesh-ingress";
@@ -364,7 +364,10 @@ fn gateway_api() -> Vec<Value> {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": name, "labels": labels},
             "rules": [{"apiGroups": ["gateway.networking.k8s.io"],
-                       "resources": ["gateways", "httproutes", "grpcroutes"], "verbs": ["get", "list", "watch"]}]}),
+                       "resources": ["gateways", "httproutes", "grpcroutes"], "verbs": ["get", "list", "watch"]},
+                      {"apiGroups": ["gateway.networking.k8s.io"],
+                       "resources": ["gateways/status", "httproutes/status", "grpcroutes/status"],
+                       "verbs": ["patch", "update"]}]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name, "labels": labels},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},

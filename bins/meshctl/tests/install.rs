@@ -106,11 +106,17 @@ fn install_prints_every_object_of_the_control_plane() {
             other => panic!("unexpected {other}"),
         }
     }
-    // The ingress may read both kinds of Gateway API routes.
+    // The ingress may read both kinds of Gateway API routes, and write their status.
+    let rules = &find(&all, "ClusterRole", "mesh-ingress")["rules"];
     assert_eq!(
-        find(&all, "ClusterRole", "mesh-ingress")["rules"][0]["resources"],
+        rules[0]["resources"],
         serde_json::json!(["gateways", "httproutes", "grpcroutes"])
     );
+    assert_eq!(
+        rules[1]["resources"],
+        serde_json::json!(["gateways/status", "httproutes/status", "grpcroutes/status"])
+    );
+    assert_eq!(rules[1]["verbs"], serde_json::json!(["patch", "update"]));
     // Images from the flags.
     let controller: Deployment =
         serde_json::from_value(find(&all, "Deployment", "mesh-controller").clone()).unwrap();
