@@ -1074,4 +1074,15 @@ api = "{}"
     api.delete::<HttpRoute>("shop", "shop");
     let (text, _) = until("/", "404").await;
     assert!(text.contains("no-route"), "{text}");
+    // And web, which only that route named, is released; api, which the GRPCRoute still
+    // names, stays.
+    let (_, metrics) = scrape_metrics(ingress.admin, None).await.unwrap();
+    let balanced = |service: &str| {
+        metrics.contains(&format!(
+            r#"balancer_endpoints{{service="{service}.shop.svc.cluster.local:"#
+        ))
+    };
+    assert!(!balanced("web"), "{metrics}");
+    assert!(balanced("api"), "{metrics}");
+    assert_eq!(until("/shop.Cart/Add", "api").await.0, "api");
 }

@@ -61,6 +61,15 @@ impl BalancerMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .push((service.into(), Box::new(move || balancer.endpoints())));
     }
+
+    /// Forgets the balancer of `service` (which it otherwise keeps alive), as when no route
+    /// names the service any more.
+    pub fn remove(&self, service: &str) {
+        self.balancers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(name, _)| name != service);
+    }
 }
 
 impl Collector for BalancerMetrics {

@@ -277,6 +277,8 @@ struct Compile {
     /// How a service that only a Gateway API route names is built, when routes may come from
     /// there.
     on_demand: Option<OnDemand>,
+    /// The services built that way: released when no route names them any more.
+    built_on_demand: Mutex<std::collections::HashSet<Authority>>,
 }
 
 /// Balancers built when a route first names their service.
@@ -356,6 +358,7 @@ impl Ingress {
             retries,
             tag_routes: edge.access_log,
             on_demand: None,
+            built_on_demand: Mutex::new(std::collections::HashSet::new()),
         });
         let table = compile.routes().map_err(|source| StackError::Routes {
             service: "ingress".into(),
@@ -418,7 +421,8 @@ impl Ingress {
 
     /// Builds, on first use, the balancer of each service that a Gateway API route names and
     /// no `services` entry configures: as `template` says (its discovery, balancer, timeout,
-    /// plaintext), over `sources`. Call before the ingress is cloned.
+    /// plaintext), over `sources`; and releases it (balancer, metrics, discovery watch) when no
+    /// route names it any more. Call before the ingress is cloned.
     pub fn with_services_on_demand(
         mut self,
         template: ServiceConfig,
@@ -653,6 +657,7 @@ impl Compile {
                     ) {
                         Ok((service, _)) => {
                             tracing::info!(service = %authority, "balancing a service a route names");
+                            lock(&self.built_on_demand).insert(authority.clone());
                             backends.insert(authority, service);
                         }
                         Err(e) => {
@@ -661,6 +666,26 @@ impl Compile {
                     }
                 }
             }
+        }
+        if let Some(on_demand) = &self.on_demand {
+            // A service only routes named, that none names now: its balancer, endpoints and
+            // discovery watch go (the table in use keeps its own until it is replaced).
+            let named: std::collections::HashSet<Authority> = routes
+                .iter()
+                .flat_map(|r| &r.backends)
+                .filter_map(|b| Authority::parse(&b.service, 80).ok())
+                .collect();
+            let mut built = lock(&self.built_on_demand);
+            let mut backends = lock(&self.backends);
+            built.retain(|authority| {
+                if named.contains(authority) {
+                    return true;
+                }
+                tracing::info!(service = %authority, "no route names this service any more; releasing it");
+                backends.remove(authority);
+                on_demand.balancer_metrics.remove(authority.as_str());
+                false
+            });
         }
         let backends = lock(&self.backends).clone();
         let routes = &routes;
