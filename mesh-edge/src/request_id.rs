@@ -139,13 +139,22 @@ mod tests {
     use super::*;
     use tower::{Layer, ServiceExt};
 
-    #[tokio::test]
-    async fn kept_when_sane_made_otherwise_and_echoed() {
-        let echo = tower::service_fn(|req: Request<()>| async move {
+    /// Answers with the request id it got as the body.
+    fn echo() -> impl tower::Service<
+        Request<()>,
+        Response = Response<Option<HeaderValue>>,
+        Error = std::convert::Infallible,
+        Future = impl Future + Send,
+    > + Clone {
+        tower::service_fn(|req: Request<()>| async move {
             let seen = req.headers().get(X_REQUEST_ID).cloned();
             Ok::<_, std::convert::Infallible>(Response::new(seen))
-        });
-        let svc = RequestIdLayer::default().layer(echo);
+        })
+    }
+
+    #[tokio::test]
+    async fn kept_when_sane_made_otherwise_and_echoed() {
+        let svc = RequestIdLayer::default().layer(echo());
         let req = Request::builder()
             .header("x-request-id", "abc-123")
             .body(())
@@ -168,11 +177,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_are_never_indexed_by_hpack() {
-        let echo = tower::service_fn(|req: Request<()>| async move {
-            let seen = req.headers().get(X_REQUEST_ID).cloned();
-            Ok::<_, std::convert::Infallible>(Response::new(seen))
-        });
-        let svc = RequestIdLayer::default().layer(echo);
+        let svc = RequestIdLayer::default().layer(echo());
         for sent in [None, Some("abc-123")] {
             let mut req = Request::builder();
             if let Some(sent) = sent {

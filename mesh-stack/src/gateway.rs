@@ -124,23 +124,24 @@ pub struct ObjectRef {
     pub section_name: Option<String>,
 }
 
-/// A `gateway.networking.k8s.io/v1` `HTTPRoute`: what is read of it.
+/// A Gateway API route, by the kind of its rules: [`HttpRoute`] or [`GrpcRoute`]. What is read
+/// of it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct HttpRoute {
+pub struct Route<R> {
     /// Standard metadata.
     pub metadata: ObjectMeta,
     /// Its spec.
     #[serde(default)]
-    pub spec: HttpRouteSpec,
+    pub spec: RouteSpec<R>,
     /// Its status as last written (kept, so that what others wrote is not lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
 }
 
-/// An HTTPRoute's spec.
+/// A route's spec.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpRouteSpec {
+pub struct RouteSpec<R> {
     /// The Gateways it attaches to.
     #[serde(default)]
     pub parent_refs: Vec<ObjectRef>,
@@ -148,9 +149,14 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub hostnames: Vec<String>,
     /// Its rules.
-    #[serde(default)]
-    pub rules: Vec<HttpRouteRule>,
+    #[serde(default = "Vec::new")]
+    pub rules: Vec<R>,
 }
+
+/// A `gateway.networking.k8s.io/v1` `HTTPRoute`.
+pub type HttpRoute = Route<HttpRouteRule>;
+/// A `gateway.networking.k8s.io/v1` `GRPCRoute`.
+pub type GrpcRoute = Route<GrpcRouteRule>;
 
 /// One rule of an HTTPRoute.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -277,34 +283,6 @@ pub struct GatewayClassSpec {
 gateway_resource!(HttpRoute, "HTTPRoute", "HTTPRouteList", "httproutes");
 gateway_resource!(GrpcRoute, "GRPCRoute", "GRPCRouteList", "grpcroutes");
 
-/// A `gateway.networking.k8s.io/v1` `GRPCRoute`: what is read of it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct GrpcRoute {
-    /// Standard metadata.
-    pub metadata: ObjectMeta,
-    /// Its spec.
-    #[serde(default)]
-    pub spec: GrpcRouteSpec,
-    /// Its status as last written (kept, so that what others wrote is not lost).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-/// A GRPCRoute's spec.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct GrpcRouteSpec {
-    /// The Gateways it attaches to.
-    #[serde(default)]
-    pub parent_refs: Vec<ObjectRef>,
-    /// The hosts it serves; none: every host of the Gateway.
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    /// Its rules.
-    #[serde(default)]
-    pub rules: Vec<GrpcRouteRule>,
-}
-
 /// One rule of a GRPCRoute.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -428,34 +406,8 @@ pub fn routes_of(
     cluster_domain: &str,
 ) -> (Vec<RouteConfig>, Vec<String>) {
     let mut attached = Vec::new();
-    for route in http_routes
-        .iter()
-        .filter(|r| attaches(&r.metadata, &r.spec.parent_refs, gateway))
-    {
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let mut one = order_key(&route.metadata);
-        for (i, rule) in route.spec.rules.iter().enumerate() {
-            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
-            let config = rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
-                .map_err(|why| format!("HTTPRoute rule {name}: {why}"));
-            one.rules.push((name, config));
-        }
-        attached.push(one);
-    }
-    for route in grpc_routes
-        .iter()
-        .filter(|r| attaches(&r.metadata, &r.spec.parent_refs, gateway))
-    {
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let mut one = order_key(&route.metadata);
-        for (i, rule) in route.spec.rules.iter().enumerate() {
-            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
-            let config = grpc_rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
-                .map_err(|why| format!("GRPCRoute rule {name}: {why}"));
-            one.rules.push((name, config));
-        }
-        attached.push(one);
-    }
+    attach(http_routes, gateway, cluster_domain, &mut attached);
+    attach(grpc_routes, gateway, cluster_domain, &mut attached);
     // Stable: of an HTTPRoute and a GRPCRoute made at once, with one name, the HTTPRoute first.
     attached.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = Vec::new();
@@ -506,6 +458,96 @@ fn precedence(
         m.method.is_none(),
         std::cmp::Reverse(m.headers.len()),
     )
+}
+
+/// A rule of a route kind: how it becomes a route of ours.
+trait RouteRule {
+    /// `HTTPRoute` or `GRPCRoute`.
+    const KIND: &'static str;
+    /// Its name, if given.
+    fn name(&self) -> Option<&String>;
+    /// The route it makes, named `name`, of a route in `namespace` serving `hostnames`.
+    fn config(
+        &self,
+        name: &str,
+        namespace: &str,
+        hostnames: &[String],
+        cluster_domain: &str,
+    ) -> Result<RouteConfig, String>;
+}
+
+impl RouteRule for HttpRouteRule {
+    const KIND: &'static str = "HTTPRoute";
+
+    fn name(&self) -> Option<&String> {
+        self.name.as_ref()
+    }
+
+    fn config(
+        &self,
+        name: &str,
+        namespace: &str,
+        hostnames: &[String],
+        cluster_domain: &str,
+    ) -> Result<RouteConfig, String> {
+        rule_config(name, namespace, hostnames, self, cluster_domain)
+    }
+}
+
+impl RouteRule for GrpcRouteRule {
+    const KIND: &'static str = "GRPCRoute";
+
+    fn name(&self) -> Option<&String> {
+        self.name.as_ref()
+    }
+
+    fn config(
+        &self,
+        name: &str,
+        namespace: &str,
+        hostnames: &[String],
+        cluster_domain: &str,
+    ) -> Result<RouteConfig, String> {
+        grpc_rule_config(name, namespace, hostnames, self, cluster_domain)
+    }
+}
+
+/// Each rule of `route`, named, as a route or why not.
+fn rules_of<R: RouteRule>(
+    route: &Route<R>,
+    cluster_domain: &str,
+) -> Vec<(String, Result<RouteConfig, String>)> {
+    let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+    route
+        .spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let name = rule_name(&route.metadata, rule.name(), i);
+            let config = rule
+                .config(&name, ns, &route.spec.hostnames, cluster_domain)
+                .map_err(|why| format!("{} rule {name}: {why}", R::KIND));
+            (name, config)
+        })
+        .collect()
+}
+
+/// The routes of `routes` that attach to `gateway`, added to `attached`.
+fn attach<R: RouteRule>(
+    routes: &[Arc<Route<R>>],
+    gateway: &GatewayRef,
+    cluster_domain: &str,
+    attached: &mut Vec<AttachedRoute>,
+) {
+    for route in routes
+        .iter()
+        .filter(|r| attaches(&r.metadata, &r.spec.parent_refs, gateway))
+    {
+        let mut one = order_key(&route.metadata);
+        one.rules = rules_of(route, cluster_domain);
+        attached.push(one);
+    }
 }
 
 /// The header matches of a rule's match.

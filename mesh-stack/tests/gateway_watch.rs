@@ -44,6 +44,20 @@ fn grpc_route() -> GrpcRoute {
     .unwrap()
 }
 
+/// A stand-in API server with the Gateway `edge/edge`, serving GRPCRoutes if `grpc_routes`.
+async fn api_server(grpc_routes: bool) -> FakeApiServer {
+    let mut builder = FakeApiServer::builder()
+        .resource::<Gateway>()
+        .resource::<HttpRoute>()
+        .resource::<Secret>();
+    if grpc_routes {
+        builder = builder.resource::<GrpcRoute>();
+    }
+    let api = builder.start().await;
+    api.apply(gateway());
+    api
+}
+
 /// Watches `edge/edge` on `api` until `drain`; the states it reports.
 fn watch(api: &FakeApiServer, drain: &Drain) -> mpsc::UnboundedReceiver<GatewayState> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -80,14 +94,7 @@ async fn until_routes(
 
 #[tokio::test]
 async fn http_and_grpc_routes_arrive_ranked_together() {
-    let api = FakeApiServer::builder()
-        .resource::<Gateway>()
-        .resource::<HttpRoute>()
-        .resource::<GrpcRoute>()
-        .resource::<Secret>()
-        .start()
-        .await;
-    api.apply(gateway());
+    let api = api_server(true).await;
     api.apply(http_route());
     let drain = Drain::new();
     let mut states = watch(&api, &drain);
@@ -107,13 +114,7 @@ async fn http_and_grpc_routes_arrive_ranked_together() {
 async fn without_the_grpc_route_crd_http_routes_are_served() {
     // The stand-in API server knows no GRPCRoute: its list fails, as a cluster's does
     // without the CRD.
-    let api = FakeApiServer::builder()
-        .resource::<Gateway>()
-        .resource::<HttpRoute>()
-        .resource::<Secret>()
-        .start()
-        .await;
-    api.apply(gateway());
+    let api = api_server(false).await;
     api.apply(http_route());
     let drain = Drain::new();
     let mut states = watch(&api, &drain);
@@ -159,14 +160,7 @@ fn our_conditions(status: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_gateway_and_its_routes_get_a_status() {
-    let api = FakeApiServer::builder()
-        .resource::<Gateway>()
-        .resource::<HttpRoute>()
-        .resource::<GrpcRoute>()
-        .resource::<Secret>()
-        .start()
-        .await;
-    api.apply(gateway());
+    let api = api_server(true).await;
     // Another controller's entry, which must stay.
     let mut web = http_route();
     web.status = Some(json!({"parents": [{

@@ -16,9 +16,11 @@
 
 use serde_json::{Value, json};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::{
-    GROUP, Gateway, GatewayRef, GrpcRoute, HttpRoute, ObjectRef, attaches, grpc_rule_config,
-    rule_config, rule_name,
+    GROUP, Gateway, GatewayRef, GrpcRoute, HttpRoute, ObjectRef, Route, RouteRule, attaches,
+    rules_of,
 };
 
 /// The controller the GatewayClass `mesh` names.
@@ -180,13 +182,43 @@ fn route_status(
 
 /// The parentRef of `route` that names `gateway`.
 fn our_parent<'a>(
-    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    metadata: &ObjectMeta,
     parents: &'a [ObjectRef],
     gateway: &GatewayRef,
 ) -> Option<&'a ObjectRef> {
     parents
         .iter()
         .find(|p| attaches(metadata, std::slice::from_ref(*p), gateway))
+}
+
+/// The status of each route of `routes` attached to `gateway`, given to `write`; `attached`
+/// counts them.
+fn route_statuses<R: RouteRule>(
+    routes: &[std::sync::Arc<Route<R>>],
+    gateway: &GatewayRef,
+    cluster_domain: &str,
+    attached: &mut usize,
+    write: &mut impl FnMut(&'static str, &ObjectMeta, Option<&Value>, Value),
+) {
+    for route in routes {
+        let Some(parent) = our_parent(&route.metadata, &route.spec.parent_refs, gateway) else {
+            continue;
+        };
+        *attached += 1;
+        let v = verdict(
+            rules_of(route, cluster_domain)
+                .into_iter()
+                .map(|(_, config)| config.map(drop)),
+        );
+        let status = route_status(
+            route.status.as_ref(),
+            parent,
+            gateway,
+            &v,
+            route.metadata.generation,
+        );
+        write(R::KIND, &route.metadata, route.status.as_ref(), status);
+    }
 }
 
 /// Every status that differs from what the objects have: the Gateway's (when it exists) and
@@ -224,48 +256,20 @@ pub fn statuses(
             });
         }
     };
-    for route in http_routes {
-        let Some(parent) = our_parent(&route.metadata, &route.spec.parent_refs, gateway) else {
-            continue;
-        };
-        attached += 1;
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let v = verdict(route.spec.rules.iter().enumerate().map(|(i, rule)| {
-            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
-            rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
-                .map(drop)
-                .map_err(|why| format!("rule {name}: {why}"))
-        }));
-        let status = route_status(
-            route.status.as_ref(),
-            parent,
-            gateway,
-            &v,
-            route.metadata.generation,
-        );
-        write("HTTPRoute", &route.metadata, route.status.as_ref(), status);
-    }
-    for route in grpc_routes {
-        let Some(parent) = our_parent(&route.metadata, &route.spec.parent_refs, gateway) else {
-            continue;
-        };
-        attached += 1;
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let v = verdict(route.spec.rules.iter().enumerate().map(|(i, rule)| {
-            let name = rule_name(&route.metadata, rule.name.as_ref(), i);
-            grpc_rule_config(&name, ns, &route.spec.hostnames, rule, cluster_domain)
-                .map(drop)
-                .map_err(|why| format!("rule {name}: {why}"))
-        }));
-        let status = route_status(
-            route.status.as_ref(),
-            parent,
-            gateway,
-            &v,
-            route.metadata.generation,
-        );
-        write("GRPCRoute", &route.metadata, route.status.as_ref(), status);
-    }
+    route_statuses(
+        http_routes,
+        gateway,
+        cluster_domain,
+        &mut attached,
+        &mut write,
+    );
+    route_statuses(
+        grpc_routes,
+        gateway,
+        cluster_domain,
+        &mut attached,
+        &mut write,
+    );
     if let Some(gw) = found {
         let current = gw.status.as_ref();
         let generation = gw.metadata.generation;
