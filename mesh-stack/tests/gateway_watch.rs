@@ -267,6 +267,36 @@ async fn the_gateway_and_its_routes_get_a_status() {
     );
     // A change that is not ours makes a new look; still nothing to write.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(patches(), written);
+
+    // The web route moves to another Gateway: its entry for ours goes, the other stays.
+    let mut moved = api.get::<HttpRoute>("shop", "web").unwrap();
+    moved.spec.parent_refs[0].name = "elsewhere".into();
+    api.apply(moved);
+    let web = until(
+        || api.get::<HttpRoute>("shop", "web"),
+        |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| our_conditions(s).is_empty())
+        },
+    )
+    .await;
+    let parents = web.status.unwrap()["parents"].clone();
+    assert_eq!(parents.as_array().map(Vec::len), Some(1), "{parents}");
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    // The Gateway's count follows (written in the same look, just after).
+    until(
+        || api.get::<Gateway>("edge", "edge"),
+        |g| {
+            g.status
+                .as_ref()
+                .is_some_and(|s| s["listeners"][0]["attachedRoutes"] == 2)
+        },
+    )
+    .await;
+    let written = patches();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let paths: Vec<String> = api
         .requests()
         .iter()

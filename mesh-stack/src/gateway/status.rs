@@ -7,7 +7,8 @@
 //! - each attached HTTPRoute and GRPCRoute: one entry of `status.parents` for this Gateway,
 //!   with `controllerName: mesh.dev/ingress`, `Accepted` (false, `UnsupportedValue`, when none
 //!   of its rules can be served) and `ResolvedRefs` (false, `InvalidKind`, when a backend is
-//!   not a Service). Other controllers' entries are kept as they are.
+//!   not a Service), removed again when the route leaves the Gateway. Other controllers'
+//!   entries are kept as they are.
 //!
 //! A status is written only when it differs from what the object has and from what was last
 //! written (the watch may not have caught up with a write yet), and a condition keeps its
@@ -117,6 +118,13 @@ fn condition(
     c
 }
 
+/// Whether a `status.parents` entry is the one this ingress writes for `gateway`.
+fn is_ours(entry: &Value, gateway: &GatewayRef) -> bool {
+    entry["controllerName"] == CONTROLLER_NAME
+        && entry["parentRef"]["name"] == gateway.name.as_str()
+        && entry["parentRef"]["namespace"] == gateway.namespace.as_str()
+}
+
 /// The `status.parents` entry of a route for `gateway`, the entries of others kept.
 fn route_status(
     current: Option<&Value>,
@@ -125,10 +133,7 @@ fn route_status(
     verdict: &RouteVerdict,
     generation: Option<i64>,
 ) -> Value {
-    let ours = |entry: &Value| {
-        entry["controllerName"] == CONTROLLER_NAME
-            && entry["parentRef"]["name"] == gateway.name.as_str()
-    };
+    let ours = |entry: &Value| is_ours(entry, gateway);
     let mut parents: Vec<Value> = current
         .and_then(|s| s["parents"].as_array())
         .map(|all| all.iter().filter(|e| !ours(e)).cloned().collect())
@@ -202,6 +207,20 @@ fn route_statuses<R: RouteRule>(
 ) {
     for route in routes {
         let Some(parent) = our_parent(&route.metadata, &route.spec.parent_refs, gateway) else {
+            // Detached from the Gateway (or never attached): the entry written while it was
+            // attached goes; the others stay.
+            let parents = route.status.as_ref().and_then(|s| s["parents"].as_array());
+            if let Some(parents) = parents
+                && parents.iter().any(|e| is_ours(e, gateway))
+            {
+                let others: Vec<Value> = parents
+                    .iter()
+                    .filter(|e| !is_ours(e, gateway))
+                    .cloned()
+                    .collect();
+                let status = json!({ "parents": others });
+                write(R::KIND, &route.metadata, route.status.as_ref(), status);
+            }
             continue;
         };
         *attached += 1;
