@@ -591,20 +591,20 @@ where
                     (None, false) => {}
                 }
                 let status = rsp.status();
-                Poll::Ready(Ok(rsp.map(|body| match body {
-                    Body::Incoming(body) => {
+                Poll::Ready(Ok(rsp.map(|body| match body.into_received() {
+                    Ok(body) => {
                         let observer: Arc<dyn BodyObserver> = endpoint;
                         Body::Observed(ObservedBody::new(body, observer, class.is_none(), status))
                     }
                     // A layer below already watches this body end (metrics): watch it too.
-                    Body::Observed(mut body) => {
+                    Err(Body::Observed(mut body)) => {
                         if class.is_none() {
                             body.classify_grpc();
                         }
                         body.observe(endpoint);
                         Body::Observed(body)
                     }
-                    other => {
+                    Err(other) => {
                         endpoint.end_request();
                         other
                     }

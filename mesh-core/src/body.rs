@@ -1,6 +1,7 @@
 //! The one body type every stage speaks.
 //!
-//! Forwarded bodies stay hyper's `Incoming` (no boxing, no copy: flow control passes straight
+//! Forwarded bodies stay what the connection gave (hyper's `Incoming` from clients, the h2
+//! stream of an endpoint's response: no boxing, no copy, flow control passes straight
 //! through), bodies the proxy makes itself are `Full` or empty, and a layer that must wrap a
 //! body can fall back to `Boxed`. An enum instead of a boxed trait object saves one allocation
 //! per request on the forwarding path.
@@ -23,6 +24,8 @@ use crate::grpc::{Code, grpc_status};
 pub enum Body {
     /// A body received from a peer, forwarded as it arrives.
     Incoming(hyper::body::Incoming),
+    /// A response body an endpoint sent over HTTP/2, forwarded as it arrives.
+    H2(crate::http2::H2Body),
     /// A body the proxy made, sent in one frame.
     Full(Option<Bytes>),
     /// No body at all.
@@ -64,7 +67,7 @@ const INLINE_OBSERVERS: usize = 2;
 /// A received body that tells its observers how it ended, without boxing: each observer is an
 /// `Arc` the caller already has.
 pub struct ObservedBody {
-    body: hyper::body::Incoming,
+    body: Received,
     observers: [Option<Arc<dyn BodyObserver>>; INLINE_OBSERVERS],
     more_observers: Vec<Arc<dyn BodyObserver>>,
     classify_grpc: bool,
@@ -75,7 +78,7 @@ impl ObservedBody {
     /// Observes `body`, the body of a response with status `status`; with `classify_grpc`,
     /// the end reports the class and status its trailers give.
     pub fn new(
-        body: hyper::body::Incoming,
+        body: Received,
         observer: Arc<dyn BodyObserver>,
         classify_grpc: bool,
         status: http::StatusCode,
@@ -130,7 +133,14 @@ impl ObservedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = http_body::Body::poll_frame(Pin::new(&mut self.body), cx);
+        let polled = match &mut self.body {
+            Received::Hyper(body) => {
+                http_body::Body::poll_frame(Pin::new(body), cx).map_err(|e| BodyError(e.into()))
+            }
+            Received::H2(body) => {
+                http_body::Body::poll_frame(Pin::new(body), cx).map_err(|e| BodyError(e.into()))
+            }
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
@@ -141,7 +151,43 @@ impl ObservedBody {
             Poll::Ready(Some(Err(_))) => self.finish(BodyEnd::Failed),
             Poll::Pending => {}
         }
-        polled.map_err(|e| BodyError(e.into()))
+        polled
+    }
+}
+
+/// A body received from a peer, as [`ObservedBody`] watches it.
+#[derive(Debug)]
+pub enum Received {
+    /// From a client, through hyper's server.
+    Hyper(hyper::body::Incoming),
+    /// From an endpoint, over HTTP/2.
+    H2(crate::http2::H2Body),
+}
+
+impl Received {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(body) => http_body::Body::is_end_stream(body),
+            Received::H2(body) => http_body::Body::is_end_stream(body),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Hyper(body) => http_body::Body::size_hint(body),
+            Received::H2(body) => http_body::Body::size_hint(body),
+        }
+    }
+}
+
+impl Body {
+    /// The body as a [`Received`] one, if it is one not yet observed; itself otherwise.
+    pub fn into_received(self) -> Result<Received, Body> {
+        match self {
+            Body::Incoming(body) => Ok(Received::Hyper(body)),
+            Body::H2(body) => Ok(Received::H2(body)),
+            other => Err(other),
+        }
     }
 }
 
@@ -224,6 +270,9 @@ impl http_body::Body for Body {
             Body::Incoming(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| BodyError(e.into())),
+            Body::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(e.into())),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Empty => Poll::Ready(None),
             Body::Boxed(body) => Pin::new(body).poll_frame(cx).map_err(BodyError),
@@ -234,6 +283,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Incoming(body) => body.is_end_stream(),
+            Body::H2(body) => body.is_end_stream(),
             Body::Full(data) => data.is_none(),
             Body::Empty => true,
             Body::Boxed(body) => body.is_end_stream(),
@@ -244,6 +294,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Incoming(body) => body.size_hint(),
+            Body::H2(body) => body.size_hint(),
             Body::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
             Body::Boxed(body) => body.size_hint(),

@@ -2,7 +2,7 @@
 //!
 //! HTTP/2 requests travel on one multiplexed connection per endpoint, shared by every caller
 //! (a lock-free load of the live connection on the hot path; a connect lock only while
-//! (re)connecting). HTTP/1.1 requests use a keep-alive pool per endpoint (hyper-util's pool).
+//! (re)connecting), driven through the `h2` crate directly ([`crate::http2`]). HTTP/1.1 requests use a keep-alive pool per endpoint (hyper-util's pool).
 //! The protocol follows the request: h2 end to end for h2 clients, HTTP/1.1 for HTTP/1.1.
 //!
 //! An endpoint with an identity is reached over mutual TLS when the client has a
@@ -31,7 +31,6 @@ use tokio::time::Instant;
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
-use hyper::client::conn::http2;
 use hyper_util::client::legacy;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -95,7 +94,7 @@ impl Default for ClientConfig {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     h1: legacy::Client<HttpConnector, Body>,
-    h2: Arc<http2::Builder<TokioExecutor>>,
+    h2: Arc<crate::http2::Settings>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
@@ -115,14 +114,13 @@ impl HttpClient {
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .build(connector);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .initial_stream_window_size(config.initial_stream_window)
-            .initial_connection_window_size(config.initial_connection_window)
-            .keep_alive_interval(config.keep_alive_interval)
-            .keep_alive_timeout(config.keep_alive_interval.saturating_mul(2))
-            // A connection to an endpoint that vanished is found before a request needs it.
-            .keep_alive_while_idle(true);
+        // Pinged even while idle: a connection to an endpoint that vanished is found before a
+        // request needs it.
+        let h2 = crate::http2::Settings::new(
+            config.initial_stream_window,
+            config.initial_connection_window,
+            config.keep_alive_interval,
+        );
         Self {
             h1,
             h2: Arc::new(h2),
@@ -340,10 +338,7 @@ struct Inner {
     h1: H1Client,
 }
 
-#[derive(Debug)]
-struct H2Connection {
-    tx: http2::SendRequest<Body>,
-}
+type H2Connection = crate::http2::Connection;
 
 #[derive(Debug)]
 struct ConnectFailure {
@@ -422,7 +417,7 @@ impl tower::Service<Request<Body>> for EndpointClient {
 
 impl Inner {
     fn live_h2(&self) -> Option<Arc<H2Connection>> {
-        self.h2.load_full().filter(|c| !c.tx.is_closed())
+        self.h2.load_full().filter(|c| !c.is_closed())
     }
 
     fn backing_off(&self) -> Option<EndpointDown> {
@@ -491,49 +486,32 @@ impl Inner {
                 .connect_timeout
                 .saturating_sub(started.elapsed());
             let h2_failed = |e| ProxyError::new(Cause::H2Handshake, e);
-            // The connection task is boxed so that plain and TLS connections share one type.
-            let handshake: (_, Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>) =
-                match &self.tls {
-                    None => {
-                        let (tx, conn) = self
-                            .client
-                            .h2
-                            .handshake(TokioIo::new(tcp))
-                            .await
-                            .map_err(h2_failed)?;
-                        (tx, Box::pin(conn))
-                    }
-                    Some(target) => {
-                        let io = target.secure(tcp, Alpn::H2, left).await?;
-                        let (tx, conn) = self
-                            .client
-                            .h2
-                            .handshake(TokioIo::new(io))
-                            .await
-                            .map_err(h2_failed)?;
-                        (tx, Box::pin(conn))
-                    }
-                };
-            Ok(handshake)
+            match &self.tls {
+                None => self.client.h2.handshake(tcp, self.addr).await,
+                Some(target) => {
+                    let io = target.secure(tcp, Alpn::H2, left).await?;
+                    self.client.h2.handshake(io, self.addr).await
+                }
+            }
+            .map_err(h2_failed)
         }
         .await;
-        let (tx, conn) = match result {
-            Ok(handshake) => handshake,
+        let conn = match result {
+            Ok(conn) => Arc::new(conn),
             Err(e) => {
                 self.record_failure(&e);
                 return Err(e);
             }
         };
         self.record_success();
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "h2 connection to endpoint ended");
-            }
-        });
-        let conn = Arc::new(H2Connection { tx });
         self.h2.store(Some(conn.clone()));
         Ok(conn)
+    }
+
+    /// Drops `conn` as this endpoint's connection: it refused a new stream.
+    fn forget_h2(&self, conn: &Arc<H2Connection>) {
+        conn.close();
+        let _ = self.h2.compare_and_swap(&Some(conn.clone()), None);
     }
 
     async fn send_h2(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
@@ -542,29 +520,27 @@ impl Inner {
             absolute_uri_from_host(&mut req)?;
         }
         let conn = self.h2_connection().await?;
-        let mut tx = conn.tx.clone();
-        match tx.try_send_request(req).await {
-            Ok(rsp) => Ok(rsp.map(Body::Incoming)),
-            Err(mut e) => match e.take_message() {
-                // The connection died (GOAWAY, reset) before the request went out: it is safe
-                // to send it once more, on a fresh connection.
-                Some(req) => {
-                    let _ = self.h2.compare_and_swap(&Some(conn), None);
-                    let conn = self.h2_connection().await?;
-                    let mut tx = conn.tx.clone();
-                    match tx.try_send_request(req).await {
-                        Ok(rsp) => Ok(rsp.map(Body::Incoming)),
-                        Err(mut e) => {
-                            let unsent = e.take_message().is_some();
-                            if unsent {
-                                let _ = self.h2.compare_and_swap(&Some(conn), None);
-                            }
-                            Err(h2_request_failed(e.into_error(), unsent).into())
-                        }
+        let mut tx = match conn.ready().await {
+            Ok(tx) => tx,
+            // The connection failed (GOAWAY, reset) before the request went out: it is safe to
+            // send it once more, on a fresh connection.
+            Err(_) => {
+                self.forget_h2(&conn);
+                let conn = self.h2_connection().await?;
+                match conn.ready().await {
+                    Ok(tx) => tx,
+                    Err(e) => {
+                        self.forget_h2(&conn);
+                        return Err(h2_request_failed(e, true).into());
                     }
                 }
-                None => Err(h2_request_failed(e.into_error(), false).into()),
-            },
+            }
+        };
+        let exchange = crate::http2::send(&mut tx, req).map_err(|e| h2_request_failed(e, true))?;
+        drop(tx);
+        match exchange.await {
+            Ok(rsp) => Ok(rsp.map(Body::H2)),
+            Err(e) => Err(h2_request_failed(e, false).into()),
         }
     }
 
@@ -613,24 +589,13 @@ impl Inner {
 
 /// Classifies an HTTP/2 request that failed: a stream the endpoint refused unprocessed is a
 /// [`Cause::RefusedStream`] (told by the h2 error's reason, not its text); a request the
-/// connection gave back `unsent` is a [`Cause::ConnectionClosed`]; anything else happened
-/// after the request was sent, [`Cause::Upstream`].
-fn h2_request_failed(e: hyper::Error, unsent: bool) -> ProxyError {
-    let mut refused = false;
-    let mut next = std::error::Error::source(&e);
-    while let Some(source) = next {
-        if let Some(h2) = source.downcast_ref::<h2::Error>() {
-            refused = Cause::of_h2(h2) == Cause::RefusedStream;
-            break;
-        }
-        next = source.source();
-    }
-    let cause = if refused {
-        Cause::RefusedStream
-    } else if unsent {
-        Cause::ConnectionClosed
-    } else {
-        Cause::Upstream
+/// connection failed before sending (`unsent`) is a [`Cause::ConnectionClosed`]; anything else
+/// happened after the request was sent, [`Cause::Upstream`].
+fn h2_request_failed(e: h2::Error, unsent: bool) -> ProxyError {
+    let cause = match Cause::of_h2(&e) {
+        Cause::RefusedStream => Cause::RefusedStream,
+        _ if unsent => Cause::ConnectionClosed,
+        _ => Cause::Upstream,
     };
     ProxyError::new(cause, e)
 }

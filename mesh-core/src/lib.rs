@@ -53,6 +53,7 @@ pub mod drain;
 pub mod endpoint;
 pub mod error;
 pub mod grpc;
+pub mod http2;
 pub mod identity;
 pub mod panic;
 pub mod ports;

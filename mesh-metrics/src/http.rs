@@ -413,11 +413,9 @@ where
                         Some(endpoint) => endpoint,
                         None => return Poll::Ready(Ok(rsp)),
                     };
-                    return Poll::Ready(Ok(rsp.map(|body| match body {
-                        Body::Incoming(body) => {
-                            Body::Observed(ObservedBody::new(body, observer, true, status))
-                        }
-                        other => other,
+                    return Poll::Ready(Ok(rsp.map(|body| match body.into_received() {
+                        Ok(body) => Body::Observed(ObservedBody::new(body, observer, true, status)),
+                        Err(other) => other,
                     })));
                 };
                 endpoint.response(Some(status), grpc_status(rsp.headers()), class);
