@@ -94,7 +94,7 @@ impl Default for ClientConfig {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     h1: legacy::Client<HttpConnector, Body>,
-    h2: Arc<crate::http2::Settings>,
+    h2: Arc<crate::http2::client::Settings>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
@@ -116,7 +116,7 @@ impl HttpClient {
             .build(connector);
         // Pinged even while idle: a connection to an endpoint that vanished is found before a
         // request needs it.
-        let h2 = crate::http2::Settings::new(
+        let h2 = crate::http2::client::Settings::new(
             config.initial_stream_window,
             config.initial_connection_window,
             config.keep_alive_interval,
@@ -338,7 +338,7 @@ struct Inner {
     h1: H1Client,
 }
 
-type H2Connection = crate::http2::Connection;
+type H2Connection = crate::http2::client::Connection;
 
 #[derive(Debug)]
 struct ConnectFailure {
@@ -536,7 +536,8 @@ impl Inner {
                 }
             }
         };
-        let exchange = crate::http2::send(&mut tx, req).map_err(|e| h2_request_failed(e, true))?;
+        let exchange =
+            crate::http2::client::send(&mut tx, req).map_err(|e| h2_request_failed(e, true))?;
         drop(tx);
         match exchange.await {
             Ok(rsp) => Ok(rsp.map(Body::H2)),

@@ -33,28 +33,17 @@ pub fn caught() -> u64 {
 pub async fn isolate<F: Future<Output = ()>>(what: &'static str, serve: F) {
     let mut serving = std::pin::pin!(AssertUnwindSafe(serve).catch_unwind());
     if serving.as_mut().await.is_err() {
-        CAUGHT.fetch_add(1, Ordering::SeqCst);
-        tracing::error!(
-            what,
-            "a panic while serving it: it is closed, the proxy goes on (a bug: please report it with this log)"
-        );
+        count_caught(what);
     }
     // The connection (inside `serving`) closes only now: whoever sees it closed by a panic
     // finds the panic counted.
 }
 
-/// Hyper's executor for HTTP/2 streams: each stream a task of its own, isolated.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IsolatingExecutor;
-
-impl<F> hyper::rt::Executor<F> for IsolatingExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(isolate("an HTTP/2 stream", async move {
-            let _ = fut.await;
-        }));
-    }
+/// Counts and logs a panic caught while serving `what`.
+pub(crate) fn count_caught(what: &'static str) {
+    CAUGHT.fetch_add(1, Ordering::SeqCst);
+    tracing::error!(
+        what,
+        "a panic while serving it: it is closed, the proxy goes on (a bug: please report it with this log)"
+    );
 }

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -99,12 +98,11 @@ impl Default for ServerConfig {
     }
 }
 
-/// Serves HTTP/1 and HTTP/2 connections with one set of settings.
+/// Serves HTTP/1 (hyper) and HTTP/2 ([`crate::http2`]) connections with one set of settings.
 #[derive(Clone, Debug)]
 pub struct HttpServer {
     h1: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<crate::panic::IsolatingExecutor>,
-    idle_timeout: Duration,
+    h2: Arc<crate::http2::server::Settings>,
 }
 
 impl HttpServer {
@@ -118,119 +116,85 @@ impl HttpServer {
             .half_close(true)
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size((config.max_header_bytes as usize).max(8192));
-        let mut h2 = hyper::server::conn::http2::Builder::new(crate::panic::IsolatingExecutor);
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(config.max_header_bytes)
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .initial_stream_window_size(config.initial_stream_window)
-            .initial_connection_window_size(config.initial_connection_window)
-            .keep_alive_interval(config.keep_alive_interval)
-            .keep_alive_timeout(config.keep_alive_interval)
-            // HTTP/2 floods, bounded here rather than by a dependency's default: streams a
-            // client resets before they are served (rapid reset, CVE-2023-44487), and streams
-            // the server itself must reset for a client's errors, each end the connection
-            // with GOAWAY past these counts; a header block, CONTINUATION frames included, is
-            // refused past `max_header_bytes`.
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
         Self {
             h1,
-            h2,
-            idle_timeout: config.idle_timeout,
+            h2: Arc::new(crate::http2::server::Settings::new(config)),
         }
     }
 
     /// Serves one connection until the client is done or draining finishes it.
     ///
     /// On drain, HTTP/1 closes after the response in flight and HTTP/2 sends GOAWAY and lets
-    /// open streams finish.
+    /// open streams finish. An HTTP/2 connection on which no new stream opened for a whole
+    /// `idle_timeout` is sent GOAWAY too.
     pub async fn serve<I, S>(
         &self,
         io: I,
         protocol: Protocol,
         service: S,
         drain: &Drain,
-    ) -> Result<(), hyper::Error>
+    ) -> Result<(), ServeError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                Request<Incoming>,
-                Response = Response<Body>,
-                Error = Infallible,
-            > + Send
+        S: hyper::service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Send
             + 'static,
         S::Future: Send + 'static,
     {
-        let io = TokioIo::new(io);
         match protocol {
-            Protocol::Http2 => {
-                // One relaxed add per request tells the connection's idle check it is in use.
-                let streams = Arc::new(AtomicU64::new(0));
-                let service = Counted {
-                    inner: service,
-                    streams: streams.clone(),
-                };
-                let conn = self.h2.serve_connection(io, service);
-                until_drained_or_idle(conn, drain, &streams, self.idle_timeout).await
-            }
+            Protocol::Http2 => Ok(crate::http2::server::serve(&self.h2, io, service, drain).await?),
             Protocol::Http1 | Protocol::Opaque => {
-                until_drained(self.h1.serve_connection(io, service), drain).await
+                let conn = self
+                    .h1
+                    .serve_connection(TokioIo::new(io), FromIncoming(service));
+                Ok(until_drained(conn, drain).await?)
             }
         }
     }
 }
 
-/// Like [`until_drained`], and also ends the connection gracefully when no new stream opened
-/// during a whole `idle` period.
-async fn until_drained_or_idle<C>(
-    conn: C,
-    drain: &Drain,
-    streams: &AtomicU64,
-    idle: Duration,
-) -> Result<(), hyper::Error>
-where
-    C: GracefulConnection<Error = hyper::Error>,
-{
-    tokio::pin!(conn);
-    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            biased;
-            res = conn.as_mut() => return res,
-            _ = drain.signaled() => break,
-            _ = checks.tick() => {
-                let now = streams.load(Ordering::Relaxed);
-                if now == seen {
-                    tracing::debug!(?idle, "HTTP/2 connection idle: GOAWAY");
-                    break;
-                }
-                seen = now;
-            }
-        }
+/// Why a client's connection ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// HTTP/1: a malformed or oversized request, a header timeout, I/O.
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    /// HTTP/2: a protocol error, a flood past its bound, I/O, a client that stopped answering
+    /// pings.
+    #[error(transparent)]
+    Http2(#[from] crate::http2::server::ServeError),
+}
+
+impl ServeError {
+    /// The client took too long to send a request's headers.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ServeError::Http1(e) if e.is_timeout())
     }
-    conn.as_mut().graceful_shutdown();
-    conn.await
+
+    /// The request's headers were larger than allowed.
+    pub fn is_parse_too_large(&self) -> bool {
+        matches!(self, ServeError::Http1(e) if e.is_parse_too_large())
+    }
+
+    /// The bytes were not an HTTP request.
+    pub fn is_parse(&self) -> bool {
+        matches!(self, ServeError::Http1(e) if e.is_parse())
+    }
 }
 
-/// A connection's service that counts the streams it serves.
-struct Counted<S> {
-    inner: S,
-    streams: Arc<AtomicU64>,
-}
+/// hyper's HTTP/1 server gives `Incoming` bodies; the stacks take [`Body`].
+struct FromIncoming<S>(S);
 
-impl<S, B> hyper::service::Service<Request<B>> for Counted<S>
+impl<S> hyper::service::Service<Request<Incoming>> for FromIncoming<S>
 where
-    S: hyper::service::Service<Request<B>>,
+    S: hyper::service::Service<Request<Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, req: Request<B>) -> S::Future {
-        self.streams.fetch_add(1, Ordering::Relaxed);
-        self.inner.call(req)
+    fn call(&self, req: Request<Incoming>) -> S::Future {
+        self.0.call(req.map(Body::Incoming))
     }
 }
 
@@ -315,7 +279,7 @@ where
     }
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for Respond<S>
+impl<S> hyper::service::Service<Request<Body>> for Respond<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone,
 {
@@ -323,12 +287,12 @@ where
     type Error = Infallible;
     type Future = RespondFuture<S>;
 
-    fn call(&self, req: Request<Incoming>) -> RespondFuture<S> {
+    fn call(&self, req: Request<Body>) -> RespondFuture<S> {
         #[cfg(feature = "test-panic-hook")]
         if req.headers().contains_key("x-mesh-test-panic") {
             panic!("x-mesh-test-panic: a panic a test asked for, in one request's path");
         }
-        RespondFuture::new(self.inner.clone(), req.map(Body::Incoming))
+        RespondFuture::new(self.inner.clone(), req)
     }
 }
 
@@ -399,7 +363,7 @@ mod tests {
         let server = HttpServer::new(&config);
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let drain = Drain::new();
-        let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        let service = hyper::service::service_fn(|_req: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::Empty))
         });
         let served = tokio::spawn(async move {

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use mesh_core::Body;
 use mesh_core::detect::Protocol;
 use mesh_core::drain::Drain;
@@ -144,18 +143,18 @@ struct AdminService {
 
 type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl hyper::service::Service<Request<Incoming>> for AdminService {
+impl hyper::service::Service<Request<Body>> for AdminService {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = AdminFuture;
 
-    fn call(&self, req: Request<Incoming>) -> AdminFuture {
+    fn call(&self, req: Request<Body>) -> AdminFuture {
         let (state, peer) = (self.state.clone(), self.peer);
         Box::pin(async move { Ok(respond(&state, peer, req).await) })
     }
 }
 
-async fn respond(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn respond(state: &State, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET | Method::HEAD, "/live") => text(StatusCode::OK, "live\n".into()),
         (Method::GET | Method::HEAD, "/ready") if state.ready.load(Ordering::Acquire) => {

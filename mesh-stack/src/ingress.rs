@@ -597,7 +597,7 @@ impl Ingress {
         }
     }
 
-    fn http_error(&self, peer: SocketAddr, e: &hyper::Error) {
+    fn http_error(&self, peer: SocketAddr, e: &mesh_core::server::ServeError) {
         let reason = if e.is_timeout() {
             "header-timeout"
         } else if e.is_parse_too_large() {

@@ -1,4 +1,5 @@
-//! HTTP/2 toward endpoints on the `h2` crate directly, without hyper's client dispatch.
+//! HTTP/2 on the `h2` crate directly, without hyper's HTTP/2 dispatch: toward endpoints
+//! ([`client`]) and from clients ([`server`]).
 //!
 //! hyper's HTTP/2 client sends every request through a channel to a connection task, spawns a
 //! task per request to wait for the response, and answers the caller through a oneshot: per
@@ -9,165 +10,41 @@
 //! bidirectional gRPC stream) moves to a task of its own. The connection task only drives the
 //! connection and its keep-alive pings.
 //!
-//! Measured side by side against hyper's client, builds alternating, 3 rounds each, one core:
-//! mesh-proxy (`bench/run.py --ab`, h2c) went from 16.9 to 12.5 CPU µs per request (median,
-//! -22%) and from 58.5k to 79.4k requests per second; mesh-ingress (TLS 1.3, the same h2load
-//! load) from 18.9 to 14.6 CPU µs per request (-23%).
+//! hyper's HTTP/2 server spawns a task per stream. Here the connection's own task polls its
+//! streams (a `FuturesUnordered` wakes only the streams whose I/O is ready): a request is
+//! routed and forwarded in the same poll that read its HEADERS frame, with no task to create
+//! or schedule. A panic in one stream is caught there and resets that stream alone.
 //!
-//! What hyper's client did on top of `h2` and this module keeps: connection-specific headers
-//! are removed from requests (`h2` refuses them), flow-control capacity is released as the
-//! response body is read, request bodies wait for stream capacity before sending, a body that
-//! fails resets its stream, and a connection whose peer stops answering pings is closed.
+//! Measured side by side against hyper, builds alternating, 3 rounds each, one core:
+//! - the client: mesh-proxy (`bench/run.py --ab`, h2c) went from 16.9 to 12.5 CPU µs per
+//!   request (median, -22%) and from 58.5k to 79.4k requests per second; mesh-ingress (TLS 1.3,
+//!   the same h2load load) from 18.9 to 14.6 CPU µs per request (-23%);
+//! - then the server: mesh-proxy from 11.6 to 9.7 CPU µs per request (-16%) and from 84.7k to
+//!   96.2k requests per second; mesh-ingress -14% (median of the per-round ratios; 14.3 to
+//!   14.4, 16.9 to 14.5 and 14.1 to 12.1 µs).
+//!
+//! What hyper did on top of `h2` and this module keeps: connection-specific headers are
+//! removed (`h2` refuses them), flow-control capacity is released as a body is read, bodies
+//! wait for stream capacity before sending, a body that fails resets its stream, and a
+//! connection whose peer stops answering pings is closed.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, header};
+use http::{HeaderMap, header};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::Body;
 
-/// Settings of new HTTP/2 connections to endpoints.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    builder: h2::client::Builder,
-    keep_alive_interval: Duration,
-    keep_alive_timeout: Duration,
-}
-
-/// The HTTP/2 default for streams a client may open before the server's SETTINGS arrive (RFC
-/// 9113 recommends servers allow at least 100), so that early requests are not refused.
-const INITIAL_MAX_SEND_STREAMS: usize = 100;
-/// Largest response header block accepted from an endpoint.
-const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
-/// Request body bytes buffered per connection beyond what the peer's windows allow.
-const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
-/// Streams an endpoint may make this side reset for its protocol errors on one connection.
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
-impl Settings {
-    pub(crate) fn new(
-        initial_stream_window: u32,
-        initial_connection_window: u32,
-        keep_alive_interval: Duration,
-    ) -> Self {
-        let mut builder = h2::client::Builder::new();
-        builder
-            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
-            .initial_window_size(initial_stream_window)
-            .initial_connection_window_size(initial_connection_window)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
-            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-            .enable_push(false);
-        Self {
-            builder,
-            keep_alive_interval,
-            keep_alive_timeout: keep_alive_interval.saturating_mul(2),
-        }
-    }
-
-    /// The HTTP/2 handshake over `io`; the connection is then driven by a task of its own
-    /// until it ends or every [`Connection`] handle and stream is gone.
-    pub(crate) async fn handshake<T>(
-        &self,
-        io: T,
-        peer: std::net::SocketAddr,
-    ) -> Result<Connection, h2::Error>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (tx, mut conn) = self.builder.handshake::<T, Bytes>(io).await?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let (handles_gone, handles_gone_rx) = oneshot::channel();
-        let keep_alive = conn.ping_pong().map(|ping| KeepAlive {
-            ping,
-            interval: self.keep_alive_interval,
-            timeout: self.keep_alive_timeout,
-            timer: Box::pin(tokio::time::sleep(self.keep_alive_interval)),
-            awaiting_pong: false,
-        });
-        let driver = Driver {
-            conn,
-            keep_alive,
-            handles_gone: Some(handles_gone_rx),
-        };
-        let ended = closed.clone();
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(%peer, error = %e, "h2 connection to endpoint ended");
-            }
-            ended.store(true, Ordering::Release);
-        });
-        Ok(Connection {
-            tx,
-            closed,
-            _handles_gone: handles_gone,
-        })
-    }
-}
-
-/// One HTTP/2 connection to an endpoint, shared by every request to it.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    tx: h2::client::SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
-    /// Dropped with the last handle, which wakes the connection task so that it can close an
-    /// idle connection (`h2` is not woken by the last `SendRequest` going).
-    _handles_gone: oneshot::Sender<()>,
-}
-
-impl Connection {
-    /// True once the connection ended or refused a new stream.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Marks the connection unusable for new requests.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    /// A handle that can open a stream, once the connection can take one. An error means the
-    /// connection failed before anything of this request was sent.
-    pub(crate) async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
-        let mut tx = self.tx.clone();
-        std::future::poll_fn(|cx| tx.poll_ready(cx)).await?;
-        Ok(tx)
-    }
-}
-
-/// Opens a stream for `req` on `tx` and sends its head; the returned [`Exchange`] sends the
-/// body and resolves to the response. An error means nothing was sent.
-pub(crate) fn send(
-    tx: &mut h2::client::SendRequest<Bytes>,
-    req: Request<Body>,
-) -> Result<Exchange, h2::Error> {
-    let (mut head, body) = req.into_parts();
-    strip_connection_headers(&mut head.headers);
-    let end_of_stream = body.is_end_stream();
-    let (response, stream) = tx.send_request(Request::from_parts(head, ()), end_of_stream)?;
-    Ok(Exchange {
-        response,
-        body: (!end_of_stream).then(|| SendBody {
-            body,
-            stream,
-            waiting: None,
-        }),
-    })
-}
+pub(crate) mod client;
+pub(crate) mod server;
 
 /// Removes the headers HTTP/2 forbids (RFC 9113, section 8.2.2); `TE: trailers` stays, as
 /// gRPC needs it.
-fn strip_connection_headers(headers: &mut HeaderMap) {
+pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
     if let Some(connection) = headers.remove(header::CONNECTION) {
         // Names listed in `Connection` are this hop's too. Rare: only then allocate.
         let named: Vec<http::HeaderName> = connection
@@ -190,37 +67,8 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// A request in flight on an HTTP/2 connection: sends the request body while waiting for the
-/// response head. Dropping it before the response resets the stream (`CANCEL`).
-pub(crate) struct Exchange {
-    response: h2::client::ResponseFuture,
-    body: Option<SendBody>,
-}
-
-impl Future for Exchange {
-    type Output = Result<Response<H2Body>, h2::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Some(body) = &mut this.body
-            && body.poll_send(cx).is_ready()
-        {
-            this.body = None;
-        }
-        let response = ready!(Pin::new(&mut this.response).poll(cx));
-        if response.is_ok()
-            && let Some(mut body) = this.body.take()
-        {
-            // The response came before the request's end (a streaming call): the rest of the
-            // request goes on without the caller.
-            tokio::spawn(std::future::poll_fn(move |cx| body.poll_send(cx)));
-        }
-        Poll::Ready(response.map(|rsp| rsp.map(H2Body::new)))
-    }
-}
-
 /// Copies a request body into its stream, waiting for flow-control capacity.
-struct SendBody {
+pub(crate) struct SendBody {
     body: Body,
     stream: h2::SendStream<Bytes>,
     /// A chunk read from the body that waits for capacity, and whether it ends the body.
@@ -228,9 +76,17 @@ struct SendBody {
 }
 
 impl SendBody {
+    pub(crate) fn new(body: Body, stream: h2::SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            stream,
+            waiting: None,
+        }
+    }
+
     /// Ready when the body is sent, or when it cannot be (the stream was reset, the body
     /// failed: then the stream is reset).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Woken by a RST_STREAM while waiting for the body or for capacity.
             if let Poll::Ready(reason) = self.stream.poll_reset(cx) {
@@ -317,7 +173,7 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    fn new(stream: h2::RecvStream) -> Self {
+    pub(crate) fn new(stream: h2::RecvStream) -> Self {
         Self {
             stream,
             data_done: false,
@@ -361,41 +217,9 @@ impl http_body::Body for H2Body {
     }
 }
 
-/// Drives one connection: frames in and out, and keep-alive pings.
-struct Driver<T> {
-    conn: h2::client::Connection<T, Bytes>,
-    keep_alive: Option<KeepAlive>,
-    handles_gone: Option<oneshot::Receiver<()>>,
-}
-
-impl<T> Future for Driver<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    type Output = Result<(), DriverError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Some(gone) = &mut this.handles_gone
-            && Pin::new(gone).poll(cx).is_ready()
-        {
-            this.handles_gone = None;
-        }
-        if let Poll::Ready(ended) = Pin::new(&mut this.conn).poll(cx) {
-            return Poll::Ready(ended.map_err(DriverError::H2));
-        }
-        if let Some(keep_alive) = &mut this.keep_alive
-            && let Poll::Ready(failed) = keep_alive.poll(cx)
-        {
-            return Poll::Ready(Err(failed));
-        }
-        Poll::Pending
-    }
-}
-
 /// Why a connection task ended early.
 #[derive(Debug, thiserror::Error)]
-enum DriverError {
+pub(crate) enum DriverError {
     #[error(transparent)]
     H2(h2::Error),
     #[error("no answer to a keep-alive ping within {0:?}")]
@@ -404,7 +228,7 @@ enum DriverError {
 
 /// Pings the endpoint every `interval`; no answer within `timeout` ends the connection (an
 /// endpoint that vanished without a FIN), before a request needs it.
-struct KeepAlive {
+pub(crate) struct KeepAlive {
     ping: h2::PingPong,
     interval: Duration,
     timeout: Duration,
@@ -413,8 +237,18 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
+    pub(crate) fn new(ping: h2::PingPong, interval: Duration, timeout: Duration) -> Self {
+        Self {
+            ping,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            awaiting_pong: false,
+        }
+    }
+
     /// Ready only with the reason the connection must end.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DriverError> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DriverError> {
         loop {
             if self.awaiting_pong {
                 match self.ping.poll_pong(cx) {

@@ -1,0 +1,263 @@
+//! The server side: one task per connection that accepts its streams and serves them itself.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use http::{Request, Response};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::{DriverError, H2Body, KeepAlive, SendBody, strip_connection_headers};
+use crate::body::Body;
+use crate::drain::Drain;
+
+/// Request body bytes buffered per stream beyond what the client's windows allow (hyper's
+/// server default).
+const MAX_SEND_BUFFER_SIZE: usize = 400 * 1024;
+
+/// Settings of the HTTP/2 server side.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) builder: h2::server::Builder,
+    pub(crate) keep_alive_interval: Duration,
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Settings {
+    /// The server side's `h2` builder from the listener's settings.
+    pub(crate) fn new(config: &crate::server::ServerConfig) -> Self {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_header_list_size(config.max_header_bytes)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .initial_window_size(config.initial_stream_window)
+            .initial_connection_window_size(config.initial_connection_window)
+            .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
+            // HTTP/2 floods, bounded here rather than by a dependency's default: streams a
+            // client resets before they are served (rapid reset, CVE-2023-44487), and streams
+            // the server itself must reset for a client's errors, each end the connection
+            // with GOAWAY past these counts; a header block, CONTINUATION frames included, is
+            // refused past `max_header_bytes`.
+            .max_pending_accept_reset_streams(crate::server::MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(crate::server::MAX_LOCAL_ERROR_RESETS));
+        Self {
+            builder,
+            keep_alive_interval: config.keep_alive_interval,
+            keep_alive_timeout: config.keep_alive_interval,
+            idle_timeout: config.idle_timeout,
+        }
+    }
+}
+
+/// Why an HTTP/2 connection from a client ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The connection failed: I/O, a protocol error, a flood past its bound.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    /// The client stopped answering pings.
+    #[error("no answer to a keep-alive ping within {0:?}")]
+    KeepAliveTimeout(Duration),
+}
+
+impl From<DriverError> for ServeError {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::H2(e) => ServeError::H2(e),
+            DriverError::KeepAliveTimeout(d) => ServeError::KeepAliveTimeout(d),
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection until the client is done, it idles for `idle_timeout` (no new
+/// stream in a whole period) or `drain` is signalled; then GOAWAY, and the open streams
+/// finish.
+pub(crate) async fn serve<I, S>(
+    settings: &Settings,
+    io: I,
+    service: S,
+    drain: &Drain,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: hyper::service::Service<Request<Body>, Response = Response<Body>>,
+{
+    let mut conn = settings.builder.handshake::<I, Bytes>(io).await?;
+    let mut keep_alive = conn.ping_pong().map(|ping| {
+        KeepAlive::new(
+            ping,
+            settings.keep_alive_interval,
+            settings.keep_alive_timeout,
+        )
+    });
+    let idle = settings.idle_timeout;
+    let mut idle_checks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    idle_checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drained = pin!(drain.signaled());
+    let mut streams = FuturesUnordered::new();
+    let mut state = Connection {
+        accepting: true,
+        shutting_down: false,
+        accepted: 0,
+        accepted_at_last_check: 0,
+    };
+    std::future::poll_fn(|cx| {
+        if !state.shutting_down
+            && (drained.as_mut().poll(cx).is_ready() || state.idle(&mut idle_checks, cx, idle))
+        {
+            state.shutting_down = true;
+            conn.graceful_shutdown();
+        }
+        while state.accepting {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    state.accepted += 1;
+                    streams.push(serve_stream(&service, req, respond));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(ServeError::H2(e))),
+                // The connection is done: closed by the client, or after GOAWAY.
+                Poll::Ready(None) => state.accepting = false,
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        if !state.accepting {
+            return match streams.is_empty() {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            };
+        }
+        if let Some(keep_alive) = &mut keep_alive
+            && let Poll::Ready(failed) = keep_alive.poll(cx)
+        {
+            return Poll::Ready(Err(failed.into()));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What the connection's task tracks besides its streams.
+struct Connection {
+    accepting: bool,
+    shutting_down: bool,
+    accepted: u64,
+    accepted_at_last_check: u64,
+}
+
+impl Connection {
+    /// True when a whole idle period passed without a new stream.
+    fn idle(&mut self, checks: &mut Interval, cx: &mut Context<'_>, period: Duration) -> bool {
+        while checks.poll_tick(cx).is_ready() {
+            if self.accepted == self.accepted_at_last_check {
+                tracing::debug!(?period, "HTTP/2 connection idle: GOAWAY");
+                return true;
+            }
+            self.accepted_at_last_check = self.accepted;
+        }
+        false
+    }
+}
+
+/// Serves one stream: the service's response, then its body. A panic anywhere in it is caught
+/// and counted, and resets this stream only.
+fn serve_stream<S>(
+    service: &S,
+    req: Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+) -> impl Future<Output = ()> + use<S>
+where
+    S: hyper::service::Service<Request<Body>, Response = Response<Body>>,
+{
+    let req = req.map(|recv| Body::H2(H2Body::new(recv)));
+    let state = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(req))) {
+        Ok(response) => Stream::Responding { response, respond },
+        Err(_) => {
+            crate::panic::count_caught("an HTTP/2 stream");
+            Stream::Done
+        }
+    };
+    AssertUnwindSafe(state).catch_unwind().map(|served| {
+        if served.is_err() {
+            crate::panic::count_caught("an HTTP/2 stream");
+        }
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// One stream being served.
+    #[project = StreamProj]
+    enum Stream<F> {
+        Responding {
+            #[pin]
+            response: F,
+            respond: h2::server::SendResponse<Bytes>,
+        },
+        SendingBody {
+            body: SendBody,
+        },
+        Done,
+    }
+}
+
+impl<F, E> Future for Stream<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let (stream, body) = match self.as_mut().project() {
+            StreamProj::Responding { response, respond } => {
+                let Poll::Ready(result) = response.poll(cx) else {
+                    // A client that resets the stream cancels the request below.
+                    if let Poll::Ready(reason) = respond.poll_reset(cx) {
+                        tracing::debug!(?reason, "client reset the stream");
+                        self.set(Stream::Done);
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                };
+                let Ok(rsp) = result else {
+                    // The stacks answer every error with a response: unreachable with them.
+                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                    self.set(Stream::Done);
+                    return Poll::Ready(());
+                };
+                let (mut head, body) = rsp.into_parts();
+                strip_connection_headers(&mut head.headers);
+                head.headers.remove(http::header::TE);
+                let end_of_stream = body.is_end_stream();
+                match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
+                    Ok(stream) if !end_of_stream => (stream, body),
+                    Ok(_) => {
+                        self.set(Stream::Done);
+                        return Poll::Ready(());
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "response not sent");
+                        self.set(Stream::Done);
+                        return Poll::Ready(());
+                    }
+                }
+            }
+            StreamProj::SendingBody { body } => return body.poll_send(cx),
+            StreamProj::Done => return Poll::Ready(()),
+        };
+        self.set(Stream::SendingBody {
+            body: SendBody::new(body, stream),
+        });
+        match self.project() {
+            StreamProj::SendingBody { body } => body.poll_send(cx),
+            _ => Poll::Ready(()),
+        }
+    }
+}
