@@ -9,8 +9,9 @@
 //! - [`classify`]: success or failure of a response (5xx, gRPC status), for accrual and metrics;
 //! - [`grpc`]: gRPC status codes;
 //! - [`detect`]: protocol detection (HTTP/1, HTTP/2, opaque) with a bounded read;
-//! - [`server`] and [`client`]: hyper 1 plumbing (h2 end to end, pooled HTTP/1.1), and the
-//!   [`Respond`](server::Respond) layer that answers errors;
+//! - [`server`] and [`client`]: HTTP/1.1 on hyper (pooled toward endpoints), HTTP/2 end to end
+//!   on the h2 crate ([`http2`]), and the [`Respond`](server::Respond) layer that answers
+//!   errors;
 //! - [`router`]: routing by `:authority` / `Host`;
 //! - [`retry`]: retries of failed requests, bounded by a budget;
 //! - [`tcp`]: opaque forwarding with half-close;

@@ -305,4 +305,144 @@ mod tests {
         let other = std::io::Error::other("broken");
         assert_eq!(reset_reason(&other), h2::Reason::INTERNAL_ERROR);
     }
+
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    use crate::detect::Protocol;
+    use crate::drain::Drain;
+    use crate::server::{HttpServer, ServerConfig};
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    fn client_settings() -> client::Settings {
+        client::Settings::new(1024 * 1024, 4 * 1024 * 1024, Duration::from_secs(10))
+    }
+
+    /// A client connection to a server of ours (`service`) over an in-memory pipe.
+    async fn connected<S>(service: S) -> client::Connection
+    where
+        S: hyper::service::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = Infallible,
+            > + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let server = HttpServer::new(&ServerConfig::default());
+            let _ = server
+                .serve(server_io, Protocol::Http2, service, &Drain::new())
+                .await;
+        });
+        client_settings().handshake(client_io, PEER).await.unwrap()
+    }
+
+    fn get(path: &str) -> http::Request<Body> {
+        http::Request::get(format!("http://web.test{path}"))
+            .body(Body::Empty)
+            .unwrap()
+    }
+
+    async fn call(
+        conn: &client::Connection,
+        req: http::Request<Body>,
+    ) -> Result<(http::StatusCode, Bytes), h2::Error> {
+        let mut tx = conn.ready().await?;
+        let rsp = client::send(&mut tx, req)?.await?;
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// An endpoint that stops answering (no FIN, no pong) is found by the keep-alive pings:
+    /// the connection closes once a ping goes unanswered for the timeout (twice the interval).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_peer_stops_answering_pings_is_closed() {
+        let (client_io, _silent) = tokio::io::duplex(64 * 1024);
+        let conn = client_settings().handshake(client_io, PEER).await.unwrap();
+        // The first ping goes at 10 s; its answer is due by 30 s.
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(!conn.is_closed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(conn.is_closed());
+    }
+
+    /// A peer that answers pings (our server) keeps the connection, idle or not.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_peer_answers_pings_stays_open() {
+        let service = hyper::service::service_fn(|_req: http::Request<Body>| async {
+            Ok::<_, Infallible>(http::Response::new(Body::full("hi")))
+        });
+        let conn = connected(service).await;
+        assert_eq!(
+            call(&conn, get("/")).await.unwrap(),
+            (http::StatusCode::OK, Bytes::from("hi"))
+        );
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!conn.is_closed());
+        assert_eq!(call(&conn, get("/")).await.unwrap().0, http::StatusCode::OK);
+    }
+
+    /// A panic while serving one stream resets that stream only: the connection's other
+    /// requests are served before and after, and the panic is counted.
+    #[tokio::test]
+    async fn a_panic_in_one_stream_resets_that_stream_only() {
+        let service = hyper::service::service_fn(|req: http::Request<Body>| async move {
+            if req.uri().path() == "/panic" {
+                panic!("a panic a test asked for");
+            }
+            Ok::<_, Infallible>(http::Response::new(Body::full("fine")))
+        });
+        let conn = connected(service).await;
+        assert_eq!(call(&conn, get("/")).await.unwrap().0, http::StatusCode::OK);
+        let caught = crate::panic::caught();
+        let reset = call(&conn, get("/panic")).await;
+        assert!(
+            reset.is_err_and(|e| e.is_reset()),
+            "the panicking stream is reset"
+        );
+        assert!(crate::panic::caught() > caught);
+        assert_eq!(
+            call(&conn, get("/")).await.unwrap(),
+            (http::StatusCode::OK, Bytes::from("fine"))
+        );
+        assert!(!conn.is_closed());
+    }
+
+    /// A request body still streaming when the response head comes back (a bidirectional
+    /// gRPC call) goes on: the server echoes every chunk, the last sent after the head.
+    #[tokio::test]
+    async fn a_request_body_streams_on_after_the_response_head() {
+        let echo = hyper::service::service_fn(|req: http::Request<Body>| async move {
+            Ok::<_, Infallible>(http::Response::new(req.into_body()))
+        });
+        let conn = connected(echo).await;
+        let (chunks, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+        });
+        let req = http::Request::post("http://web.test/echo")
+            .body(Body::boxed(StreamBody::new(stream)))
+            .unwrap();
+        chunks.send(Bytes::from("first ")).await.unwrap();
+        let mut tx = conn.ready().await.unwrap();
+        let rsp = client::send(&mut tx, req).unwrap().await.unwrap();
+        assert_eq!(rsp.status(), http::StatusCode::OK);
+        let mut body = rsp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first ");
+        chunks.send(Bytes::from("second")).await.unwrap();
+        drop(chunks);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "second");
+    }
 }
