@@ -395,27 +395,90 @@ impl tower::Service<Request<Body>> for EndpointClient {
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
         let inner = self.inner.clone();
-        if inner.client.tag_upstream {
-            let h2 = req.version() == Version::HTTP_2;
-            let addr = inner.addr;
-            return Box::pin(async move {
-                let mut rsp = match h2 {
-                    true => inner.send_h2(req).await?,
-                    false => inner.send_h1(req).await?,
-                };
-                rsp.extensions_mut().insert(Upstream(addr));
-                Ok(rsp)
-            });
+        let upstream = inner.client.tag_upstream.then_some(inner.addr);
+        if req.version() != Version::HTTP_2 {
+            return Box::pin(async move { tagged(inner.send_h1(req).await, upstream) });
         }
-        if req.version() == Version::HTTP_2 {
-            Box::pin(async move { inner.send_h2(req).await })
-        } else {
-            Box::pin(async move { inner.send_h1(req).await })
+        // The common case: a live connection takes the request at once, and the future only
+        // waits for the answer. It is a fifth of the size of the one that may also connect,
+        // and the future is moved into its box on every request.
+        match inner.send_h2_now(req) {
+            SentNow::Sent(exchange) => Box::pin(H2Response { exchange, upstream }),
+            SentNow::Failed(e) => Box::pin(std::future::ready(Err(e.into()))),
+            SentNow::NotNow(req) => {
+                Box::pin(async move { tagged(inner.send_h2(req).await, upstream) })
+            }
         }
     }
 }
 
+/// What became of a request offered to the live HTTP/2 connection.
+enum SentNow {
+    /// Sent: the answer is awaited.
+    Sent(crate::http2::client::Exchange),
+    /// The connection failed as the request went.
+    Failed(ProxyError),
+    /// Not sent: no connection takes a stream at once, or the request needs its authority
+    /// from `Host`.
+    NotNow(Request<Body>),
+}
+
+/// Puts the endpoint's address in the response, when tagging.
+fn tagged(
+    rsp: Result<Response<Body>, BoxError>,
+    upstream: Option<SocketAddr>,
+) -> Result<Response<Body>, BoxError> {
+    let mut rsp = rsp?;
+    if let Some(addr) = upstream {
+        rsp.extensions_mut().insert(Upstream(addr));
+    }
+    Ok(rsp)
+}
+
+/// The response of a request already sent on a live HTTP/2 connection.
+struct H2Response {
+    exchange: crate::http2::client::Exchange,
+    upstream: Option<SocketAddr>,
+}
+
+impl Future for H2Response {
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let answered = std::task::ready!(Pin::new(&mut this.exchange).poll(cx));
+        let rsp = answered
+            .map(|rsp| rsp.map(Body::H2))
+            .map_err(|e| h2_request_failed(e, false).into());
+        Poll::Ready(tagged(rsp, this.upstream))
+    }
+}
+
 impl Inner {
+    /// Sends `req` on the live HTTP/2 connection when there is one that takes a stream at
+    /// once; gives the request back otherwise.
+    fn send_h2_now(&self, req: Request<Body>) -> SentNow {
+        if req.uri().authority().is_none() {
+            return SentNow::NotNow(req);
+        }
+        let tx = {
+            let live = self.h2.load();
+            match live
+                .as_ref()
+                .filter(|c| !c.is_closed())
+                .and_then(|c| c.ready_now())
+            {
+                Some(tx) => tx,
+                None => return SentNow::NotNow(req),
+            }
+        };
+        let mut tx = tx;
+        match crate::http2::client::send(&mut tx, req) {
+            Ok(exchange) => SentNow::Sent(exchange),
+            Err(e) => SentNow::Failed(h2_request_failed(e, true)),
+        }
+    }
+
     fn live_h2(&self) -> Option<Arc<H2Connection>> {
         self.h2.load_full().filter(|c| !c.is_closed())
     }

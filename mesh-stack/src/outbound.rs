@@ -129,12 +129,21 @@ pub fn service_stack(
     retry: Option<RetryLayer>,
     backend: Balancer<Endpoint>,
 ) -> HttpService {
-    mesh_core::erase(
-        ServiceBuilder::new()
-            .layer(TimeoutLayer::new(timeout))
-            .option_layer(retry)
-            .service(backend),
-    )
+    // Two types rather than one with an optional layer: the future of `Either` is as large as
+    // the larger (the retrying one), and it is moved into its box on every request.
+    match retry {
+        Some(retry) => mesh_core::erase(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::new(timeout))
+                .layer(retry)
+                .service(backend),
+        ),
+        None => mesh_core::erase(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::new(timeout))
+                .service(backend),
+        ),
+    }
 }
 
 /// The outbound HTTP stack of every configured HTTP service, shared by every connection.

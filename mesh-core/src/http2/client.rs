@@ -114,6 +114,18 @@ impl Connection {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// A handle that can open a stream now, if the connection can take one without waiting.
+    pub(crate) fn ready_now(&self) -> Option<h2::client::SendRequest<Bytes>> {
+        let mut tx = self.tx.clone();
+        // A fresh handle has no stream of its own pending, so `poll_ready` only checks the
+        // connection and never waits: a no-op waker is enough.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match tx.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Some(tx),
+            _ => None,
+        }
+    }
+
     /// A handle that can open a stream, once the connection can take one. An error means the
     /// connection failed before anything of this request was sent.
     pub(crate) async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
