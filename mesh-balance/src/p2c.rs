@@ -16,12 +16,12 @@ use mesh_core::body::{Body, BodyObserver, ObservedBody};
 use mesh_core::classify::{Class, classify_head};
 use mesh_core::endpoint::Endpoint;
 use mesh_core::error::{Cause, ProxyError, is_grpc};
+use mesh_core::ready_call::ReadyCall;
 use mesh_core::{Availability, BoxError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tower::Service;
 use tower::discover::{Change, Discover};
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
 
 use crate::config::BalancerConfig;
 use crate::endpoint::{EndpointState, Readiness, Timing};
@@ -516,7 +516,7 @@ pin_project_lite::pin_project! {
     /// in flight until its body ends, and feeds failure accrual.
     pub struct Dispatch<S: Service<Request<Body>>> {
         #[pin]
-        inner: Oneshot<S, Request<Body>>,
+        inner: ReadyCall<S, Request<Body>>,
         endpoint: Option<Arc<EndpointState<S>>>,
         probe: Option<u64>,
         start: Instant,
@@ -550,7 +550,7 @@ impl<S: Service<Request<Body>> + Clone> Dispatch<S> {
         endpoint.start_request();
         let grpc = is_grpc(&req);
         Self {
-            inner: endpoint.service.clone().oneshot(req),
+            inner: ReadyCall::new(endpoint.service.clone(), req),
             endpoint: Some(endpoint),
             probe,
             start: now,

@@ -58,6 +58,7 @@ pub mod http2;
 pub mod identity;
 pub mod panic;
 pub mod ports;
+pub mod ready_call;
 pub mod retry;
 pub mod router;
 pub mod server;
@@ -132,9 +133,24 @@ where
     S: SharedHttpService,
 {
     fn call(&self, req: http::Request<Body>) -> HttpFuture {
+        // As `ready_call::ReadyCall`, with each case a box of its own size.
         use tower::ServiceExt;
-        let response = self.clone().oneshot(req);
-        Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
+        let mut stack = self.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match tower::Service::poll_ready(&mut stack, &mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                // `Service::call`: `stack.call` would be this very method (`&self` first).
+                let response = tower::Service::call(&mut stack, req);
+                Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                Box::pin(std::future::ready(Err(StackError(e.into()))))
+            }
+            std::task::Poll::Pending => {
+                let response = stack.oneshot(req);
+                Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
+            }
+        }
     }
 }
 

@@ -14,8 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::Body;
@@ -300,7 +299,7 @@ pin_project_lite::pin_project! {
     /// The response future of [`Respond`].
     pub struct RespondFuture<S: Service<Request<Body>>> {
         #[pin]
-        inner: Oneshot<S, Request<Body>>,
+        inner: crate::ready_call::ReadyCall<S, Request<Body>>,
         grpc: bool,
     }
 }
@@ -313,7 +312,7 @@ impl<S: Service<Request<Body>>> RespondFuture<S> {
             grpc,
         });
         Self {
-            inner: svc.oneshot(req),
+            inner: crate::ready_call::ReadyCall::new(svc, req),
             grpc,
         }
     }
