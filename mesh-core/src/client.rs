@@ -686,9 +686,9 @@ fn absolute_uri_from_host(req: &mut Request<Body>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Removes the headers that describe one hop, not the message (RFC 9110, section 7.6.1).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in any `Connection` header are hop-by-hop too. Rare: only then allocate.
+/// Removes the headers that any `Connection` header names: they are hop-by-hop too (RFC 9110,
+/// section 7.6.1). Rare: only then allocates.
+pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<http::HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -701,6 +701,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Removes the headers that describe one hop, not the message (RFC 9110, section 7.6.1).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_connection_named(headers);
     for name in [
         header::CONNECTION,
         header::PROXY_AUTHENTICATE,

@@ -45,18 +45,8 @@ pub(crate) mod server;
 /// Removes the headers HTTP/2 forbids (RFC 9113, section 8.2.2); `TE: trailers` stays, as
 /// gRPC needs it.
 pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        // Names listed in `Connection` are this hop's too. Rare: only then allocate.
-        let named: Vec<http::HeaderName> = connection
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
+    crate::client::remove_connection_named(headers);
+    headers.remove(header::CONNECTION);
     for name in [header::TRANSFER_ENCODING, header::UPGRADE] {
         headers.remove(name);
     }
