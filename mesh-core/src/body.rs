@@ -1,8 +1,7 @@
 //! The one body type every stage speaks.
 //!
-//! Forwarded bodies stay what the connection gave (hyper's `Incoming` from clients, the h2
-//! stream of an endpoint's response: no boxing, no copy, flow control passes straight
-//! through), bodies the proxy makes itself are `Full` or empty, and a layer that must wrap a
+//! Forwarded bodies stay what the connection gave (hyper's `Incoming` over HTTP/1, the h2
+//! stream over HTTP/2: no boxing, no copy, flow control passes straight through), bodies the proxy makes itself are `Full` or empty, and a layer that must wrap a
 //! body can fall back to `Boxed`. An enum instead of a boxed trait object saves one allocation
 //! per request on the forwarding path.
 
@@ -22,9 +21,10 @@ use crate::grpc::{Code, grpc_status};
 /// A request or response body on the data path.
 #[derive(Debug, Default)]
 pub enum Body {
-    /// A body received from a peer, forwarded as it arrives.
+    /// A body received from a peer over HTTP/1, forwarded as it arrives.
     Incoming(hyper::body::Incoming),
-    /// A response body an endpoint sent over HTTP/2, forwarded as it arrives.
+    /// A body received from a peer over HTTP/2 (a client's request, an endpoint's
+    /// response), forwarded as it arrives.
     H2(crate::http2::H2Body),
     /// A body the proxy made, sent in one frame.
     Full(Option<Bytes>),
@@ -158,9 +158,9 @@ impl ObservedBody {
 /// A body received from a peer, as [`ObservedBody`] watches it.
 #[derive(Debug)]
 pub enum Received {
-    /// From a client, through hyper's server.
+    /// Over HTTP/1, through hyper.
     Hyper(hyper::body::Incoming),
-    /// From an endpoint, over HTTP/2.
+    /// Over HTTP/2.
     H2(crate::http2::H2Body),
 }
 

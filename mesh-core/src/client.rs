@@ -2,8 +2,9 @@
 //!
 //! HTTP/2 requests travel on one multiplexed connection per endpoint, shared by every caller
 //! (a lock-free load of the live connection on the hot path; a connect lock only while
-//! (re)connecting), driven through the `h2` crate directly ([`crate::http2`]). HTTP/1.1 requests use a keep-alive pool per endpoint (hyper-util's pool).
-//! The protocol follows the request: h2 end to end for h2 clients, HTTP/1.1 for HTTP/1.1.
+//! (re)connecting), driven through the `h2` crate directly ([`crate::http2`]). HTTP/1.1
+//! requests use a keep-alive pool per endpoint (hyper-util's pool). The protocol follows the
+//! request: h2 end to end for h2 clients, HTTP/1.1 for HTTP/1.1.
 //!
 //! An endpoint with an identity is reached over mutual TLS when the client has a
 //! [`TlsConnect`] (`HttpClient::with_tls`): the TLS connector verifies that the server proves
@@ -394,18 +395,19 @@ impl tower::Service<Request<Body>> for EndpointClient {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        let inner = self.inner.clone();
-        let upstream = inner.client.tag_upstream.then_some(inner.addr);
+        let upstream = self.inner.client.tag_upstream.then_some(self.inner.addr);
         if req.version() != Version::HTTP_2 {
+            let inner = self.inner.clone();
             return Box::pin(async move { tagged(inner.send_h1(req).await, upstream) });
         }
         // The common case: a live connection takes the request at once, and the future only
         // waits for the answer. It is a fifth of the size of the one that may also connect,
         // and the future is moved into its box on every request.
-        match inner.send_h2_now(req) {
+        match self.inner.send_h2_now(req) {
             SentNow::Sent(exchange) => Box::pin(H2Response { exchange, upstream }),
             SentNow::Failed(e) => Box::pin(std::future::ready(Err(e.into()))),
             SentNow::NotNow(req) => {
+                let inner = self.inner.clone();
                 Box::pin(async move { tagged(inner.send_h2(req).await, upstream) })
             }
         }
@@ -461,18 +463,14 @@ impl Inner {
         if req.uri().authority().is_none() {
             return SentNow::NotNow(req);
         }
-        let tx = {
-            let live = self.h2.load();
-            match live
-                .as_ref()
-                .filter(|c| !c.is_closed())
-                .and_then(|c| c.ready_now())
-            {
-                Some(tx) => tx,
-                None => return SentNow::NotNow(req),
-            }
+        let live = self.h2.load();
+        let ready = live
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .and_then(|c| c.ready_now());
+        let Some(mut tx) = ready else {
+            return SentNow::NotNow(req);
         };
-        let mut tx = tx;
         match crate::http2::client::send(&mut tx, req) {
             Ok(exchange) => SentNow::Sent(exchange),
             Err(e) => SentNow::Failed(h2_request_failed(e, true)),

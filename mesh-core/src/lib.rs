@@ -133,24 +133,8 @@ where
     S: SharedHttpService,
 {
     fn call(&self, req: http::Request<Body>) -> HttpFuture {
-        // As `ready_call::ReadyCall`, with each case a box of its own size.
-        use tower::ServiceExt;
-        let mut stack = self.clone();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match tower::Service::poll_ready(&mut stack, &mut cx) {
-            std::task::Poll::Ready(Ok(())) => {
-                // `Service::call`: `stack.call` would be this very method (`&self` first).
-                let response = tower::Service::call(&mut stack, req);
-                Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
-            }
-            std::task::Poll::Ready(Err(e)) => {
-                Box::pin(std::future::ready(Err(StackError(e.into()))))
-            }
-            std::task::Poll::Pending => {
-                let response = stack.oneshot(req);
-                Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
-            }
-        }
+        let response = ready_call::ReadyCall::new(self.clone(), req);
+        Box::pin(async move { response.await.map_err(|e| StackError(e.into())) })
     }
 }
 

@@ -154,8 +154,9 @@ fn reset_reason(err: &(dyn std::error::Error + 'static)) -> h2::Reason {
     h2::Reason::INTERNAL_ERROR
 }
 
-/// A response body received over HTTP/2: data as it arrives (its flow-control capacity given
-/// back at once, as hyper does), then the trailers.
+/// A body received over HTTP/2 (a request from a client, a response from an endpoint): data
+/// as it arrives (its flow-control capacity given back at once, as hyper does), then the
+/// trailers.
 #[derive(Debug)]
 pub struct H2Body {
     stream: h2::RecvStream,
