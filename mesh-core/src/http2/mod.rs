@@ -106,16 +106,23 @@ impl SendBody {
                     Ok(chunk) => {
                         let end = self.body.is_end_stream();
                         if chunk.is_empty() {
-                            if self.stream.send_data(chunk, end).is_err() || end {
+                            // An empty DATA frame that does not end the stream carries
+                            // nothing, and h2 servers count them against a flood limit for
+                            // the connection's whole life: only the end is sent.
+                            if end {
+                                let _ = self.stream.send_data(chunk, true);
                                 return Poll::Ready(());
                             }
                             continue;
                         }
-                        // Claim a little capacity only once a chunk is in hand: a claim held
-                        // while waiting on the body could starve other streams of the
-                        // connection window (hyper#4003). `send_data` raises the claim to the
-                        // chunk's length.
-                        self.stream.reserve_capacity(1);
+                        // Claim capacity only once a chunk is in hand: a claim held while
+                        // waiting on the body could starve other streams of the connection
+                        // window (hyper#4003). And claim the whole chunk, not one byte: when
+                        // many streams wait on the connection window, a one-byte claim is
+                        // granted one byte, sent as a one-byte DATA frame, and h2 servers
+                        // answer a run of those with GOAWAY ENHANCE_YOUR_CALM (their budget of
+                        // small frames).
+                        self.stream.reserve_capacity(chunk.len());
                         self.waiting = Some((chunk, end));
                     }
                     Err(frame) => {
@@ -405,6 +412,96 @@ mod tests {
             call(&conn, get("/")).await.unwrap(),
             (http::StatusCode::OK, Bytes::from("fine"))
         );
+        assert!(!conn.is_closed());
+    }
+
+    /// A server of the h2 crate (not ours) with the protocol's default windows, counting the
+    /// connection's DATA frames against its flood limits, that reads every request body and
+    /// answers with how many bytes it read. Returns the client side.
+    fn h2_crate_server() -> tokio::io::DuplexStream {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .handshake::<_, Bytes>(server_io)
+                .await?;
+            while let Some(accepted) = conn.accept().await {
+                let (req, mut respond) = accepted?;
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut read = 0;
+                    while let Some(Ok(chunk)) = body.data().await {
+                        read += chunk.len();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    let rsp = http::Response::builder()
+                        .header("read", read)
+                        .body(())
+                        .unwrap_or_default();
+                    let _ = respond.send_response(rsp, true);
+                });
+            }
+            Ok::<_, h2::Error>(())
+        });
+        client_io
+    }
+
+    async fn post(conn: &client::Connection, body: Body) -> Result<usize, h2::Error> {
+        let req = http::Request::post("http://web.test/upload")
+            .body(body)
+            .unwrap();
+        let mut tx = conn.ready().await?;
+        let rsp = client::send(&mut tx, req)?.await?;
+        Ok(rsp
+            .headers()
+            .get("read")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Many request bodies waiting on one small connection window are sent in frames the
+    /// size of what each stream was granted, not in one-byte frames: h2 servers close a
+    /// connection that sends them runs of tiny DATA frames (GOAWAY ENHANCE_YOUR_CALM).
+    #[tokio::test]
+    async fn bodies_contending_for_the_connection_window_do_not_flood_the_peer() {
+        const STREAMS: usize = 200;
+        const BODY: usize = 16 * 1024;
+        let conn = client_settings()
+            .handshake(h2_crate_server(), PEER)
+            .await
+            .unwrap();
+        let conn = std::sync::Arc::new(conn);
+        let calls: Vec<_> = (0..STREAMS)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(
+                    async move { post(&conn, Body::full(Bytes::from(vec![b'x'; BODY]))).await },
+                )
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), BODY);
+        }
+        assert!(!conn.is_closed());
+    }
+
+    /// Empty chunks of a request body are not sent as empty DATA frames: h2 servers allow a
+    /// connection only 100 of those in its whole life.
+    #[tokio::test]
+    async fn empty_body_chunks_are_not_sent_as_frames() {
+        let conn = client_settings()
+            .handshake(h2_crate_server(), PEER)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let chunks = (0..150)
+                .map(|_| Bytes::new())
+                .chain([Bytes::from_static(b"data")])
+                .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+            let body = Body::boxed(StreamBody::new(futures_util::stream::iter(chunks)));
+            assert_eq!(post(&conn, body).await.unwrap(), 4);
+        }
         assert!(!conn.is_closed());
     }
 
