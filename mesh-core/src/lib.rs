@@ -19,6 +19,7 @@
 //! - [`identity`]: workload identities (SPIFFE) and what a connection proved;
 //! - [`transport`]: the seam where mesh-tls secures a client connection;
 //! - [`drain`]: graceful shutdown;
+//! - [`lazy`]: stacks made on their first request and dropped when idle;
 //! - [`config`]: file + environment configuration;
 //! - [`Body`] and the erasure aliases [`HttpService`].
 //!
@@ -56,6 +57,7 @@ pub mod error;
 pub mod grpc;
 pub mod http2;
 pub mod identity;
+pub mod lazy;
 pub mod panic;
 pub mod ports;
 pub mod ready_call;

@@ -28,6 +28,8 @@ pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
 pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:4143";
 /// How long protocol detection waits for a client's first bytes.
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`OutboundConfig::service_idle_timeout`].
+pub const DEFAULT_SERVICE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The default inbound `handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -97,6 +99,12 @@ pub struct OutboundConfig {
     pub detect_timeout: Duration,
     /// The services, by authority.
     pub services: Vec<ServiceConfig>,
+    /// A service's balancer (its endpoints' clients and metrics series, its discovery watch)
+    /// is made on its first request and dropped after this long without one, checked every
+    /// period: it goes after one to two. A configured service that carries no traffic costs
+    /// only its configuration.
+    #[serde(with = "mesh_core::config::duration")]
+    pub service_idle_timeout: Duration,
     /// Serve connections redirected here by `mesh-proxy init`: each keeps its original
     /// destination (`SO_ORIGINAL_DST`). A service's virtual address (`addresses`) is balanced
     /// like its authority; a known endpoint's address is reached over mTLS with its identity;
@@ -579,6 +587,7 @@ impl Default for OutboundConfig {
             listen: addr(DEFAULT_OUTBOUND_LISTEN),
             detect_timeout: DEFAULT_DETECT_TIMEOUT,
             services: Vec::new(),
+            service_idle_timeout: DEFAULT_SERVICE_IDLE_TIMEOUT,
             transparent: false,
             opaque_ports: PortSet::default_opaque(),
             lookup: AddressLookup::None,
@@ -771,6 +780,12 @@ impl ServiceConfig {
 impl OutboundConfig {
     /// Checks every service, and that no authority is configured twice.
     pub fn validate(&self) -> Result<(), Invalid> {
+        check_duration(
+            "service_idle_timeout",
+            self.service_idle_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
         let mut seen = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
             let section = format!("services[{i}]");

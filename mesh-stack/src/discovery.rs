@@ -31,8 +31,8 @@ use crate::config::{
 /// How often the services file is compared with what was read, beside the watcher's events.
 const FILE_POLL: Duration = Duration::from_secs(1);
 
-/// The sources in use.
-#[derive(Debug, Default)]
+/// The sources in use. Cloning shares them.
+#[derive(Clone, Debug, Default)]
 pub struct Sources {
     file: Option<Arc<dyn Resolve>>,
     dns: Option<Arc<dyn Resolve>>,
@@ -122,6 +122,12 @@ impl Sources {
         }
     }
 
+    /// Checks that the source `svc` names is set up, without asking it anything (a service's
+    /// watch starts with its first request).
+    pub fn check(&self, svc: &ServiceConfig) -> Result<(), StackError> {
+        self.source(svc).map(|_| ())
+    }
+
     /// The endpoint stream of `svc`.
     pub fn resolve(
         &self,
@@ -133,25 +139,30 @@ impl Sources {
             service: svc.authority.clone(),
             source,
         };
+        match self.source(svc)? {
+            Some(source) => source.resolve(&name).map_err(failed),
+            None => StaticResolve::new([(
+                name.clone(),
+                svc.endpoints.iter().map(|e| e.endpoint()).collect(),
+            )])
+            .resolve(&name)
+            .map_err(failed),
+        }
+    }
+
+    /// The source of `svc`; `None` for its static endpoints.
+    fn source(&self, svc: &ServiceConfig) -> Result<Option<&dyn Resolve>, StackError> {
         let source = match svc.discovery {
-            DiscoverySource::Static => {
-                return StaticResolve::new([(
-                    name.clone(),
-                    svc.endpoints.iter().map(|e| e.endpoint()).collect(),
-                )])
-                .resolve(&name)
-                .map_err(failed);
-            }
+            DiscoverySource::Static => return Ok(None),
             DiscoverySource::File => self.file.as_deref(),
             DiscoverySource::Dns => self.dns.as_deref(),
             DiscoverySource::Kubernetes => self.kubernetes.as_ref().map(|k| k as &dyn Resolve),
             DiscoverySource::Destination => self.destination.as_ref().map(|d| d as &dyn Resolve),
         };
-        let source = source.ok_or_else(|| StackError::Discovery {
+        source.map(Some).ok_or_else(|| StackError::Discovery {
             key: "discovery",
             reason: format!("discovery source {} is not set up", svc.discovery.as_str()).into(),
-        })?;
-        source.resolve(&name).map_err(failed)
+        })
     }
 }
 
