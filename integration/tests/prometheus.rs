@@ -192,16 +192,39 @@ async fn prometheus_sees_who_talks_to_whom_and_the_success_rate() {
     let prometheus = Prometheus::start(&[proxy_a.admin, proxy_b.admin])
         .await
         .unwrap();
-    // A sample before the traffic, so that the rate sees the counters rise.
+    // Both proxies are scraped before the traffic.
     prometheus
         .wait_for_targets(PROMETHEUS_WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
 
+    // The first request makes A's api service (its balancer and its request series are made
+    // on first use). Once Prometheus has scraped that count, the rate sees the rest rise, as it
+    // sees any edge whose traffic goes on.
+    let mut failed = within("the first request", TRAFFIC_WAIT, send(proxy_a.outbound, 1)).await;
+    let deadline = Instant::now() + PROMETHEUS_WAIT;
+    loop {
+        let edges = prometheus.query(EDGES).await.unwrap_or_default();
+        let seen = Observed {
+            edges,
+            ..Observed::default()
+        };
+        if seen.outbound_requests() == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not see the first request in {PROMETHEUS_WAIT:?}:\n{}",
+            prometheus.log_tail()
+        );
+        tokio::time::sleep(POLL).await;
+    }
     let senders: Vec<_> = (0..CONNECTIONS)
-        .map(|_| tokio::spawn(send(proxy_a.outbound, REQUESTS / CONNECTIONS)))
+        .map(|i| {
+            let count = REQUESTS / CONNECTIONS - u64::from(i == 0);
+            tokio::spawn(send(proxy_a.outbound, count))
+        })
         .collect();
-    let mut failed = 0;
     for sender in senders {
         failed += within("sending the traffic", TRAFFIC_WAIT, sender)
             .await
