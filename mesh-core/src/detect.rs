@@ -160,6 +160,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty `Bytes` still holds the detection buffer: let it go for the
+                // connection's life.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, out)

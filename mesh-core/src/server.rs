@@ -140,13 +140,18 @@ impl HttpServer {
             + 'static,
         S::Future: Send + 'static,
     {
+        // Each protocol's connection future is boxed: the task of every connection holds the
+        // caller's future, which would otherwise be as large as the larger of the two (and of
+        // every other stage), written in full for each connection, idle or not.
         match protocol {
-            Protocol::Http2 => Ok(crate::http2::server::serve(&self.h2, io, service, drain).await?),
+            Protocol::Http2 => {
+                Ok(Box::pin(crate::http2::server::serve(&self.h2, io, service, drain)).await?)
+            }
             Protocol::Http1 | Protocol::Opaque => {
                 let conn = self
                     .h1
                     .serve_connection(TokioIo::new(io), FromIncoming(service));
-                Ok(until_drained(conn, drain).await?)
+                Ok(Box::pin(until_drained(conn, drain)).await?)
             }
         }
     }

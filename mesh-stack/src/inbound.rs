@@ -181,26 +181,34 @@ impl Inbound {
     }
 
     /// Serves one accepted connection, to the configured app port.
-    pub async fn serve<I>(self, stream: I, peer: SocketAddr, drain: Drain)
+    pub fn serve<I>(
+        self,
+        stream: I,
+        peer: SocketAddr,
+        drain: Drain,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.serve_to(stream, peer, None, drain).await
+        self.serve_to(stream, peer, None, drain)
     }
 
     /// Serves one accepted TCP connection; in transparent mode, to the port it was sent to
     /// before the firewall redirected it (read from the socket: one syscall).
-    pub async fn serve_accepted(
+    ///
+    /// Not an `async fn`: the future returned is `serve_to`'s own, not one that would carry
+    /// its arguments beside it for the connection's whole life.
+    pub fn serve_accepted(
         self,
         stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
         peer: SocketAddr,
         drain: Drain,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let original = match self.ports {
             Some(_) => mesh_core::tcp::original_dst(stream.get_ref()),
             None => None,
         };
-        self.serve_to(stream, peer, original, drain).await
+        self.serve_to(stream, peer, original, drain)
     }
 
     /// Serves one accepted connection whose original destination (before the firewall
@@ -223,7 +231,9 @@ impl Inbound {
                 .serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
                 .await;
         };
-        match accept(stream, &identity, self.accept_timeouts).await {
+        // Boxed, as the HTTP servers are: the handshake's state is not carried by the task of
+        // every connection for its whole life.
+        match Box::pin(accept(stream, &identity, self.accept_timeouts)).await {
             Ok(Accepted::Terminated { io, peer: client }) => {
                 let tls = PeerTls::Authenticated(client);
                 self.serve_authenticated(io, tls, app, peer, drain).await

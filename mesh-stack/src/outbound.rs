@@ -377,12 +377,15 @@ impl Outbound {
 
     /// Serves one accepted TCP connection: in transparent mode, one that the firewall
     /// redirected here goes where it was going (read from the socket: one syscall).
-    pub async fn serve_accepted(
+    ///
+    /// Not an `async fn`: the future returned is `serve_to`'s own, not one that would carry
+    /// its arguments beside it for the connection's whole life.
+    pub fn serve_accepted(
         self,
         stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
         peer: SocketAddr,
         drain: Drain,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let original = match &self.captured {
             Some(_) => {
                 let tcp = stream.get_ref();
@@ -390,7 +393,7 @@ impl Outbound {
             }
             None => None,
         };
-        self.serve_to(stream, peer, original, drain).await
+        self.serve_to(stream, peer, original, drain)
     }
 
     /// The stack, for composing it elsewhere (the ingress).
@@ -399,11 +402,16 @@ impl Outbound {
     }
 
     /// Serves one accepted connection (not captured: the app dialled the listener).
-    pub async fn serve<I>(self, stream: I, peer: SocketAddr, drain: Drain)
+    pub fn serve<I>(
+        self,
+        stream: I,
+        peer: SocketAddr,
+        drain: Drain,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.serve_to(stream, peer, None, drain).await
+        self.serve_to(stream, peer, None, drain)
     }
 
     /// Serves a connection; `original` is where a captured one was going. The one place
@@ -424,7 +432,8 @@ impl Outbound {
                 // speaks first is heard at once.
                 if captured.opaque_ports.contains(original.port()) || target.opaque_hint() {
                     let forward = target.tcp(original, &captured.shared);
-                    return forward.serve(stream, peer).await;
+                    // Boxed, as the HTTP servers are: the connection's task stays small.
+                    return Box::pin(forward.serve(stream, peer)).await;
                 }
                 Some((original, captured, target))
             }
@@ -449,7 +458,7 @@ impl Outbound {
                             original.port()
                         );
                     }
-                    target.tcp(original, &captured.shared).serve(io, peer).await
+                    Box::pin(target.tcp(original, &captured.shared).serve(io, peer)).await
                 }
                 None => tracing::info!(
                     %peer,

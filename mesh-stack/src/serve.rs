@@ -45,10 +45,8 @@ pub fn spawn_accept<F, Fut>(
                     let _ = stream.set_nodelay(true);
                     mesh_core::tcp::keep_alive(&stream);
                     let served = handle(metrics.accepted(stream), peer, drain.clone());
-                    drain.spawn(async move {
-                        mesh_core::panic::isolate(name, served).await;
-                        drop(slot);
-                    });
+                    // The slot is given back when the connection's future is dropped.
+                    drain.spawn(mesh_core::panic::isolate_with(name, served, slot));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
