@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from .common import LABELS, MESH_INGRESS, NO_METRICS, PROXIES
-from .modes import ab, balance, full, handshakes, ingress, metrics_cost, mtls
+from .modes import ab, balance, curves, full, handshakes, ingress, metrics_cost, mtls
 from .modes.balance import BAL_PROXIES
 from .modes.ingress import INGRESS_KINDS
 from .pairs import PAIR_KINDS
@@ -35,6 +35,7 @@ Usage:
     python3 bench/run.py --mtls     # proxy PAIRS over mutual TLS 1.3: A (h2c in) -> mTLS -> B -> backend
     python3 bench/run.py --handshakes  # new mTLS handshakes/s of each TLS-terminating side (B)
     python3 bench/run.py --ingress  # TLS termination at the edge: mesh-ingress vs nginx vs HAProxy
+    python3 bench/run.py --curves   # mesh-proxy's cost curves: endpoints, services, idle connections, streams
 """
 
 AB_DEFAULT_ROUNDS = 3
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "the three backends; req/s and CPU µs/req over TLS keep-alive, p50/p99 at --rate, new TLS "
                          "handshakes/s (no resumption), peak RSS; `direct` is the latency baseline; builds "
                          "mesh-ingress instead of mesh-proxy (writes bench/results/<timestamp>-ingress)")
+    ap.add_argument("--curves", action="store_true",
+                    help="instead: mesh-proxy's cost curves: RSS and CPU per request against endpoints of one service "
+                         "(1-10000) and configured services (1-1000), RSS against idle client connections (1-10000, "
+                         "beside each installed peer) and concurrent streams (1-10000), req/s against runtime threads, "
+                         "one balancer pick against endpoints (criterion); growth fits and chart.svg (writes "
+                         "bench/results/<timestamp>-curves)")
+    ap.add_argument("--no-pick", action="store_true", help="--curves: skip the criterion pick bench (and its build)")
     ap.add_argument("--hs-concurrency", type=int, default=16,
                     help="--handshakes, --ingress: concurrent connections of the handshake load tool (default 16)")
     ap.add_argument("--hs-seconds", type=float,
@@ -112,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown proxies {unknown}; choose from {PROXIES} ({MESH_INGRESS} with --ingress)")
     modes = [m for m, on in (("--balance", args.balance), ("--metrics-cost", args.metrics_cost is not None),
                              ("--ab", args.ab is not None), ("--mtls", args.mtls), ("--handshakes", args.handshakes),
-                             ("--ingress", args.ingress))
+                             ("--ingress", args.ingress), ("--curves", args.curves))
              if on]
     if len(modes) > 1:
         ap.error(f"{' and '.join(modes)} are separate modes: choose one")
@@ -168,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not args.proxies:
             ap.error("--balance needs at least one of mesh-proxy,envoy,haproxy,nginx in --proxies")
         args.l4 = False
+    elif args.curves:
+        args.l4 = False  # the curves run mesh-proxy (and, for idle connections, each installed peer)
     elif "direct" not in args.proxies:
         args.proxies.insert(0, "direct")  # the baseline of "added latency"
     if args.slow_ms is None:
@@ -209,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         return (mtls if args.mtls else handshakes).run(args, skip)
     if args.ingress:
         return ingress.run(args, skip)
+    if args.curves:
+        return curves.run(args, skip)
     return full.run(args, skip)

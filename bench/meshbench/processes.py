@@ -63,6 +63,12 @@ class Procs:
                 pass
         self.procs = [(n, q) for (n, q) in self.procs if q is not p]
 
+    def stop_all_but(self, keep: set[int]) -> None:
+        """Stops every process whose pid is not in keep (a curve's proxy, not its backends)."""
+        for _name, p in list(reversed(self.procs)):
+            if p.pid not in keep:
+                self.stop(p)
+
     def stop_all(self) -> None:
         for _name, p in list(reversed(self.procs)):
             try:

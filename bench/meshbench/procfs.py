@@ -64,14 +64,19 @@ def core_busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, in
     return out
 
 
-def parse_vmhwm_kib(status_text: str) -> int:
-    """VmHWM (peak resident set, KiB) from the text of /proc/PID/status; 0 when absent (a kernel
-    thread or a zombie has none)."""
+def parse_status_kib(status_text: str, field: str) -> int:
+    """A KiB field of /proc/PID/status ("VmHWM", the peak resident set; "VmRSS", the current
+    one); 0 when absent (a kernel thread or a zombie has none)."""
     total = 0
     for line in status_text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             total += int(line.split()[1])
     return total
+
+
+def parse_vmhwm_kib(status_text: str) -> int:
+    """VmHWM (peak resident set, KiB) from the text of /proc/PID/status; 0 when absent."""
+    return parse_status_kib(status_text, "VmHWM")
 
 
 def parse_established(tcp_text: str, port: int) -> int:
@@ -140,15 +145,25 @@ def core_jiffies() -> dict[str, tuple[int, int]]:
         return {}
 
 
-def peak_rss_kib(root: int) -> int:
-    """Sum of VmHWM (peak resident set) over the process tree, in KiB."""
+def tree_status_kib(root: int, field: str) -> int:
+    """Sum of a KiB field of /proc/PID/status over the process tree."""
     total = 0
     for pid in proc_tree(root):
         try:
-            total += parse_vmhwm_kib(Path(f"/proc/{pid}/status").read_text())
+            total += parse_status_kib(Path(f"/proc/{pid}/status").read_text(), field)
         except OSError:
             continue
     return total
+
+
+def peak_rss_kib(root: int) -> int:
+    """Sum of VmHWM (peak resident set) over the process tree, in KiB."""
+    return tree_status_kib(root, "VmHWM")
+
+
+def rss_kib(root: int) -> int:
+    """Sum of VmRSS (resident set now) over the process tree, in KiB."""
+    return tree_status_kib(root, "VmRSS")
 
 
 def established_to(port: int) -> int:

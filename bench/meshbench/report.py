@@ -166,3 +166,69 @@ def svg_bar_panel(
         weight = "bold" if row else "normal"
         s.append(f'<text x="{cx:.1f}" y="{y0 + 28 + 15 * row:.1f}" text-anchor="middle" font-size="11" font-weight="{weight}" '
                  f'fill="#333">{html.escape(label)}</text>')
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Powers of ten from the one at or below lo to the one at or above hi (the x ticks of a
+    log-scale axis)."""
+    lo_exp = math.floor(math.log10(max(lo, 1e-12)))
+    hi_exp = math.ceil(math.log10(max(hi, lo, 1e-12)))
+    return [10.0 ** e for e in range(lo_exp, max(hi_exp, lo_exp + 1) + 1)]
+
+
+def svg_line_panel(
+    s: list[str], x0: float, top: float, pw: float, plot_h: float, title: str, subtitle: str,
+    series: list[tuple[str, str, list[tuple[float, float]]]], log_x: bool = True, x_label: str = "",
+) -> None:
+    """One line-chart panel. series: (name, colour, points (x, y)), each drawn as a polyline with
+    a dot and a tooltip per point and its name at its last point; x on a log scale (log_x) or
+    linear, y linear from 0."""
+    xs = [x for _, _, pts in series for x, _ in pts]
+    ys = [y for _, _, pts in series for _, y in pts]
+    ptop = top + 34
+    if not xs:
+        svg_panel_frame(s, x0, top, pw, title, subtitle, [], ptop + plot_h, ptop, ptop + plot_h)
+        s.append(f'<text x="{x0 + pw / 2}" y="{ptop + plot_h / 2}" text-anchor="middle" fill="#888">no data</text>')
+        return
+    hi = max(ys + [1e-9])
+    step = nice_step(hi)
+    vmax = max(step, math.ceil(hi / step) * step)
+    if log_x:
+        xticks = log_ticks(min(xs), max(xs))
+        lx0, lx1 = math.log10(xticks[0]), math.log10(xticks[-1])
+
+        def x_of(x: float) -> float:
+            return x0 + pw * (math.log10(max(x, 1e-12)) - lx0) / (lx1 - lx0)
+    else:
+        # Few distinct sizes (runtime threads): a tick at each, the axis from 0.
+        xticks = sorted(set(xs))
+        span = xticks[-1] * 1.1 or 1.0
+
+        def x_of(x: float) -> float:
+            return x0 + pw * x / span
+
+    def y_of(v: float) -> float:
+        return ptop + plot_h * (vmax - v) / vmax
+
+    ticks = max(1, round(vmax / step))
+    y0 = y_of(0.0)
+    svg_panel_frame(s, x0, top, pw, title, subtitle, [(y_of(step * t), f"{step * t:g}") for t in range(ticks + 1)],
+                    y0, ptop, y0)
+    for xt in xticks:
+        xp = x_of(xt)
+        s.append(f'<line x1="{xp:.1f}" y1="{y0:.1f}" x2="{xp:.1f}" y2="{y0 + 4:.1f}" stroke="#333"/>')
+        s.append(f'<text x="{xp:.1f}" y="{y0 + 16:.1f}" text-anchor="middle" fill="#555" font-size="11">{xt:,g}</text>')
+    if x_label:
+        s.append(f'<text x="{x0 + pw / 2}" y="{y0 + 32:.1f}" text-anchor="middle" fill="#333" font-size="11">'
+                 f'{html.escape(x_label)}</text>')
+    for name, color, pts in series:
+        if not pts:
+            continue
+        path = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in pts)
+        s.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            s.append(f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="3" fill="{color}">'
+                     f'<title>{html.escape(name)}: {y:,.3g} at {x:,.0f}</title></circle>')
+        lx, ly = pts[-1]
+        s.append(f'<text x="{x_of(lx) - 4:.1f}" y="{y_of(ly) - 7:.1f}" text-anchor="end" fill="{color}" '
+                 f'font-size="10">{html.escape(name)}</text>')

@@ -4,7 +4,9 @@
 //! port, detected per connection by `hyper_util`'s auto builder) that answers every request
 //! `200 ok\n` with an `x-backend: <name>` header, after an optional fixed delay. With
 //! `--fail-status CODE` it answers that status instead (`fail\n`, same header), to play a broken
-//! endpoint in the balancing benchmarks; those requests are counted too.
+//! endpoint in the balancing benchmarks; those requests are counted too. With `--ports N` it
+//! listens on N consecutive ports, served alike, so one process plays a service of thousands of
+//! endpoints (the cost curves of `bench/run.py --curves`).
 //!
 //! It counts the requests it served so the harness can see how a proxy spread the load:
 //! `GET /__count` returns the count as text and `POST /__reset` zeroes it; `GET /__headers`
@@ -55,6 +57,10 @@ struct Args {
     /// Answer every (counted) request with this status instead of 200, e.g. 503.
     #[arg(long, value_name = "CODE", value_parser = parse_status)]
     fail_status: Option<StatusCode>,
+    /// Listen on this many consecutive ports from `--listen`'s, all served alike: one process
+    /// plays a service of thousands of endpoints.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    ports: u16,
 }
 
 fn parse_status(s: &str) -> Result<StatusCode, String> {
@@ -101,10 +107,23 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         delay: (args.delay_ms > 0).then(|| Duration::from_millis(args.delay_ms)),
         status: args.fail_status.unwrap_or(StatusCode::OK),
     });
-    let listener = listen(args.listen).with_context(|| format!("listen on {}", args.listen))?;
+    let mut listeners = Vec::with_capacity(usize::from(args.ports));
+    for i in 0..args.ports {
+        let port = args.listen.port().checked_add(i).with_context(|| {
+            format!(
+                "--ports {} from port {} passes 65535",
+                args.ports,
+                args.listen.port()
+            )
+        })?;
+        let addr = SocketAddr::new(args.listen.ip(), port);
+        listeners.push(listen(addr).with_context(|| format!("listen on {addr}"))?);
+    }
     eprintln!(
-        "mesh-bench-backend {name} listening on {} (delay {} ms, status {}, threads {})",
-        listener.local_addr()?,
+        "mesh-bench-backend {name} listening on {} ({} port{}; delay {} ms, status {}, threads {})",
+        args.listen,
+        args.ports,
+        if args.ports == 1 { "" } else { "s" },
         args.delay_ms,
         state.status.as_u16(),
         args.threads.max(1)
@@ -113,7 +132,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(1024);
     let builder = Arc::new(builder);
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accepting.spawn(accept(listener, Arc::clone(&builder), Arc::clone(&state)));
+    }
+    while accepting.join_next().await.is_some() {}
+    Ok(())
+}
 
+async fn accept(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,

@@ -1,5 +1,5 @@
-//! One pick (power of two choices over peak-EWMA) over 10, 100 and 1000 endpoints: the cost
-//! must not grow with the number of endpoints.
+//! One pick (power of two choices over peak-EWMA) over 1 to 10,000 endpoints: the cost must
+//! not grow with the number of endpoints (`bench/run.py --curves` charts it).
 //!
 //! Run: `cargo bench -p mesh-balance --bench pick`
 
@@ -54,7 +54,7 @@ fn pick(c: &mut Criterion) {
         .build();
     let Ok(runtime) = runtime else { return };
     let mut group = c.benchmark_group("pick");
-    for n in [10u16, 100, 1000] {
+    for n in [1u16, 10, 100, 1000, 10_000] {
         let b = balancer(&runtime, n);
         let _guard = runtime.enter();
         group.bench_with_input(BenchmarkId::from_parameter(n), &b, |bench, b| {
