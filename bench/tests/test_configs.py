@@ -7,7 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from meshbench.ingress_configs import haproxy_edge_config, mesh_ingress_config, nginx_edge_config
-from meshbench.proxy_configs import envoy_config, haproxy_config, mesh_proxy_config, nginx_config
+from meshbench.proxy_configs import (
+    envoy_config, haproxy_config, mesh_proxy_config, mesh_proxy_services_config, nginx_config,
+)
 
 try:
     import tomllib
@@ -33,6 +35,21 @@ class ConfigTest(unittest.TestCase):
         path = mesh_proxy_config(self.d, 4000, 4001, [5001], metrics=False)
         self.assertTrue(path.endswith("mesh-proxy-no-metrics.toml"))
         self.assertEqual(tomllib.loads(Path(path).read_text())["metrics"], {"requests": False})
+
+    @unittest.skipIf(tomllib is None, "tomllib needs Python 3.11")
+    def test_many_services_and_a_connection_cap(self):
+        services = [(f"svc-{i}.bench.local:80", [6000 + i, 7000 + i]) for i in range(100)]
+        path = mesh_proxy_services_config(self.d, 4000, 4001, services, threads=2, max_connections=20000)
+        conf = tomllib.loads(Path(path).read_text())
+        self.assertEqual(len(conf["outbound"]["services"]), 100)
+        self.assertEqual(conf["outbound"]["services"][99]["endpoints"], ["127.0.0.1:6099", "127.0.0.1:7099"])
+        self.assertEqual(conf["runtime"]["threads"], 2)
+        self.assertEqual(conf["server"]["max_connections"], 20000)
+
+    def test_peers_take_the_connection_room(self):
+        self.assertIn("maxconn 21024", Path(haproxy_config(self.d, 1, [3], "http", maxconn=21024)).read_text())
+        self.assertIn("worker_connections 21024;", Path(nginx_config(self.d, 1, [3], worker_connections=21024)).read_text())
+        self.assertIn("maxconn 4096", Path(haproxy_config(self.d, 1, [3], "http")).read_text())
 
     def test_policies(self):
         self.assertIn("ROUND_ROBIN", Path(envoy_config(self.d, 1, 2, [3])).read_text())

@@ -1,19 +1,10 @@
-"""The cost curves' pure parts: growth fits and knees, the configs of many services and of many
-connections, and the chart."""
+"""The cost curves' pure parts: growth fits and knees, the report and the chart (their configs are
+in test_configs)."""
 
-import tempfile
 import unittest
-from pathlib import Path
-from types import SimpleNamespace
 
 from meshbench.modes.curves import CurvesRun, Point, Series, curves_markdown, curves_svg, fit_line, growth, growths
 from meshbench.procfs import parse_status_kib
-from meshbench.proxy_configs import haproxy_config, mesh_proxy_services_config, nginx_config
-
-try:
-    import tomllib
-except ImportError:  # Python < 3.11
-    tomllib = None
 
 XS = [1, 10, 100, 1000, 10000]
 
@@ -51,28 +42,6 @@ class GrowthTest(unittest.TestCase):
         g = [g for g in growths({"idle_connections": [s]}, None) if g["curve"] == "idle_connections"][0]
         self.assertAlmostEqual(g["bytes_per_unit"], 2048.0)
         self.assertIn("2,048 bytes per connection", g["text"])
-
-
-class ConfigTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(self.tmp.cleanup)
-        self.d = Path(self.tmp.name)
-
-    @unittest.skipIf(tomllib is None, "tomllib needs Python 3.11")
-    def test_many_services_and_a_connection_cap(self):
-        services = [(f"svc-{i}.bench.local:80", [6000 + i, 7000 + i]) for i in range(100)]
-        path = mesh_proxy_services_config(self.d, 4000, 4001, services, threads=2, max_connections=20000)
-        conf = tomllib.loads(Path(path).read_text())
-        self.assertEqual(len(conf["outbound"]["services"]), 100)
-        self.assertEqual(conf["outbound"]["services"][99]["endpoints"], ["127.0.0.1:6099", "127.0.0.1:7099"])
-        self.assertEqual(conf["runtime"]["threads"], 2)
-        self.assertEqual(conf["server"]["max_connections"], 20000)
-
-    def test_peers_take_the_connection_room(self):
-        self.assertIn("maxconn 21024", Path(haproxy_config(self.d, 1, [3], "http", maxconn=21024)).read_text())
-        self.assertIn("worker_connections 21024;", Path(nginx_config(self.d, 1, [3], worker_connections=21024)).read_text())
-        self.assertIn("maxconn 4096", Path(haproxy_config(self.d, 1, [3], "http")).read_text())
 
 
 class ReportTest(unittest.TestCase):

@@ -200,6 +200,14 @@ class CurvesRun:
         time.sleep(SETTLE_S)
         return rss_kib(pid)
 
+    def curve(self, key: str, sizes: list[int], what: str, body) -> None:
+        """mesh-proxy's curve `key`: body(n) -> values at each size (see measure)."""
+        series = Series("mesh-proxy")
+        self.curves[key] = [series]
+        for n in sizes:
+            log(f"=== {what}: {n} ===")
+            self.measure(series, n, lambda n=n: body(n))
+
     def measure(self, series: Series, x: int, body) -> None:
         """body() -> values; a BenchError becomes the point's error and the curve goes on."""
         try:
@@ -244,29 +252,19 @@ class CurvesRun:
         }
 
     def endpoints_curve(self) -> None:
-        series = Series("mesh-proxy")
-        self.curves["endpoints"] = [series]
-        for n in self.sizes("endpoints", ENDPOINTS):
-            log(f"=== endpoints: {n} ===")
-
-            def body(n: int = n) -> dict:
-                p, port = self.start_mesh(f"endpoints-{n}", [(AUTHORITY, self.ports[:n])])
-                return self.load_point(p, port)
-            self.measure(series, n, body)
+        def body(n: int) -> dict:
+            p, port = self.start_mesh(f"endpoints-{n}", [(AUTHORITY, self.ports[:n])])
+            return self.load_point(p, port)
+        self.curve("endpoints", self.sizes("endpoints", ENDPOINTS), "endpoints", body)
 
     def services_curve(self) -> None:
-        series = Series("mesh-proxy")
-        self.curves["services"] = [series]
-        for n in self.sizes("services", SERVICES):
-            log(f"=== services: {n} ===")
-
-            def body(n: int = n) -> dict:
-                services = [(AUTHORITY if i == 0 else f"svc-{i}.bench.local:80",
-                             [self.ports[(i * SERVICE_ENDPOINTS + j) % len(self.ports)] for j in range(SERVICE_ENDPOINTS)])
-                            for i in range(n)]
-                p, port = self.start_mesh(f"services-{n}", services)
-                return self.load_point(p, port)
-            self.measure(series, n, body)
+        def body(n: int) -> dict:
+            services = [(AUTHORITY if i == 0 else f"svc-{i}.bench.local:80",
+                         [self.ports[(i * SERVICE_ENDPOINTS + j) % len(self.ports)] for j in range(SERVICE_ENDPOINTS)])
+                        for i in range(n)]
+            p, port = self.start_mesh(f"services-{n}", services)
+            return self.load_point(p, port)
+        self.curve("services", self.sizes("services", SERVICES), "services", body)
 
     def idle_curve(self) -> None:
         conns_exe = self.bench.bin_dir / "mesh-bench-conns"
@@ -328,34 +326,25 @@ class CurvesRun:
         delayed = [self.bench.start_backend(f"backend-delayed-{i}", f"d{i}", ["--delay-ms", str(STREAM_DELAY_MS)])
                    for i in range(3)]
         self.keep.update(q.pid for _, q in self.bench.procs.procs)
-        series = Series("mesh-proxy")
-        self.curves["streams"] = [series]
-        for n in self.sizes("streams", STREAMS):
-            log(f"=== concurrent streams: {n} ===")
 
-            def body(n: int = n) -> dict:
-                p, port = self.start_mesh(f"streams-{n}", [(AUTHORITY, delayed)])
-                before = self.settled_rss(p.pid)
-                conns = max(1, math.ceil(n / STREAMS_PER_CONN))
-                r = h2load.run(port, ["-c", str(conns), "-m", str(min(n, STREAMS_PER_CONN)), "-n", str(n)], timeout=120)
-                if r.ok_2xx != n:
-                    raise BenchError(f"{r.ok_2xx}/{n} requests answered 2xx")
-                peak = peak_rss_kib(p.pid)
-                return {"rss_rest_kib": before, "rss_peak_kib": peak, "bytes_per_stream": (peak - before) * 1024 / n,
-                        "seconds": r.seconds}
-            self.measure(series, n, body)
+        def body(n: int) -> dict:
+            p, port = self.start_mesh(f"streams-{n}", [(AUTHORITY, delayed)])
+            before = self.settled_rss(p.pid)
+            conns = max(1, math.ceil(n / STREAMS_PER_CONN))
+            r = h2load.run(port, ["-c", str(conns), "-m", str(min(n, STREAMS_PER_CONN)), "-n", str(n)], timeout=120)
+            if r.ok_2xx != n:
+                raise BenchError(f"{r.ok_2xx}/{n} requests answered 2xx")
+            peak = peak_rss_kib(p.pid)
+            return {"rss_rest_kib": before, "rss_peak_kib": peak, "bytes_per_stream": (peak - before) * 1024 / n,
+                    "seconds": r.seconds}
+        self.curve("streams", self.sizes("streams", STREAMS), "concurrent streams", body)
 
     def threads_curve(self) -> None:
-        series = Series("mesh-proxy")
-        self.curves["threads"] = [series]
-        for n in THREADS:
-            log(f"=== runtime threads: {n} ===")
-
-            def body(n: int = n) -> dict:
-                cores = PROXY_CORE if n == 1 else f"{PROXY_CORE},{LOAD_CORE}"
-                p, port = self.start_mesh(f"threads-{n}", [(AUTHORITY, self.bench.backends)], threads=n, cores=cores)
-                return self.load_point(p, port)
-            self.measure(series, n, body)
+        def body(n: int) -> dict:
+            cores = PROXY_CORE if n == 1 else f"{PROXY_CORE},{LOAD_CORE}"
+            p, port = self.start_mesh(f"threads-{n}", [(AUTHORITY, self.bench.backends)], threads=n, cores=cores)
+            return self.load_point(p, port)
+        self.curve("threads", THREADS, "runtime threads", body)
 
     def pick_curve(self) -> None:
         """criterion's pick bench of mesh-balance, then its estimates."""
