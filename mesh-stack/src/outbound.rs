@@ -244,7 +244,8 @@ impl Outbound {
             made_on_use.push(lazy);
         }
         mesh_core::lazy::sweep(made_on_use, config.service_idle_timeout);
-        // Routes name other services as backends: every balancer exists by now.
+        // Routes name other services as backends: every service's view exists by now (its
+        // balancer is made when a request first reaches it).
         let mut routes = Vec::new();
         let mut routed = Vec::new();
         for (authority, svc, default) in defaults {
