@@ -5,6 +5,9 @@
 #   docker build --target demo         -t ghcr.io/mesh-dev/mesh-demo:0.1.0 .
 #   docker build --target ingress      -t ghcr.io/mesh-dev/mesh-ingress:0.1.0 .
 #
+# mesh-proxy is built on its own: built with the others, cargo would unify their features and
+# its code layout (bins/proxy/build.rs) would not fit.
+#
 # `proxy` is the sidecar and, with `mesh-proxy init`, the init container that installs the
 # capture rules (so it carries nft and iptables), as linkerd's proxy and proxy-init share a
 # release. `controlplane` holds mesh-controller, mesh-injector and meshctl on a distroless base.
@@ -21,11 +24,12 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
-        -p mesh-proxy -p mesh-controller -p mesh-injector -p meshctl -p mesh-ingress \
+    mkdir -p /out \
+ && cargo build --release --locked -p mesh-proxy \
+ && cp target/release/mesh-proxy /out/ \
+ && cargo build --release --locked -p mesh-controller -p mesh-injector -p meshctl -p mesh-ingress \
  && cargo build --release --locked -p mesh-examples --bin demo-app \
- && mkdir -p /out \
- && cp target/release/mesh-proxy target/release/mesh-controller \
+ && cp target/release/mesh-controller \
        target/release/mesh-injector target/release/meshctl target/release/mesh-ingress \
        target/release/demo-app /out/
 
