@@ -186,7 +186,11 @@ impl HttpMetrics {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Drops the series of every label set unused for `idle`: endpoints that are gone, or
@@ -258,10 +262,11 @@ impl EndpointMetrics {
         handles
     }
 
-    fn request(&self) {
+    /// A request sent at `at` (the clock is read once per request, for this and its latency).
+    fn request(&self, at: Instant) {
         self.series
             .last_used_ms
-            .store(self.families.now_ms(), Ordering::Release);
+            .store(self.families.ms_at(at), Ordering::Release);
         self.handles().requests.inc();
     }
 
@@ -269,13 +274,29 @@ impl EndpointMetrics {
         self.handles().latency.observe(seconds);
     }
 
+    /// A response classified at its head: its latency and its outcome, under one lock.
+    fn answered(&self, seconds: f64, status: StatusCode, grpc: Option<Code>, class: Class) {
+        let mut handles = self.handles();
+        handles.latency.observe(seconds);
+        self.count_response(&mut handles, Some(status), grpc, class);
+    }
+
     fn response(&self, status: Option<StatusCode>, grpc: Option<Code>, class: Class) {
+        self.count_response(&mut self.handles(), status, grpc, class);
+    }
+
+    fn count_response(
+        &self,
+        handles: &mut Handles,
+        status: Option<StatusCode>,
+        grpc: Option<Code>,
+        class: Class,
+    ) {
         let key = (
             status.map_or(0, |s| s.as_u16()),
             grpc,
             class == Class::Success,
         );
-        let mut handles = self.handles();
         if let Some((_, counter)) = handles.responses.iter().find(|(k, _)| *k == key) {
             counter.inc();
             return;
@@ -358,14 +379,15 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
         if let Some(endpoint) = &self.endpoint {
-            endpoint.request();
+            endpoint.request(start);
         }
         let grpc = is_grpc(&req);
         ResponseFuture {
             inner: self.inner.call(req),
             endpoint: self.endpoint.clone(),
-            start: Instant::now(),
+            start,
             grpc,
         }
     }
@@ -405,9 +427,10 @@ where
         };
         match result {
             Ok(rsp) => {
-                endpoint.latency(this.start.elapsed().as_secs_f64());
+                let seconds = this.start.elapsed().as_secs_f64();
                 let status = rsp.status();
                 let Some(class) = classify_head(*this.grpc, &rsp) else {
+                    endpoint.latency(seconds);
                     // gRPC: the trailers will tell.
                     let observer: Arc<dyn BodyObserver> = match this.endpoint.clone() {
                         Some(endpoint) => endpoint,
@@ -418,7 +441,7 @@ where
                         Err(other) => other,
                     })));
                 };
-                endpoint.response(Some(status), grpc_status(rsp.headers()), class);
+                endpoint.answered(seconds, status, grpc_status(rsp.headers()), class);
                 Poll::Ready(Ok(rsp))
             }
             Err(e) => {

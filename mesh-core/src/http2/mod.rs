@@ -33,7 +33,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -45,6 +45,11 @@ pub(crate) mod server;
 /// Removes the headers HTTP/2 forbids (RFC 9113, section 8.2.2); `TE: trailers` stays, as
 /// gRPC needs it.
 pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
+    // Almost no message carries one: a pass over its few names is cheaper than looking up
+    // each forbidden name, which hashes it (and parses the two that are not constants).
+    if !headers.iter().any(|(name, value)| forbidden(name, value)) {
+        return;
+    }
     crate::client::remove_connection_named(headers);
     headers.remove(header::CONNECTION);
     for name in [header::TRANSFER_ENCODING, header::UPGRADE] {
@@ -55,6 +60,18 @@ pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
     if headers.get(header::TE).is_some_and(|te| te != "trailers") {
         headers.remove(header::TE);
     }
+}
+
+/// Whether HTTP/2 forbids this header: what `strip_connection_headers` removes.
+fn forbidden(name: &HeaderName, value: &HeaderValue) -> bool {
+    if name == header::TE {
+        return value != "trailers";
+    }
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// Copies a request body into its stream, waiting for flow-control capacity.
@@ -293,6 +310,33 @@ mod tests {
         headers.insert(header::TE, "gzip".parse().unwrap());
         strip_connection_headers(&mut headers);
         assert!(headers.is_empty());
+
+        // Each forbidden header alone is found, whatever else the message carries.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+            headers.insert(header::TE, "trailers".parse().unwrap());
+            headers.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            strip_connection_headers(&mut headers);
+            assert!(!headers.contains_key(name), "{name}");
+            assert_eq!(headers.len(), 2, "{name}");
+        }
+
+        // A message with none is left as it is.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.append("x-many", "1".parse().unwrap());
+        headers.append("x-many", "2".parse().unwrap());
+        let before = headers.clone();
+        strip_connection_headers(&mut headers);
+        assert_eq!(headers, before);
     }
 
     #[test]
