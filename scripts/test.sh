@@ -11,7 +11,10 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio==1.85.4 grpcio-tools==1.85.4
 fi
 
-# Installs Debian package $1 (as root, or through sudo).
+# Installs Debian package $1 (as root, or through sudo). Packages are pinned to their upstream
+# version, as Debian 12 ships it ("openssl=3.0.*"), and take the Debian revision the archive
+# has: the archive keeps only the newest security fix of each (openssl went 3.0.19 -> 3.0.22
+# in this project's life), so an exact pin would break a fresh machine.
 apt_install() {
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -20,17 +23,18 @@ apt_install() {
 
 if ! command -v promtool >/dev/null; then
     echo "installing promtool (Debian package prometheus) to check the metrics exposition"
-    apt_install prometheus
+    apt_install "prometheus=2.42.0*"
 fi
 
 if ! command -v openssl >/dev/null; then
     echo "installing openssl (the mTLS tests drive openssl s_client against the proxy)"
-    apt_install openssl
+    apt_install "openssl=3.0.*"
 fi
 
 # The capture tests run `mesh-proxy init` in network namespaces under each firewall backend;
 # the install test drives the real kubectl.
-for tool in nft:nftables iptables-legacy:iptables ip:iproute2 setpriv:util-linux kubectl:kubernetes-client; do
+for tool in "nft:nftables=1.0.6*" "iptables-legacy:iptables=1.8.9*" "ip:iproute2=6.1.0*" \
+    "setpriv:util-linux=2.38.1*" "kubectl:kubernetes-client=1.20.5*"; do
     if ! command -v "${tool%%:*}" >/dev/null; then
         echo "installing ${tool##*:} for the capture tests"
         apt_install "${tool##*:}"

@@ -96,13 +96,25 @@ async fn a_panic_ends_one_connection_and_nothing_else() {
     assert_eq!(steady.send_request(get(false)).await.unwrap().status(), 200);
     let mut fresh = h1_client::<Empty<Bytes>>(proxy.outbound).await.unwrap();
     assert_eq!(fresh.send_request(get(false)).await.unwrap().status(), 200);
-    let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
-    let caught = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("process_panics_caught_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap();
-    assert!(caught >= 1, "{metrics}");
+    // Counted once the panic has unwound to the connection's task; the socket closes on the
+    // way there (unwinding drops the connection), so the client can see the end first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = scrape_metrics(proxy.admin, None).await.unwrap();
+        let caught = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_panics_caught_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap();
+        if caught >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panic is never counted: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// An endpoint that accepts TCP and never answers the TLS ClientHello: the request that goes

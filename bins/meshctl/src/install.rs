@@ -110,7 +110,28 @@ pub enum InstallError {
 
 /// The manifests, as multi-document YAML.
 pub fn install_yaml(options: &InstallOptions) -> Result<String, InstallError> {
-    to_yaml(&manifests(options)?)
+    Ok(install(options)?.yaml)
+}
+
+/// An install: its manifests, and the key of the trust anchor made for it.
+#[derive(Debug)]
+pub struct Installed {
+    /// The manifests, as multi-document YAML.
+    pub yaml: String,
+    /// The key of the trust anchor made for this install (none with an external issuer). It is
+    /// in no manifest: whoever keeps it can sign the next issuer under the same anchor
+    /// (`mesh-controller issuer`); whoever drops it rotates the anchor itself when the issuer
+    /// expires.
+    pub anchor_key_pem: Option<String>,
+}
+
+/// The manifests and the anchor's key.
+pub fn install(options: &InstallOptions) -> Result<Installed, InstallError> {
+    let (objects, anchor_key_pem) = manifests_and_anchor_key(options)?;
+    Ok(Installed {
+        yaml: to_yaml(&objects)?,
+        anchor_key_pem,
+    })
 }
 
 /// What `uninstall` deletes: every object of the install, named (no data), as YAML.
@@ -167,12 +188,18 @@ fn to_yaml(objects: &[Value]) -> Result<String, InstallError> {
 
 /// The install's objects, in the order `kubectl apply` should create them.
 pub fn manifests(options: &InstallOptions) -> Result<Vec<Value>, InstallError> {
-    let (anchors_pem, issuer) = if options.external_issuer {
+    Ok(manifests_and_anchor_key(options)?.0)
+}
+
+fn manifests_and_anchor_key(
+    options: &InstallOptions,
+) -> Result<(Vec<Value>, Option<String>), InstallError> {
+    let (anchors_pem, issuer, anchor_key_pem) = if options.external_issuer {
         let anchors = options
             .trust_anchors_pem
             .clone()
             .ok_or(InstallError::NoAnchors)?;
-        (anchors, None)
+        (anchors, None, None)
     } else {
         let made = mesh_tls::ca::bootstrap(
             &options.trust_domain,
@@ -185,7 +212,7 @@ pub fn manifests(options: &InstallOptions) -> Result<Vec<Value>, InstallError> {
             reason: e.to_string(),
         })?;
         let issuer = (made.issuer_cert_pem, made.issuer_key_pem);
-        (made.anchor_pem, Some(issuer))
+        (made.anchor_pem, Some(issuer), Some(made.anchor_key_pem))
     };
     let webhook = webhook_pki()?;
     let controller_host = format!("mesh-controller.{NAMESPACE}.svc.{}", options.cluster_domain);
@@ -309,7 +336,7 @@ pub fn manifests(options: &InstallOptions) -> Result<Vec<Value>, InstallError> {
             objects.extend(gateway_api());
         }
     }
-    Ok(objects)
+    Ok((objects, anchor_key_pem))
 }
 
 /// The ingress's configuration as installed: plaintext on 8080 until certificates are added,

@@ -66,6 +66,11 @@ struct InstallArgs {
     /// The trust anchors (PEM) that issuer chains to.
     #[arg(long, value_name = "FILE")]
     identity_trust_anchors_file: Option<std::path::PathBuf>,
+    /// Write the key of the trust anchor made for this install to FILE (created, owner-only):
+    /// with it, `mesh-controller issuer` signs the next issuer under the same anchor. Without
+    /// it the key is discarded.
+    #[arg(long, value_name = "FILE", conflicts_with = "identity_external_issuer")]
+    identity_anchor_key_out: Option<std::path::PathBuf>,
     /// For clusters before Kubernetes 1.29: inject the proxy as the first container.
     #[arg(long)]
     no_native_sidecar: bool,
@@ -251,7 +256,36 @@ fn install(args: &InstallArgs) -> anyhow::Result<String> {
         ingress: args.ingress,
         gateway_api: args.gateway_api,
     };
-    Ok(meshctl::install::install_yaml(&options)?)
+    let installed = meshctl::install::install(&options)?;
+    if let Some(anchor_key) = &installed.anchor_key_pem {
+        match &args.identity_anchor_key_out {
+            Some(path) => {
+                write_owner_only(path, anchor_key)
+                    .with_context(|| format!("writing the anchor key {}", path.display()))?;
+                eprintln!(
+                    "anchor key kept in {} (owner-only; keep it offline: `mesh-controller issuer --anchor ca.crt --anchor-key {} --out DIR` signs the next issuer, ca.crt being the ConfigMap mesh-trust-anchors)",
+                    path.display(),
+                    path.display()
+                );
+            }
+            None => eprintln!(
+                "the trust anchor's key was made for this install and discarded: when the issuer expires (365 days), rotate the anchor (README: rotating the trust anchor), or install with --identity-anchor-key-out FILE to keep it"
+            ),
+        }
+    }
+    Ok(installed.yaml)
+}
+
+/// Creates `path` readable by its owner only; an existing file is never overwritten.
+fn write_owner_only(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// `meshctl check`: the report, and whether every check passed.

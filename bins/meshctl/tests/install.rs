@@ -255,3 +255,68 @@ fn an_external_issuer_is_left_to_its_owner() {
         std::fs::read_to_string(&anchors).unwrap()
     );
 }
+
+#[test]
+fn the_anchor_key_is_kept_only_when_asked_and_signs_the_next_issuer() {
+    let (code, _, stderr) = meshctl(&["install"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("discarded") && stderr.contains("--identity-anchor-key-out"),
+        "{stderr}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("meshctl-anchor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("ca.key");
+    let _ = std::fs::remove_file(&key_path);
+    let key_arg = key_path.to_str().unwrap();
+    let (code, yaml, stderr) = meshctl(&["install", "--identity-anchor-key-out", key_arg]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("mesh-controller issuer"), "{stderr}");
+    let key_line = read(&key_path).lines().nth(1).unwrap().to_owned();
+    assert!(
+        !yaml.contains(&key_line),
+        "the anchor key is in no manifest"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the anchor key is owner-only: {mode:o}");
+
+    // The kept key signs a next issuer that chains to the anchor the install published.
+    let all = objects(&yaml);
+    let anchors: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "mesh-trust-anchors").clone()).unwrap();
+    let anchor_pem = anchors.data.unwrap()["ca.crt"].clone();
+    let next = mesh_tls::ca::issuer_under(
+        &anchor_pem,
+        &read(&key_path),
+        "cluster.local",
+        std::time::Duration::from_secs(86_400),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert!(signed_by(&next.cert_pem, &anchor_pem));
+
+    // An existing file is never overwritten.
+    let before = read(&key_path);
+    let (code, _, stderr) = meshctl(&["install", "--identity-anchor-key-out", key_arg]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("writing the anchor key"), "{stderr}");
+    assert_eq!(read(&key_path), before);
+
+    // An external issuer has no anchor key to keep.
+    let (code, _, stderr) = meshctl(&[
+        "install",
+        "--identity-external-issuer",
+        "--identity-trust-anchors-file",
+        "x",
+        "--identity-anchor-key-out",
+        key_arg,
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
