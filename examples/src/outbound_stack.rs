@@ -63,7 +63,7 @@ pub async fn build(config_toml: &str, workload: WorkloadConfig) -> anyhow::Resul
     };
     let sources = Sources::new(&config.services, &config.discovery, Some(workload)).await?;
     let outbound_config = OutboundConfig {
-        services: config.services,
+        services: config.services.into(),
         ..OutboundConfig::default()
     };
     let outbound = Outbound::new(

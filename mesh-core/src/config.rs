@@ -11,6 +11,11 @@
 //! whose name starts with `mesh--` produces `MESH__...`; variables of that shape (a last key
 //! ending in `_SERVICE_HOST`, `_SERVICE_PORT...` or `_PORT...`, which no configuration key
 //! does) are left out too.
+//!
+//! With no `MESH__` variable set, the TOML goes straight into the typed struct; only with
+//! variables to merge (or when that fails, for the same errors either way) does it go through
+//! the `config` crate, whose map of every value with its origin peaked at 3 MB for 1,000
+//! services, memory the allocator then kept.
 
 use std::path::Path;
 use std::time::Duration;
@@ -210,24 +215,36 @@ pub fn load_with_env<T: DeserializeOwned>(
     source: Source<'_>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
-    let mut builder = config::Config::builder();
-    match source {
+    let file_text;
+    let (text, name) = match source {
         Source::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Source {
+            file_text = std::fs::read_to_string(path).map_err(|e| ConfigError::Source {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            builder = builder.add_source(toml_source(&text, &path.display().to_string())?);
+            (Some(file_text.as_str()), path.display().to_string())
         }
-        Source::Toml(text) => {
-            builder = builder.add_source(toml_source(text, "embedded configuration")?)
-        }
-        Source::None => {}
-    }
+        Source::Toml(text) => (Some(text), "embedded configuration".to_owned()),
+        Source::None => (None, String::new()),
+    };
     let env: config::Map<String, String> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_kubernetes_service_variable(k))
         .collect();
+    // With nothing to merge, the text goes straight into `T`: the merging loader holds the
+    // whole file as a map of values with their origins at once (3 MB for 1,000 services),
+    // and what the allocator keeps of that peak stays in the proxy's RSS. Anything that
+    // does not load this way loads through the merging loader, so its errors (and any value
+    // only it accepts) stay as they are.
+    if env.is_empty()
+        && let Ok(value) = toml::from_str::<T>(text.unwrap_or_default())
+    {
+        return Ok(value);
+    }
+    let mut builder = config::Config::builder();
+    if let Some(text) = text {
+        builder = builder.add_source(toml_source(text, &name)?);
+    }
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
             .prefix_separator("__")

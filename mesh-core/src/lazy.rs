@@ -155,6 +155,16 @@ impl<T: Send + Sync + 'static> Release for Lazy<T> {
 /// value goes between one and two periods after its last use. The task ends when every cell
 /// is gone. Call it inside a tokio runtime.
 pub fn sweep<R: Release + 'static>(cells: Vec<Arc<R>>, idle: Duration) {
+    sweep_then(cells, idle, |_| {});
+}
+
+/// As [`sweep`], calling `released` with the count after each check that released any (to
+/// hand what they held back to the system, say).
+pub fn sweep_then<R: Release + 'static>(
+    cells: Vec<Arc<R>>,
+    idle: Duration,
+    released: impl Fn(usize) + Send + 'static,
+) {
     let cells: Vec<Weak<R>> = cells.iter().map(Arc::downgrade).collect();
     if cells.is_empty() {
         return;
@@ -166,15 +176,16 @@ pub fn sweep<R: Release + 'static>(cells: Vec<Arc<R>>, idle: Duration) {
         loop {
             tick.tick().await;
             let mut alive = 0;
-            let mut released = 0;
+            let mut count = 0;
             for cell in &cells {
                 if let Some(cell) = cell.upgrade() {
                     alive += 1;
-                    released += usize::from(cell.release_if_idle());
+                    count += usize::from(cell.release_if_idle());
                 }
             }
-            if released > 0 {
-                tracing::debug!(released, ?idle, "idle services released");
+            if count > 0 {
+                tracing::debug!(released = count, ?idle, "idle services released");
+                released(count);
             }
             if alive == 0 {
                 return;

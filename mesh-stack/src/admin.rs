@@ -83,31 +83,47 @@ pub struct Admin {
     server: HttpServer,
 }
 
-#[derive(Debug)]
+/// The configuration in force, as `/config` shows it: rendered at each request, since text
+/// kept from the start cost 455 bytes per configured service for a page read now and then.
+type ShowConfig = Box<dyn Fn() -> Result<String, toml::ser::Error> + Send + Sync>;
+
 struct State {
     ready: Arc<AtomicBool>,
-    /// The configuration in force, as shown on `/config`.
-    config: Arc<str>,
+    config: ShowConfig,
     metrics: Arc<Metrics>,
     log: Option<Arc<LogControl>>,
     /// Set when `/shutdown` is enabled: notified to start draining.
     shutdown: Option<Arc<Notify>>,
 }
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("ready", &self.ready)
+            .field("metrics", &self.metrics)
+            .field("log", &self.log)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Admin {
-    /// Serves readiness from `ready`, `config` (the configuration in force, as text) on
+    /// Serves readiness from `ready`, `config` (the configuration in force) as TOML on
     /// `/config`; `/shutdown` notifies `shutdown` when given.
-    pub fn new(
+    pub fn new<C>(
         ready: Arc<AtomicBool>,
-        config: Arc<str>,
+        config: Arc<C>,
         metrics: Arc<Metrics>,
         log: Option<Arc<LogControl>>,
         shutdown: Option<Arc<Notify>>,
-    ) -> Self {
+    ) -> Self
+    where
+        C: serde::Serialize + Send + Sync + 'static,
+    {
         Self {
             state: Arc::new(State {
                 ready,
-                config,
+                config: Box::new(move || toml::to_string(&*config)),
                 metrics,
                 log,
                 shutdown,
@@ -181,7 +197,13 @@ async fn respond(state: &State, peer: SocketAddr, req: Request<Body>) -> Respons
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        (Method::GET | Method::HEAD, "/config") => text(StatusCode::OK, state.config.to_string()),
+        (Method::GET | Method::HEAD, "/config") => match (state.config)() {
+            Ok(toml) => text(StatusCode::OK, toml),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the configuration cannot be shown as TOML: {e}\n"),
+            ),
+        },
         (method, "/log-level") => {
             let Some(log) = &state.log else {
                 return text(

@@ -316,7 +316,7 @@ fn backend(
     }
     let balancer = outbound::balancer(svc, authority, resolution, tagging);
     balancer_metrics.add(authority.to_string(), &balancer);
-    let retry = svc.retry.as_ref().map(RetryLayer::new);
+    let retry = svc.retry.as_deref().map(RetryLayer::new);
     let service = outbound::service_stack(&svc.timeout, retry.clone(), balancer);
     Ok((service, retry))
 }

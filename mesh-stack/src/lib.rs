@@ -40,7 +40,7 @@
 //! let shared = Shared::new(WorkloadConfig::default(), &Default::default(), &Default::default())
 //!     .with_request_metrics(mesh_metrics::http::HttpMetrics::register(&mut registry));
 //! let sources = Sources::new(&services, &DiscoveryConfig::default(), None).await?;
-//! let config = mesh_stack::config::OutboundConfig { services, ..Default::default() };
+//! let config = mesh_stack::config::OutboundConfig { services: services.into(), ..Default::default() };
 //! let outbound = Outbound::new(
 //!     &config,
 //!     &shared,

@@ -112,7 +112,7 @@ where
     F: FnMut(&std::path::Path) + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
+        let mut last = fingerprint(&path);
         let mut ticks = tokio::time::interval(CONFIG_POLL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -120,7 +120,7 @@ where
                 _ = drain.signaled() => return,
                 _ = ticks.tick() => {}
             }
-            let now = std::fs::read(&path).ok();
+            let now = fingerprint(&path);
             if now.is_none() || now == last {
                 continue;
             }
@@ -128,6 +128,26 @@ where
             changed(&path);
         }
     });
+}
+
+/// The file's length and a hash of its bytes: what tells a change, without keeping the file
+/// or reading it whole each time (a whole cluster's services are 100 KB and more).
+fn fingerprint(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::hash::Hasher as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let (mut hasher, mut len, mut chunk) = (std::hash::DefaultHasher::new(), 0, [0u8; 8192]);
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Some((len, hasher.finish())),
+            Ok(n) => {
+                hasher.write(&chunk[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Binds `addr`; the error names what the listener is for.
@@ -242,5 +262,31 @@ pub async fn shutdown_and_drain(
         tracing::info!("drained");
     } else {
         tracing::warn!(?grace, "grace period over: closing the connections left");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+
+    #[test]
+    fn a_fingerprint_changes_with_the_content_only() {
+        let dir = std::env::temp_dir().join(format!("mesh-fingerprint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        // Longer than one read, so that every chunk counts.
+        let text = "x".repeat(20_000);
+        std::fs::write(&path, &text).unwrap();
+        let first = super::fingerprint(&path).unwrap();
+        assert_eq!(first.0, 20_000);
+        assert_eq!(super::fingerprint(&path), Some(first));
+        std::fs::write(&path, format!("{}y", &text[1..])).unwrap();
+        assert_ne!(
+            super::fingerprint(&path),
+            Some(first),
+            "same length, last byte changed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(super::fingerprint(&path), None);
     }
 }

@@ -193,7 +193,7 @@ impl Config {
         }
         // The services are checked as the sidecar's are (and none twice).
         let services = OutboundConfig {
-            services: self.services.clone(),
+            services: self.services.as_slice().into(),
             ..OutboundConfig::default()
         };
         services.validate()?;

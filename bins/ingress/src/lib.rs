@@ -148,7 +148,7 @@ impl IngressServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (drain, ready) = (Drain::new(), Arc::new(AtomicBool::new(false)));
-        let config = self.config;
+        let config = Arc::new(self.config);
         let mut metrics = mesh_metrics::Metrics::new();
         let registry = metrics.registry_mut();
         let http_metrics = mesh_metrics::http::HttpMetrics::register(registry);
@@ -215,7 +215,7 @@ impl IngressServer {
         }
         let admin = admin::Admin::new(
             ready.clone(),
-            toml::to_string(&config)?.into(),
+            config.clone(),
             Arc::new(metrics),
             self.log.clone(),
             None,
