@@ -41,8 +41,9 @@ pub struct StackConfig {
 /// The stack, and the metrics it records (serve them with `Metrics::encode`).
 #[derive(Debug)]
 pub struct OutboundStack {
-    /// The stack: `outbound.clone().serve(stream, peer, drain)` for each connection.
-    pub outbound: Outbound,
+    /// The stack, shared by the connections: `outbound.clone().serve(stream, peer, drain)`
+    /// for each.
+    pub outbound: Arc<Outbound>,
     /// Requests, balancers, retries and the certificate.
     pub metrics: Arc<Metrics>,
 }
@@ -75,5 +76,8 @@ pub async fn build(config_toml: &str, workload: WorkloadConfig) -> anyhow::Resul
     )?;
     tokio::time::timeout(Duration::from_secs(10), workload_identity.ready()).await?;
     let metrics = Arc::new(metrics);
-    Ok(OutboundStack { outbound, metrics })
+    Ok(OutboundStack {
+        outbound: Arc::new(outbound),
+        metrics,
+    })
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures_util::TryFutureExt as _;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -126,32 +127,36 @@ impl HttpServer {
     /// On drain, HTTP/1 closes after the response in flight and HTTP/2 sends GOAWAY and lets
     /// open streams finish. An HTTP/2 connection on which no new stream opened for a whole
     /// `idle_timeout` is sent GOAWAY too.
-    pub async fn serve<I, S>(
-        &self,
+    pub fn serve<'a, I, S>(
+        &'a self,
         io: I,
         protocol: Protocol,
         service: S,
-        drain: &Drain,
-    ) -> Result<(), ServeError>
+        drain: &'a Drain,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send + 'a>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Send
+            + Sync
             + 'static,
         S::Future: Send + 'static,
     {
-        // Each protocol's connection future is boxed: the task of every connection holds the
-        // caller's future, which would otherwise be as large as the larger of the two (and of
-        // every other stage), written in full for each connection, idle or not.
+        // Each protocol's connection future is boxed, and returned boxed rather than awaited
+        // in an `async fn`: the task of every connection holds the caller's future, which
+        // would otherwise be as large as the larger of the two (and of every other stage),
+        // written in full for each connection, idle or not.
+        // (`err_into`, not an `async` block around an `.await`: that would hold the
+        // connection's future twice over.)
         match protocol {
             Protocol::Http2 => {
-                Ok(Box::pin(crate::http2::server::serve(&self.h2, io, service, drain)).await?)
+                Box::pin(crate::http2::server::serve(&self.h2, io, service, drain).err_into())
             }
             Protocol::Http1 | Protocol::Opaque => {
                 let conn = self
                     .h1
                     .serve_connection(TokioIo::new(io), FromIncoming(service));
-                Ok(Box::pin(until_drained(conn, drain)).await?)
+                Box::pin(until_drained(conn, drain).err_into())
             }
         }
     }

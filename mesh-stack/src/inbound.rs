@@ -20,7 +20,8 @@
 //! let mut registry = prometheus_client::registry::Registry::default();
 //! let shared = Shared::new(WorkloadConfig::default(), &Default::default(), &Default::default());
 //! // With an identity: mTLS required (`all-authenticated`) unless `policy` says otherwise.
-//! let inbound = Inbound::new(&config, &shared, Some(identity), InboundCounters::register(&mut registry));
+//! // Shared by the connections: each task holds an `Arc`, not a copy.
+//! let inbound = std::sync::Arc::new(Inbound::new(&config, &shared, Some(identity), InboundCounters::register(&mut registry)));
 //! let drain = mesh_core::drain::Drain::new();
 //! loop {
 //!     let (stream, peer) = listener.accept().await?;
@@ -182,7 +183,7 @@ impl Inbound {
 
     /// Serves one accepted connection, to the configured app port.
     pub fn serve<I>(
-        self,
+        self: Arc<Self>,
         stream: I,
         peer: SocketAddr,
         drain: Drain,
@@ -199,7 +200,7 @@ impl Inbound {
     /// Not an `async fn`: the future returned is `serve_to`'s own, not one that would carry
     /// its arguments beside it for the connection's whole life.
     pub fn serve_accepted(
-        self,
+        self: Arc<Self>,
         stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
         peer: SocketAddr,
         drain: Drain,
@@ -215,52 +216,63 @@ impl Inbound {
     /// redirected it) was `original`: in transparent mode, it goes to the app's port of that
     /// name, under that port's policy. Without one, or without transparent mode, to the
     /// configured app port.
-    pub async fn serve_to<I>(
-        self,
+    ///
+    /// An `async` block rather than an `async fn`, on a shared `Inbound`: the future is each
+    /// connection's task, held for the connection's whole life, and an `async fn` would keep a
+    /// second copy of its arguments (and each connection a copy of the `Inbound`, 1 KB).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub fn serve_to<I>(
+        self: Arc<Self>,
         stream: I,
         peer: SocketAddr,
         original: Option<SocketAddr>,
         drain: Drain,
-    ) where
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app_port(original);
-        let Some(identity) = self.identity.clone() else {
-            let io = PrefixedIo::new(Bytes::new(), stream);
-            return self
-                .serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
-                .await;
-        };
-        // Boxed, as the HTTP servers are: the handshake's state is not carried by the task of
-        // every connection for its whole life.
-        match Box::pin(accept(stream, &identity, self.accept_timeouts)).await {
-            Ok(Accepted::Terminated { io, peer: client }) => {
-                let tls = PeerTls::Authenticated(client);
-                self.serve_authenticated(io, tls, app, peer, drain).await
-            }
-            Ok(Accepted::Passthrough { io, sni }) => {
-                tracing::debug!(%peer, ?sni, "TLS for another name: passed through");
-                self.serve_authenticated(io, PeerTls::Passthrough, app, peer, drain)
-                    .await
-            }
-            Ok(Accepted::Plaintext(io)) => {
-                self.serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
-                    .await
-            }
-            Err(e) => {
-                let reason = match &e {
-                    mesh_tls::accept::AcceptError::Read(_) => "read",
-                    mesh_tls::accept::AcceptError::Handshake(_) => "handshake",
-                    mesh_tls::accept::AcceptError::HandshakeTimeout(_) => "handshake-timeout",
-                    mesh_tls::accept::AcceptError::NoIdentity(_) => "no-identity",
-                };
-                if reason != "read" {
-                    self.counters
-                        .tls_failures
-                        .get_or_create(&TlsFailureLabels { reason })
-                        .inc();
+        async move {
+            let app = self.app_port(original);
+            let Some(identity) = self.identity.clone() else {
+                let io = PrefixedIo::new(Bytes::new(), stream);
+                return self
+                    .serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
+                    .await;
+            };
+            // Boxed, as the HTTP servers are: the handshake's state is not carried by the task of
+            // every connection for its whole life.
+            match Box::pin(accept(stream, &identity, self.accept_timeouts)).await {
+                Ok(Accepted::Terminated { io, peer: client }) => {
+                    let tls = PeerTls::Authenticated(client);
+                    self.serve_authenticated(io, tls, app, peer, drain).await
                 }
-                tracing::info!(%peer, error = %e, "inbound connection refused");
+                Ok(Accepted::Passthrough { io, sni }) => {
+                    tracing::debug!(%peer, ?sni, "TLS for another name: passed through");
+                    self.serve_authenticated(io, PeerTls::Passthrough, app, peer, drain)
+                        .await
+                }
+                Ok(Accepted::Plaintext(io)) => {
+                    self.serve_authenticated(io, PeerTls::Plaintext, app, peer, drain)
+                        .await
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        mesh_tls::accept::AcceptError::Read(_) => "read",
+                        mesh_tls::accept::AcceptError::Handshake(_) => "handshake",
+                        mesh_tls::accept::AcceptError::HandshakeTimeout(_) => "handshake-timeout",
+                        mesh_tls::accept::AcceptError::NoIdentity(_) => "no-identity",
+                    };
+                    if reason != "read" {
+                        self.counters
+                            .tls_failures
+                            .get_or_create(&TlsFailureLabels { reason })
+                            .inc();
+                    }
+                    tracing::info!(%peer, error = %e, "inbound connection refused");
+                }
             }
         }
     }
@@ -309,7 +321,7 @@ impl Inbound {
     }
 
     async fn serve_authenticated<I>(
-        self,
+        self: Arc<Self>,
         mut io: I,
         tls: PeerTls,
         app: AppPort,

@@ -41,13 +41,13 @@
 //!     .with_request_metrics(mesh_metrics::http::HttpMetrics::register(&mut registry));
 //! let sources = Sources::new(&services, &DiscoveryConfig::default(), None).await?;
 //! let config = mesh_stack::config::OutboundConfig { services: services.into(), ..Default::default() };
-//! let outbound = Outbound::new(
+//! let outbound = std::sync::Arc::new(Outbound::new(
 //!     &config,
 //!     &shared,
 //!     &sources,
 //!     &mesh_balance::metrics::BalancerMetrics::register(&mut registry),
 //!     mesh_metrics::retry::RetryMetrics::register(&mut registry),
-//! )?;
+//! )?);
 //! let peer = stream.peer_addr()?;
 //! outbound.serve(stream, peer, mesh_core::drain::Drain::new()).await;
 //! # Ok(())

@@ -404,7 +404,7 @@ impl Outbound {
     /// Not an `async fn`: the future returned is `serve_to`'s own, not one that would carry
     /// its arguments beside it for the connection's whole life.
     pub fn serve_accepted(
-        self,
+        self: Arc<Self>,
         stream: mesh_metrics::tcp::MeteredIo<tokio::net::TcpStream>,
         peer: SocketAddr,
         drain: Drain,
@@ -426,7 +426,7 @@ impl Outbound {
 
     /// Serves one accepted connection (not captured: the app dialled the listener).
     pub fn serve<I>(
-        self,
+        self: Arc<Self>,
         stream: I,
         peer: SocketAddr,
         drain: Drain,
@@ -439,67 +439,80 @@ impl Outbound {
 
     /// Serves a connection; `original` is where a captured one was going. The one place
     /// where connections meet the HTTP server, so that the hot path is built once.
-    async fn serve_to<I>(
-        self,
+    ///
+    /// An `async` block rather than an `async fn`, on a shared `Outbound`: the future is each
+    /// connection's task, held for the connection's whole life, and an `async fn` would keep a
+    /// second copy of its arguments (and each connection a copy of the `Outbound`).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn serve_to<I>(
+        self: Arc<Self>,
         mut stream: I,
         peer: SocketAddr,
         original: Option<SocketAddr>,
         drain: Drain,
-    ) where
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let captured = match (original, self.captured.clone()) {
-            (Some(original), Some(captured)) => {
-                let target = captured.target(original).await;
-                // Marked opaque (by port, or by discovery): never sniffed, so a server that
-                // speaks first is heard at once.
-                if captured.opaque_ports.contains(original.port()) || target.opaque_hint() {
-                    let forward = target.tcp(original, &captured.shared);
-                    // Boxed, as the HTTP servers are: the connection's task stays small.
-                    return Box::pin(forward.serve(stream, peer)).await;
-                }
-                Some((original, captured, target))
-            }
-            _ => None,
-        };
-        let Some((protocol, prefix)) =
-            crate::serve::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound").await
-        else {
-            return;
-        };
-        let silent = prefix.is_empty();
-        let io = PrefixedIo::new(prefix, stream);
-        if protocol == Protocol::Opaque {
-            match captured {
-                Some((original, captured, target)) => {
-                    if silent {
-                        tracing::info!(
-                            %peer,
-                            destination = %original,
-                            timeout = ?self.detect_timeout,
-                            "the client sent nothing before the detection timeout: forwarding as opaque TCP; add port {} to outbound opaque-ports to skip the wait",
-                            original.port()
-                        );
+        async move {
+            let captured = match (original, self.captured.clone()) {
+                (Some(original), Some(captured)) => {
+                    // Boxed: a lookup's state is not carried by every connection's task.
+                    let target = Box::pin(captured.target(original)).await;
+                    // Marked opaque (by port, or by discovery): never sniffed, so a server that
+                    // speaks first is heard at once.
+                    if captured.opaque_ports.contains(original.port()) || target.opaque_hint() {
+                        let forward = target.tcp(original, &captured.shared);
+                        // Boxed, as the HTTP servers are: the connection's task stays small.
+                        return Box::pin(forward.serve(stream, peer)).await;
                     }
-                    Box::pin(target.tcp(original, &captured.shared).serve(io, peer)).await
+                    Some((original, captured, target))
                 }
-                None => tracing::info!(
-                    %peer,
-                    "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
-                ),
+                _ => None,
+            };
+            let Some((protocol, prefix)) =
+                crate::serve::detect_protocol(&mut stream, self.detect_timeout, peer, "outbound")
+                    .await
+            else {
+                return;
+            };
+            let silent = prefix.is_empty();
+            let io = PrefixedIo::new(prefix, stream);
+            if protocol == Protocol::Opaque {
+                match captured {
+                    Some((original, captured, target)) => {
+                        if silent {
+                            tracing::info!(
+                                %peer,
+                                destination = %original,
+                                timeout = ?self.detect_timeout,
+                                "the client sent nothing before the detection timeout: forwarding as opaque TCP; add port {} to outbound opaque-ports to skip the wait",
+                                original.port()
+                            );
+                        }
+                        Box::pin(target.tcp(original, &captured.shared).serve(io, peer)).await
+                    }
+                    None => tracing::info!(
+                        %peer,
+                        "closing outbound connection: not HTTP/1 or HTTP/2 (opaque services need a listener of their own)"
+                    ),
+                }
+                return;
             }
-            return;
-        }
-        let stack = match captured {
-            None => self.stack,
-            // A known authority wins; otherwise where the connection was going.
-            Some((original, captured, target)) => Respond::new(
-                self.router
-                    .with_fallback(target.http(original, &captured.shared)),
-            ),
-        };
-        if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
-            tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
+            let stack = match captured {
+                None => self.stack.clone(),
+                // A known authority wins; otherwise where the connection was going.
+                Some((original, captured, target)) => Respond::new(
+                    self.router
+                        .with_fallback(target.http(original, &captured.shared)),
+                ),
+            };
+            if let Err(e) = self.server.serve(io, protocol, stack, &drain).await {
+                tracing::debug!(%peer, error = %e, "outbound connection ended with an error");
+            }
         }
     }
 }

@@ -60,23 +60,32 @@ pub fn spawn_accept<F, Fut>(
 }
 
 /// Detects what a client speaks; `None` (logged) when it closed before saying anything.
-pub async fn detect_protocol<I>(
-    stream: &mut I,
+///
+/// Boxed, as the HTTP servers are: the detection's state (its timer, its read) is not carried
+/// by the task of every connection for the connection's whole life.
+pub fn detect_protocol<'a, I>(
+    stream: &'a mut I,
     timeout: Duration,
     peer: SocketAddr,
     side: &'static str,
-) -> Option<(mesh_core::detect::Protocol, bytes::Bytes)>
+) -> std::pin::Pin<Box<Detecting<'a>>>
 where
-    I: tokio::io::AsyncRead + Unpin,
+    I: tokio::io::AsyncRead + Unpin + Send,
 {
-    match mesh_core::detect::detect(stream, timeout).await {
-        Ok(detected) => Some(detected),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, side, "connection closed during detection");
-            None
+    Box::pin(async move {
+        match mesh_core::detect::detect(stream, timeout).await {
+            Ok(detected) => Some(detected),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, side, "connection closed during detection");
+                None
+            }
         }
-    }
+    })
 }
+
+/// A detection in progress: [`detect_protocol`]'s future.
+pub type Detecting<'a> =
+    dyn Future<Output = Option<(mesh_core::detect::Protocol, bytes::Bytes)>> + Send + 'a;
 
 /// Drops request series unused for `ttl`, checking every half of it (at most every minute).
 pub fn spawn_idle_series_sweep(

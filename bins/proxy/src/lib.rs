@@ -160,13 +160,14 @@ impl Proxy {
         let inbound_counters = inbound::InboundCounters::register(registry);
         let balancers = mesh_balance::metrics::BalancerMetrics::register(registry);
         let retries = mesh_metrics::retry::RetryMetrics::register(registry);
-        let outbound = outbound::Outbound::new(
+        // Shared, not copied, by every connection's task.
+        let outbound = Arc::new(outbound::Outbound::new(
             &config.outbound,
             &shared,
             &self.sources,
             &balancers,
             retries,
-        )?;
+        )?);
         if let Some(path) = self.config_file {
             let load = |path: &std::path::Path| {
                 Config::load(Some(path)).map(|c| c.outbound.services.to_vec())
@@ -181,8 +182,12 @@ impl Proxy {
             move |stream, peer, drain| outbound.clone().serve_accepted(stream, peer, drain),
         );
         if let (Some(l), Some(inbound_config)) = (self.inbound, &config.inbound) {
-            let inbound =
-                inbound::Inbound::new(inbound_config, &shared, identity.clone(), inbound_counters);
+            let inbound = Arc::new(inbound::Inbound::new(
+                inbound_config,
+                &shared,
+                identity.clone(),
+                inbound_counters,
+            ));
             spawn_accept(
                 l,
                 drain.clone(),
