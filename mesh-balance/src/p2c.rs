@@ -205,7 +205,7 @@ impl<S: Availability> Shared<S> {
     fn pick(&self) -> Option<Picked<S>> {
         let endpoints = self.endpoints.load();
         let n = endpoints.len();
-        let now = Instant::now();
+        let now = mesh_core::clock::now();
         let take = |e: &Arc<EndpointState<S>>, readiness| {
             e.claim(readiness, now).map(|probe| Picked {
                 endpoint: e.clone(),
@@ -453,7 +453,7 @@ where
 /// [`Deadline`](mesh_core::timeout::Deadline) for the layers below).
 fn restamp_grpc_timeout(req: &mut Request<Body>) {
     use mesh_core::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
-    if let Some(grpc_at) = req.extensions().get::<Deadline>().and_then(|d| d.grpc) {
+    if let Some(grpc_at) = Deadline::of(req).and_then(|d| d.grpc) {
         let left = grpc_at.saturating_duration_since(Instant::now());
         req.headers_mut()
             .insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
@@ -530,7 +530,7 @@ pin_project_lite::pin_project! {
             // must look slow), and a probe gives its turn back.
             if let Some(endpoint) = this.endpoint.take() {
                 endpoint.end_request();
-                let now = Instant::now();
+                let now = mesh_core::clock::now();
                 endpoint.observe_rtt_peak(now.saturating_duration_since(*this.start), now);
                 if let Some(token) = this.probe.take() {
                     endpoint.release_probe(token);
@@ -573,7 +573,7 @@ where
             return Poll::Ready(Err("dispatch polled after completion".into()));
         };
         let probe = this.probe.take().is_some();
-        let now = Instant::now();
+        let now = mesh_core::clock::now();
         let rtt = now.saturating_duration_since(*this.start);
         match result {
             Ok(rsp) => {

@@ -7,8 +7,8 @@
 //! gRPC differently). A layer used without `Respond` above it finds no context and computes
 //! the same from the request itself ([`is_grpc`](crate::error::is_grpc)).
 //!
-//! The stamp costs one extension insert per request (the extension map and its entry: two
-//! small allocations), paid once instead of one header lookup in each of four layers, and it
+//! The stamp costs one extension insert per request (the extension map and its entry: three
+//! small allocations; a deadline is kept in it rather than beside it), paid once instead of one header lookup in each of four layers, and it
 //! makes `ReceivedAt` true for every request rather than only where a test set it.
 
 use tokio::time::Instant;
@@ -20,6 +20,10 @@ pub struct RequestContext {
     pub received_at: Instant,
     /// Is it gRPC (its content type says so)?
     pub grpc: bool,
+    /// The deadline a [`Timeout`](crate::timeout::Timeout) below set, kept here rather than
+    /// in an extension of its own (which would be an allocation per request); read it with
+    /// [`Deadline::of`](crate::timeout::Deadline::of).
+    pub deadline: Option<crate::timeout::Deadline>,
 }
 
 impl RequestContext {

@@ -4,6 +4,7 @@
 //!
 //! - [`endpoint`]: endpoints, authorities (service names), directions;
 //! - [`context`]: what the server side learns of a request once (received at, gRPC);
+//! - [`clock`]: one clock read shared by the layers a request passes through at once;
 //! - [`error`]: error causes, their classification and the one mapping from an error to a
 //!   response;
 //! - [`classify`]: success or failure of a response (5xx, gRPC status), for accrual and metrics;
@@ -48,6 +49,7 @@
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod detect;

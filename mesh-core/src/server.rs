@@ -284,7 +284,8 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> RespondFuture<S> {
-        RespondFuture::new(self.inner.clone(), req)
+        // One clock read for the whole call down the stack (see `crate::clock`).
+        crate::clock::scope(|| RespondFuture::new(self.inner.clone(), req))
     }
 }
 
@@ -301,7 +302,8 @@ where
         if req.headers().contains_key("x-mesh-test-panic") {
             panic!("x-mesh-test-panic: a panic a test asked for, in one request's path");
         }
-        RespondFuture::new(self.inner.clone(), req)
+        // One clock read for the whole call down the stack (see `crate::clock`).
+        crate::clock::scope(|| RespondFuture::new(self.inner.clone(), req))
     }
 }
 
@@ -318,8 +320,9 @@ impl<S: Service<Request<Body>>> RespondFuture<S> {
     fn new(svc: S, mut req: Request<Body>) -> Self {
         let grpc = is_grpc(&req);
         req.extensions_mut().insert(crate::context::RequestContext {
-            received_at: tokio::time::Instant::now(),
+            received_at: crate::clock::now(),
             grpc,
+            deadline: None,
         });
         Self {
             inner: crate::ready_call::ReadyCall::new(svc, req),
@@ -344,7 +347,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match ready!(this.inner.poll(cx)) {
+        // One clock read, if any, for every layer the response passes on its way up.
+        match ready!(crate::clock::scope(|| this.inner.poll(cx))) {
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
                 // Debug, not info: an outage would write a line per request. Metrics count them.
@@ -409,6 +413,74 @@ mod tests {
         );
     }
 
+    /// A connection that brings far more streams at once than one poll accepts (the serving
+    /// loop yields after a batch) has every one of them reach the service, even when none is
+    /// answered until all have arrived: the loop wakes itself for the rest, it does not wait for
+    /// an answer to wake it.
+    #[tokio::test]
+    async fn a_burst_of_streams_on_one_connection_is_answered_in_full() {
+        const STREAMS: usize = 500;
+        // No ping or idle check comes to poll the connection in the meantime.
+        let server = HttpServer::new(&ServerConfig {
+            keep_alive_interval: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+            ..ServerConfig::default()
+        });
+        let (client_io, server_io) = tokio::io::duplex(1024 * 1024);
+        let drain = Drain::new();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        let all_in = Arc::new(tokio::sync::Barrier::new(STREAMS));
+        let service = hyper::service::service_fn(move |req: Request<Body>| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = req.uri().path().to_owned();
+            let all_in = all_in.clone();
+            async move {
+                all_in.wait().await;
+                Ok::<_, Infallible>(Response::new(Body::full(path)))
+            }
+        });
+        let serving = tokio::spawn(async move {
+            server
+                .serve(server_io, Protocol::Http2, service, &drain)
+                .await
+        });
+        let (client, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .max_concurrent_reset_streams(0)
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(client_io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        // Every request is written before the first answer is read: the server finds them all
+        // waiting at once.
+        let answers = futures_util::future::join_all((0..STREAMS).map(|i| {
+            let mut client = client.clone();
+            async move {
+                let req = Request::builder()
+                    .uri(format!("http://test/{i}"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let rsp = client.send_request(req).await.unwrap();
+                assert_eq!(rsp.status(), StatusCode::OK);
+                let body = http_body_util::BodyExt::collect(rsp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(body, format!("/{i}").as_bytes());
+            }
+        }));
+        // A bound on a hang, not a timing: without the self-wake the streams past the first
+        // batch never reach the service.
+        tokio::time::timeout(Duration::from_secs(60), answers)
+            .await
+            .expect("every stream answered");
+        assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), STREAMS);
+        drop(client);
+        let _ = conn.await;
+        serving.abort();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn errors_become_responses() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -449,7 +521,8 @@ mod tests {
             context,
             Some(crate::context::RequestContext {
                 received_at: received,
-                grpc: true
+                grpc: true,
+                deadline: None,
             })
         );
         // The layers below read the stamp, not the header: one parse per request.

@@ -14,7 +14,8 @@
 //!
 //! Both count from when the request was received: the [`ReceivedAt`] extension when a layer
 //! above (the server side) set one, otherwise when this layer is called. The deadline is also
-//! put in the request's extensions as a [`Deadline`], for the layers below.
+//! left on the request as a [`Deadline`] for the layers below ([`Deadline::of`]: in the
+//! server side's [`RequestContext`](crate::context::RequestContext) when there is one).
 //!
 //! # What the deadlines cover
 //!
@@ -239,6 +240,17 @@ pub struct Deadline {
     pub grpc: Option<Instant>,
 }
 
+impl Deadline {
+    /// The deadline set on `req`: in its [`RequestContext`](crate::context::RequestContext)
+    /// when the server side stamped one, else as an extension of its own.
+    pub fn of<B>(req: &Request<B>) -> Option<Deadline> {
+        match crate::context::RequestContext::of(req) {
+            Some(context) => context.deadline,
+            None => req.extensions().get::<Deadline>().copied(),
+        }
+    }
+}
+
 /// Why a request ran out of time: the source of the [`ProxyError`] [`Timeout`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TimeoutError {
@@ -421,7 +433,7 @@ where
             // Nothing to time: not even a clock read.
             return ResponseFuture::untimed(self.inner.call(req));
         }
-        let now = Instant::now();
+        let now = crate::clock::now();
         let received = match crate::context::RequestContext::of(&req) {
             Some(context) => Some(context.received_at),
             None => req.extensions().get::<ReceivedAt>().map(|r| r.0),
@@ -448,7 +460,16 @@ where
             req.headers_mut()
                 .insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
         }
-        req.extensions_mut().insert(Deadline { at, grpc: grpc_at });
+        let deadline = Deadline { at, grpc: grpc_at };
+        match req
+            .extensions_mut()
+            .get_mut::<crate::context::RequestContext>()
+        {
+            Some(context) => context.deadline = Some(deadline),
+            None => {
+                req.extensions_mut().insert(deadline);
+            }
+        }
         // A deadline already past: fail without sending.
         let inner = (at > now).then(|| self.inner.call(req));
         ResponseFuture {

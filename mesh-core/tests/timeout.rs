@@ -86,7 +86,7 @@ fn fake_upstream(
     let svc = tower::service_fn(move |req: Request<Body>| {
         seen.calls.fetch_add(1, Ordering::SeqCst);
         *seen.headers.lock().unwrap() = Some(req.headers().clone());
-        *seen.deadline.lock().unwrap() = req.extensions().get::<Deadline>().copied();
+        *seen.deadline.lock().unwrap() = Deadline::of(&req);
         let guard = CancelGuard {
             cancelled: seen.cancelled.clone(),
             armed: true,

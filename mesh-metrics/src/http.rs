@@ -379,7 +379,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let start = Instant::now();
+        let start = mesh_core::clock::now();
         if let Some(endpoint) = &self.endpoint {
             endpoint.request(start);
         }
@@ -427,7 +427,9 @@ where
         };
         match result {
             Ok(rsp) => {
-                let seconds = this.start.elapsed().as_secs_f64();
+                let seconds = mesh_core::clock::now()
+                    .saturating_duration_since(*this.start)
+                    .as_secs_f64();
                 let status = rsp.status();
                 let Some(class) = classify_head(*this.grpc, &rsp) else {
                     endpoint.latency(seconds);

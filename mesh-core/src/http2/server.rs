@@ -133,9 +133,16 @@ where
                 state.shutting_down = true;
                 conn.graceful_shutdown();
             }
+            let mut accepted_now = 0;
             while state.accepting {
+                if accepted_now == ACCEPT_BATCH {
+                    // Let the requests sent so far go out before reading more (see ACCEPT_BATCH).
+                    cx.waker().wake_by_ref();
+                    break;
+                }
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
+                        accepted_now += 1;
                         state.stream_accepted();
                         streams
                             .get_or_insert_with(FuturesUnordered::new)
@@ -177,6 +184,21 @@ where
         .await
     }
 }
+
+/// Streams accepted in one poll of a connection before it yields. A connection that brings
+/// hundreds of requests at once (the mTLS connection between two proxies carries every
+/// client's) would otherwise have them all read and dispatched before the first is written to
+/// its endpoint: the endpoint (another process, often on another core) idles until the whole
+/// batch is in, then the proxy idles while it is answered, in lockstep. Yielding lets the
+/// endpoint's connection task write the first requests while the rest are read.
+///
+/// Measured on the bench's mTLS pair (A and B on one core, 16 x 32 streams from h2load, all
+/// of them on the one A -> B connection), 4 rounds each, alternating: the pair's core was busy
+/// 91-92% of the time without the bound (idle in 1.2 ms gaps, `perf sched`), 99% with it;
+/// 93-104k requests/s became 111-112k, and CPU per request fell 5% (8.95 us against 9.4,
+/// medians). A bound of 16 or 32 cost CPU per request, 128 gained less. A client connection
+/// with 64 streams or fewer in flight never reaches it.
+const ACCEPT_BATCH: usize = 64;
 
 /// What the connection's task tracks besides its streams.
 struct Connection {

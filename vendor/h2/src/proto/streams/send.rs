@@ -79,19 +79,23 @@ impl Send {
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
+        //
+        // (mesh patch) One pass over the few names a message has, instead of six lookups
+        // that each hash a name (and parse the two that are not constants): the same
+        // answer, for a fraction of the work on every HEADERS frame sent.
+        let forbidden = fields.iter().any(|(name, value)| {
+            if name == http::header::TE {
+                return value != "trailers";
+            }
+            name == http::header::CONNECTION
+                || name == http::header::TRANSFER_ENCODING
+                || name == http::header::UPGRADE
+                || name.as_str() == "keep-alive"
+                || name.as_str() == "proxy-connection"
+        });
+        if forbidden {
             tracing::debug!("illegal connection-specific headers found");
             return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
-            if te != "trailers" {
-                tracing::debug!("illegal connection-specific headers found");
-                return Err(UserError::MalformedHeaders);
-            }
         }
         Ok(())
     }
