@@ -36,7 +36,7 @@ from .procfs import core_busy, core_jiffies, cpu_model, cpu_seconds
 from .processes import Procs, free_port, http_get, tail, wait_http_ok, wait_tcp
 from .proxy_configs import envoy_config, haproxy_config, mesh_proxy_config, nginx_config
 from .stats import percentile
-from .tools import build, envoy_binary
+from .tools import build, envoy_binary, warn_if_unordered
 
 # The max-throughput test: 16 connections with 32 concurrent streams each.
 MAX_CONNS, MAX_STREAMS = 16, 32
@@ -452,6 +452,8 @@ def run_mode(
     if not build(args):
         return 1
     bench = Bench(args, out)
+    if not getattr(args, "ingress", False) and bench.mesh_exe.exists():
+        warn_if_unordered(bench.mesh_exe)
     rc = run_guarded(bench, lambda: body(bench))
     if not measured():
         return rc or 1

@@ -69,3 +69,23 @@ class OrderTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class UnorderedWarningTest(unittest.TestCase):
+    """The harness warns when the mesh-proxy it measures does not fit its symbol order."""
+
+    def test_a_build_alone_passes(self):
+        from meshbench.tools import unordered_warning
+
+        self.assertIsNone(unordered_warning("mesh-proxy", 2396, 2399))
+        self.assertIsNone(unordered_warning("mesh-proxy", 9, 10))
+        self.assertIsNone(unordered_warning("mesh-proxy", 0, 0))
+
+    def test_a_build_with_other_packages_is_named(self):
+        from meshbench.tools import unordered_warning
+
+        warning = unordered_warning("target/release/mesh-proxy", 1946, 2381)
+        self.assertIsNotNone(warning)
+        self.assertIn("1946 of the 2381", warning)
+        self.assertIn("82%", warning)
+        self.assertIn("cargo build --release -p mesh-proxy", warning)
