@@ -284,8 +284,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> RespondFuture<S> {
-        // One clock read for the whole call down the stack (see `crate::clock`).
-        crate::clock::scope(|| RespondFuture::new(self.inner.clone(), req))
+        RespondFuture::new(self.inner.clone(), req)
     }
 }
 
@@ -302,8 +301,7 @@ where
         if req.headers().contains_key("x-mesh-test-panic") {
             panic!("x-mesh-test-panic: a panic a test asked for, in one request's path");
         }
-        // One clock read for the whole call down the stack (see `crate::clock`).
-        crate::clock::scope(|| RespondFuture::new(self.inner.clone(), req))
+        RespondFuture::new(self.inner.clone(), req)
     }
 }
 
@@ -317,7 +315,13 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: Service<Request<Body>>> RespondFuture<S> {
-    fn new(svc: S, mut req: Request<Body>) -> Self {
+    /// Stamps the request and calls the stack, with one clock read for the whole call down it
+    /// (see `crate::clock`).
+    fn new(svc: S, req: Request<Body>) -> Self {
+        crate::clock::scope(|| Self::stamp_and_call(svc, req))
+    }
+
+    fn stamp_and_call(svc: S, mut req: Request<Body>) -> Self {
         let grpc = is_grpc(&req);
         req.extensions_mut().insert(crate::context::RequestContext {
             received_at: crate::clock::now(),
